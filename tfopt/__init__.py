@@ -1,0 +1,46 @@
+"""tfopt: make Keras models smaller and faster for LiteRT, and prove it on the runtime.
+
+The public API lives here and only here. Names load lazily on first use, so
+`import tfopt` is cheap and changes no global state (in particular it does not
+change which Keras `tf.keras` resolves to).
+
+>>> import tfopt
+>>> sorted(tfopt.__all__)[:3]
+['BenchmarkResult', 'ConversionResult', 'TFLiteInspection']
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# Public name -> module that defines it.
+_EXPORTS = {
+    # deploy: model -> artefact -> measurements
+    "calibration_data": "tfopt.deploy.calibration",
+    "CalibrationData": "tfopt.deploy.calibration",
+    "convert": "tfopt.deploy.convert",
+    "ConversionResult": "tfopt.deploy.convert",
+    "CONVERT_MODES": "tfopt.deploy.convert",
+    "inspect_tflite": "tfopt.deploy.flatbuffer",
+    "TFLiteInspection": "tfopt.deploy.flatbuffer",
+    "benchmark": "tfopt.deploy.benchmark",
+    "BenchmarkResult": "tfopt.deploy.benchmark",
+    "evaluate_tflite": "tfopt.deploy.benchmark",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tfopt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,1 @@
+"""Compression: Keras model in, Keras model out, one technique a module."""

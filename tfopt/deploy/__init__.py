@@ -1,0 +1,1 @@
+"""Deployment: Keras model -> flatbuffer / C array / ONNX, and measurements on the runtime."""
