@@ -1,0 +1,299 @@
+"""Moves a model between Keras 3 and tf_keras (Keras 2) with identical weights.
+
+tfmot 0.8 only understands tf_keras models, while TensorFlow 2.16+ builds
+Keras 3 models by default. `to_tf_keras` rebuilds a Keras 3 functional or
+Sequential model as tf_keras from its config (rewritten where the two formats
+differ) and copies the weights; `to_keras3` does the reverse, so tfopt can
+hand back a model in the flavour the user gave.
+
+Both functions check that the rebuilt model computes the same outputs as the
+original on a random batch and raise if it does not: a silent mismatch here
+would corrupt every later step.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import numpy as np
+
+from tfopt import _keras
+
+# Keys Keras 3 adds to serialized objects that tf_keras does not know.
+_KERAS3_ONLY_KEYS = ("module", "registered_name", "build_config", "compile_config", "shared_object_id")
+# Arguments dropped without a check: they change nothing in the computation.
+_HARMLESS = {"input_axes", "output_axes", "autocast", "dynamic"}
+# Base `Layer.__init__` keyword arguments accepted by each flavour (beyond the class signature).
+_TF_KERAS_LAYER_KWARGS = {
+    "input_dim", "input_shape", "batch_input_shape", "batch_size", "weights", "activity_regularizer",
+    "autocast", "implementation", "name", "trainable", "dtype", "dynamic",
+}
+_KERAS3_LAYER_KWARGS = {"activity_regularizer", "trainable", "dtype", "autocast", "name", "input_shape", "input_dim"}
+
+
+def to_tf_keras(model: Any, *, check: bool = True):
+    """Rebuilds a Keras 3 functional or Sequential model as a tf_keras model.
+
+    Use it to hand a Keras 3 model to tools that only speak tf_keras (tfmot).
+    The config is rewritten (InputLayer `batch_shape` -> `batch_input_shape`,
+    dtype policies -> dtype names, the new node format -> the old one, and
+    arguments tf_keras does not know are dropped), then the weights are copied.
+    A tf_keras model is returned as is.
+
+    Args:
+        model: a built Keras 3 (or tf_keras) functional or Sequential model.
+        check: compare the outputs of both models on a random batch.
+            Defaults to `True`.
+
+    Returns:
+        A new tf_keras model with the same architecture and weights.
+
+    Raises:
+        NotImplementedError: for subclassed models, or layers tf_keras lacks.
+        ValueError: if the rebuilt model does not compute the same outputs.
+
+    Example:
+
+    >>> import keras
+    >>> from tfopt.compress.bridge import to_tf_keras
+    >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> type(to_tf_keras(m)).__module__.split(".")[0]
+    'tf_keras'
+    """
+    if _keras.keras_flavor(model) == _keras.TF_KERAS:
+        return model
+    tf_keras = _keras.keras_module(_keras.TF_KERAS)
+    config = _functional_config(model)
+    rewritten = _rewrite(config, tf_keras, to_legacy=True)
+    try:
+        if type(model).__name__ == "Sequential":
+            new = tf_keras.Sequential.from_config(rewritten)
+        else:
+            new = tf_keras.Model.from_config(rewritten)
+    except (ValueError, TypeError, KeyError) as err:
+        raise NotImplementedError(
+            f"Could not rebuild Keras 3 model {model.name!r} as a tf_keras model: {err}. "
+            "Functional and Sequential models of built-in layers are supported; for custom layers, "
+            "build the model with tf_keras directly."
+        ) from err
+    _copy_weights(model, new)
+    if check:
+        _check_same_outputs(model, new)
+    return new
+
+
+def to_keras3(model: Any, *, check: bool = True):
+    """Rebuilds a tf_keras functional or Sequential model as a Keras 3 model.
+
+    The inverse of `to_tf_keras`, used to return a model in the flavour the
+    user gave. A Keras 3 model is returned as is.
+
+    Args:
+        model: a built tf_keras (or Keras 3) functional or Sequential model.
+        check: compare the outputs of both models on a random batch.
+            Defaults to `True`.
+
+    Returns:
+        A new Keras 3 model with the same architecture and weights.
+
+    Raises:
+        NotImplementedError: for subclassed models, or layers Keras 3 lacks.
+        ValueError: if the rebuilt model does not compute the same outputs.
+
+    Example:
+
+    >>> import tf_keras
+    >>> from tfopt.compress.bridge import to_keras3
+    >>> m = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(2)])
+    >>> type(to_keras3(m)).__module__.split(".")[0]
+    'keras'
+    """
+    if _keras.keras_flavor(model) == _keras.KERAS3:
+        return model
+    keras = _keras.keras_module(_keras.KERAS3)
+    config = _functional_config(model)
+    rewritten = _rewrite(config, keras, to_legacy=False)
+    try:
+        if type(model).__name__ == "Sequential":
+            new = keras.Sequential.from_config(rewritten)
+        else:
+            new = keras.Model.from_config(rewritten)
+    except (ValueError, TypeError, KeyError) as err:
+        raise NotImplementedError(
+            f"Could not rebuild tf_keras model {model.name!r} as a Keras 3 model: {err}. "
+            "Functional and Sequential models of built-in layers are supported."
+        ) from err
+    _copy_weights(model, new)
+    if check:
+        _check_same_outputs(model, new)
+    return new
+
+
+def _functional_config(model: Any) -> dict:
+    is_graph = type(model).__name__ in ("Functional", "Sequential") or (
+        hasattr(model, "inputs") and model.inputs and type(model).__name__ == "Model"
+    )
+    if not is_graph:
+        raise NotImplementedError(
+            f"Cannot move subclassed model {model.name!r} ({type(model).__name__}) between Keras 3 and "
+            "tf_keras: only functional and Sequential models have a portable config. "
+            "Rebuild it with the functional API, or build it with tf_keras."
+        )
+    return model.get_config()
+
+
+def _rewrite(obj: Any, target, *, to_legacy: bool) -> Any:
+    """Recursively rewrites a model config for the target Keras module."""
+    if isinstance(obj, (list, tuple)):
+        return [_rewrite(item, target, to_legacy=to_legacy) for item in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if to_legacy and obj.get("class_name") in ("DTypePolicy", "FloatDTypePolicy"):
+        return obj["config"]["name"]
+    out = {}
+    for key, value in obj.items():
+        if to_legacy and key in _KERAS3_ONLY_KEYS:
+            continue
+        if key == "inbound_nodes":
+            out[key] = _legacy_nodes(value) if to_legacy else value
+        elif key in ("input_layers", "output_layers"):
+            refs = _nested_refs(value)
+            out[key] = refs if to_legacy or len(refs) != 1 else refs[0]
+        else:
+            out[key] = _rewrite(value, target, to_legacy=to_legacy)
+    if "class_name" in out and isinstance(out.get("config"), dict):
+        out["config"] = _fit_config(out["class_name"], out["config"], target, to_legacy=to_legacy)
+    return out
+
+
+def _fit_config(class_name: str, config: dict, target, *, to_legacy: bool) -> dict:
+    """Renames and drops arguments so `class_name(**config)` works in the target Keras."""
+    config = dict(config)
+    if class_name == "InputLayer":
+        if to_legacy:
+            if "batch_shape" in config:
+                config["batch_input_shape"] = config.pop("batch_shape")
+            config.pop("optional", None)
+        elif "batch_input_shape" in config:
+            config["batch_shape"] = config.pop("batch_input_shape")
+        return config
+    if not to_legacy and class_name == "BatchNormalization" and isinstance(config.get("axis"), list):
+        if len(config["axis"]) != 1:
+            raise NotImplementedError(f"Keras 3 BatchNormalization takes one axis. Received: axis={config['axis']}.")
+        config["axis"] = config["axis"][0]
+    klass = _find_class(class_name, target)
+    if klass is None:
+        return config
+    allowed = _accepted_arguments(klass, to_legacy=to_legacy)
+    source = _find_class(class_name, _keras.keras_module(_keras.KERAS3 if to_legacy else _keras.TF_KERAS))
+    defaults = _defaults(source) if source is not None else {}
+    for key in [k for k in config if k not in allowed]:
+        value = config.pop(key)
+        if key in _HARMLESS or (key in defaults and defaults[key] == value) or value is None:
+            continue
+        raise NotImplementedError(
+            f"{class_name} argument {key}={value!r} has no equivalent in "
+            f"{'tf_keras' if to_legacy else 'Keras 3'}; set it to its default or build the model "
+            "with the other Keras."
+        )
+    return config
+
+
+def _defaults(klass) -> dict:
+    defaults: dict = {}
+    for base in reversed(klass.__mro__):
+        init = base.__dict__.get("__init__")
+        if init is None:
+            continue
+        for name, p in inspect.signature(init).parameters.items():
+            if p.default is not p.empty:
+                defaults[name] = p.default
+    return defaults
+
+
+def _accepted_arguments(klass, *, to_legacy: bool) -> set:
+    """Argument names `klass(**config)` accepts, following `**kwargs` up the class hierarchy."""
+    accepted: set = set()
+    for base in klass.__mro__:
+        init = base.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters
+        accepted |= {name for name, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return accepted
+    return accepted | (_TF_KERAS_LAYER_KWARGS if to_legacy else _KERAS3_LAYER_KWARGS)
+
+
+def _find_class(class_name: str, target):
+    for namespace in (target.layers, target.initializers, target.regularizers, target.constraints):
+        klass = getattr(namespace, class_name, None)
+        if inspect.isclass(klass):
+            return klass
+    return None
+
+
+def _nested_refs(refs: Any) -> list:
+    if refs and isinstance(refs[0], str):
+        return [list(refs)]
+    return [list(r) for r in refs]
+
+
+def _legacy_nodes(nodes: list) -> list:
+    """Keras 3 `{"args": ..., "kwargs": ...}` nodes -> tf_keras `[[name, node, tensor, kwargs], ...]`."""
+    legacy = []
+    for node in nodes:
+        if not isinstance(node, dict):
+            legacy.append(node)
+            continue
+        args = list(node.get("args", []))
+        kwargs = {k: v for k, v in node.get("kwargs", {}).items() if v is not None}
+        first, rest = (args[0], args[1:]) if args else (None, [])
+        tensors = first if isinstance(first, (list, tuple)) else [first]
+        if rest or any(_is_tensor(v) for v in kwargs.values()) or not all(_is_tensor(t) for t in tensors):
+            raise NotImplementedError(
+                "A layer is called with extra tensor arguments, which tfopt cannot translate to tf_keras. "
+                f"Received node: {node!r}."
+            )
+        legacy.append([list(t["config"]["keras_history"]) + [kwargs] for t in tensors])
+    return legacy
+
+
+def _is_tensor(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("class_name") == "__keras_tensor__"
+
+
+def _copy_weights(source: Any, target: Any) -> None:
+    weights = source.get_weights()
+    if len(weights) != len(target.get_weights()):
+        raise ValueError(
+            f"The rebuilt model has {len(target.get_weights())} weight arrays, the original "
+            f"{len(weights)}; the layer configs did not translate. Please report this model."
+        )
+    target.set_weights(weights)
+
+
+def _check_same_outputs(a: Any, b: Any, *, atol: float = 1e-4) -> None:
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal((2,) + tuple(int(d or 1) for d in t.shape[1:])).astype("float32") for t in a.inputs]
+    feed = inputs[0] if len(inputs) == 1 else inputs
+    out_a = a(feed, training=False)
+    out_b = b(feed, training=False)
+    flat_a = out_a if isinstance(out_a, (list, tuple)) else [out_a]
+    flat_b = out_b if isinstance(out_b, (list, tuple)) else [out_b]
+    for x, y in zip(flat_a, flat_b):
+        diff = float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) if np.size(x) else 0.0
+        scale = max(1.0, float(np.max(np.abs(np.asarray(x)))) if np.size(x) else 1.0)
+        if not np.isfinite(diff) or diff > atol * scale:
+            raise ValueError(
+                f"The rebuilt model's outputs differ from {a.name!r} by up to {diff:.3g}; "
+                "the conversion is not faithful. Please report this model."
+            )
+
+
+def max_output_difference(a: Any, b: Any, x: np.ndarray) -> float:
+    """Largest absolute difference between two models' outputs on `x` (inference mode)."""
+    out_a = np.asarray(a(x, training=False))
+    out_b = np.asarray(b(x, training=False))
+    return float(np.max(np.abs(out_a - out_b)))

@@ -1,0 +1,271 @@
+"""Benchmarks a .tflite on the LiteRT interpreter (XNNPACK on by default): latency, size, accuracy.
+
+Each measurement runs in a child Python process (`tfopt.deploy._runner`), so a
+model that would crash the interpreter - a malformed flatbuffer, an unset dynamic
+shape, a missing custom op - is reported as a `BenchmarkError` with a clear message
+instead of taking the caller down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from tfopt.deploy.flatbuffer import tflite_bytes
+
+
+class BenchmarkError(RuntimeError):
+    """A .tflite could not be run; the message says why and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkResult:
+    """Size, latency and (given labelled data) accuracy of a .tflite on LiteRT."""
+
+    size_bytes: int
+    gzip_bytes: int
+    latency_ms_median: float
+    latency_ms_p90: float
+    latency_ms_min: float
+    latency_ms_mean: float
+    num_runs: int
+    num_threads: int
+    use_xnnpack: bool
+    init_ms: float
+    first_invoke_ms: float
+    accuracy: float | None = None
+    num_examples: int = 0
+    xnnpack_delegated_ops: int | None = None
+    xnnpack_total_ops: int | None = None
+    xnnpack_undelegated: tuple[str, ...] = ()
+    inputs: tuple[dict, ...] = ()
+    outputs: tuple[dict, ...] = ()
+    notes: tuple[str, ...] = ()
+    predictions: tuple[int, ...] = dataclasses.field(default=(), repr=False)
+
+    @property
+    def fully_delegated(self) -> bool | None:
+        """True when XNNPACK took every op (None when XNNPACK was off or unknown)."""
+        if self.xnnpack_total_ops is None:
+            return None
+        return self.xnnpack_delegated_ops == self.xnnpack_total_ops
+
+    def summary(self) -> str:
+        """A readable report."""
+        lines = [
+            f"size: {self.size_bytes / 1024:.1f} KB (gzip {self.gzip_bytes / 1024:.1f} KB)",
+            f"latency: median {self.latency_ms_median:.3f} ms, p90 {self.latency_ms_p90:.3f} ms, "
+            f"min {self.latency_ms_min:.3f} ms over {self.num_runs} runs, {self.num_threads} thread(s), "
+            f"XNNPACK {'on' if self.use_xnnpack else 'off'}; init {self.init_ms:.1f} ms",
+        ]
+        if self.xnnpack_total_ops is not None:
+            left = f"; not delegated: {', '.join(self.xnnpack_undelegated[:8])}" if self.xnnpack_undelegated else ""
+            lines.append(f"XNNPACK took {self.xnnpack_delegated_ops}/{self.xnnpack_total_ops} ops{left}")
+        if self.accuracy is not None:
+            lines.append(f"accuracy: {self.accuracy:.4f} on {self.num_examples} examples")
+        lines.extend(f"note: {note}" for note in self.notes)
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (predictions left out)."""
+        out = dataclasses.asdict(self)
+        out.pop("predictions")
+        out["fully_delegated"] = self.fully_delegated
+        return out
+
+
+def benchmark(
+    tflite: Any,
+    *,
+    data: Any = None,
+    num_threads: int = 1,
+    num_runs: int = 50,
+    warmup_runs: int = 5,
+    use_xnnpack: bool = True,
+    input_shapes: dict[str, list[int]] | None = None,
+    max_examples: int | None = None,
+    timeout: float = 600.0,
+) -> BenchmarkResult:
+    """Measures a .tflite on the LiteRT interpreter: latency, size, accuracy, XNNPACK coverage.
+
+    Runs warm-up invocations, then `num_runs` timed ones on one input, in a child
+    process. With labelled `data` it also reports the accuracy of the .tflite
+    itself (int8 / uint8 inputs are quantized with the model's scale and zero
+    point; the argmax of the first output is compared with the labels).
+
+    Args:
+        tflite: flatbuffer bytes, a .tflite path, or a `ConversionResult`.
+        data: `(x, y)` to measure accuracy (y: integer labels or one-hot), or `x`
+            alone to time on real inputs. `x` is an array, or a list of arrays in
+            model-input order. Defaults to `None` (random inputs, no accuracy).
+        num_threads: interpreter threads. Defaults to `1`.
+        num_runs: timed invocations. Defaults to `50`.
+        warmup_runs: untimed invocations first. Defaults to `5`.
+        use_xnnpack: apply LiteRT's default XNNPACK delegate. Defaults to `True`.
+        input_shapes: concrete shapes for inputs with dynamic dimensions, keyed by
+            input tensor name (or its position as a string). A dynamic batch alone is
+            set to 1 without it. Defaults to `None`.
+        max_examples: cap on the examples used for accuracy. Defaults to `None` (all).
+        timeout: seconds before the measurement is abandoned. Defaults to `600`.
+
+    Returns:
+        A `BenchmarkResult`; `summary()` prints it, `to_dict()` gives JSON.
+
+    Raises:
+        BenchmarkError: the model could not be run (the message says why).
+        ValueError / TypeError / FileNotFoundError: bad arguments or not a .tflite.
+
+    Example:
+
+    >>> import keras, numpy as np, tfopt
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> result = tfopt.benchmark(tfopt.convert(model), num_runs=10)
+    >>> result.latency_ms_median > 0
+    True
+    """
+    content = tflite_bytes(tflite)
+    for name, value, low in (("num_threads", num_threads, 1), ("num_runs", num_runs, 1), ("warmup_runs", warmup_runs, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}. Received: {name}={value!r}.")
+    xs, y = _split_data(data, max_examples)
+    with tempfile.TemporaryDirectory(prefix="tfopt-bench-") as tmp:
+        request = {
+            "tflite_path": os.path.join(tmp, "model.tflite"),
+            "result_path": os.path.join(tmp, "result.json"),
+            "num_threads": num_threads,
+            "num_runs": num_runs,
+            "warmup_runs": warmup_runs,
+            "use_xnnpack": bool(use_xnnpack),
+            "input_shapes": {str(k): list(v) for k, v in (input_shapes or {}).items()},
+        }
+        with open(request["tflite_path"], "wb") as handle:
+            handle.write(content)
+        if xs is not None:
+            request["data_path"] = os.path.join(tmp, "data.npz")
+            arrays = {f"x{i}": x for i, x in enumerate(xs)}
+            if y is not None:
+                arrays["y"] = y
+            np.savez(request["data_path"], **arrays)
+        raw = run_isolated(request, tmp, timeout=timeout)
+    return _result(content, raw, num_threads=num_threads, use_xnnpack=use_xnnpack)
+
+
+def run_isolated(request: dict[str, Any], tmp: str, *, timeout: float) -> dict[str, Any]:
+    """Runs `_runner` in a child process and returns its result dict, or raises BenchmarkError."""
+    request_path = os.path.join(tmp, "request.json")
+    with open(request_path, "w") as handle:
+        json.dump(request, handle)
+    env = dict(os.environ)
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tfopt.deploy._runner", request_path],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
+    except subprocess.TimeoutExpired as err:
+        raise BenchmarkError(
+            f"the interpreter did not finish within {timeout:.0f} s; pass a larger timeout= or fewer num_runs."
+        ) from err
+    stages = [line.split(":", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("tfopt-stage:")]
+    where = stages[-1] if stages else "start"
+    if proc.returncode != 0:
+        cause = f"signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else f"exit code {proc.returncode}"
+        tail = _last_error_line(proc.stderr)
+        raise BenchmarkError(
+            f"the LiteRT interpreter crashed ({cause}) during '{where}'{': ' + tail if tail else ''}. "
+            "The model is likely malformed or uses something this runtime does not support; "
+            "check it with tfopt.inspect_tflite, or re-convert it."
+        )
+    if not os.path.exists(request["result_path"]):
+        raise BenchmarkError(f"the benchmark process ended during '{where}' without a result: {_last_error_line(proc.stderr)}")
+    with open(request["result_path"]) as handle:
+        raw = json.load(handle)
+    if not raw.get("ok"):
+        raise BenchmarkError(raw.get("error", "unknown error"))
+    return raw
+
+
+def _last_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith(("tfopt-stage:", "INFO:"))]
+    return lines[-1].strip()[:300] if lines else ""
+
+
+def _split_data(data: Any, max_examples: int | None) -> tuple[list[np.ndarray] | None, np.ndarray | None]:
+    if data is None:
+        return None, None
+    if isinstance(data, tuple) and len(data) == 2:
+        x, y = data
+    else:
+        x, y = data, None
+    xs = [np.asarray(a) for a in x] if isinstance(x, (list, tuple)) else [np.asarray(x)]
+    if any(a.dtype.kind not in "biuf" for a in xs):
+        raise TypeError(f"benchmark data must be numeric arrays; received dtypes {[str(a.dtype) for a in xs]}.")
+    n = len(xs[0])
+    if any(len(a) != n for a in xs) or n == 0:
+        raise ValueError(f"benchmark data must hold the same non-zero number of examples per input; got {[len(a) for a in xs]}.")
+    if y is not None:
+        y = np.asarray(y)
+        if len(y) != n:
+            raise ValueError(f"data x holds {n} examples but y holds {len(y)} labels; they must match.")
+    if max_examples is not None:
+        xs = [a[:max_examples] for a in xs]
+        y = y[:max_examples] if y is not None else None
+    return xs, y
+
+
+def _result(content: bytes, raw: dict[str, Any], *, num_threads: int, use_xnnpack: bool) -> BenchmarkResult:
+    times = np.asarray(raw["latencies_ms"], dtype=np.float64)
+    xnn = raw.get("xnnpack") or {}
+    return BenchmarkResult(
+        size_bytes=len(content),
+        gzip_bytes=len(gzip.compress(content, compresslevel=9)),
+        latency_ms_median=float(np.median(times)),
+        latency_ms_p90=float(np.percentile(times, 90)),
+        latency_ms_min=float(times.min()),
+        latency_ms_mean=float(times.mean()),
+        num_runs=len(times),
+        num_threads=num_threads,
+        use_xnnpack=bool(use_xnnpack),
+        init_ms=float(raw["init_ms"]),
+        first_invoke_ms=float(raw["first_invoke_ms"]),
+        accuracy=raw.get("accuracy"),
+        num_examples=int(raw.get("num_examples", 0)),
+        xnnpack_delegated_ops=xnn.get("delegated_ops"),
+        xnnpack_total_ops=xnn.get("total_ops"),
+        xnnpack_undelegated=tuple(xnn.get("undelegated", ())),
+        inputs=tuple(raw.get("inputs", ())),
+        outputs=tuple(raw.get("outputs", ())),
+        notes=tuple(raw.get("notes", ())) + ((raw["notes_accuracy"],) if raw.get("notes_accuracy") else ()),
+        predictions=tuple(raw.get("predictions", ())),
+    )
+
+
+def evaluate_tflite(tflite: Any, x: Any, y: Any, *, max_examples: int | None = None) -> float:
+    """Top-1 accuracy of a .tflite on labelled data, run on LiteRT (in a child process).
+
+    Example:
+
+    >>> import keras, numpy as np, tfopt
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> acc = tfopt.evaluate_tflite(tfopt.convert(model), np.ones((5, 4)), np.zeros(5, int))
+    >>> 0.0 <= acc <= 1.0
+    True
+    """
+    result = benchmark(tflite, data=(x, y), num_runs=1, warmup_runs=0, max_examples=max_examples)
+    if result.accuracy is None:
+        raise ValueError("the model's first output holds a single value; top-1 accuracy needs class scores.")
+    return result.accuracy

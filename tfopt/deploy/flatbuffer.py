@@ -1,0 +1,338 @@
+"""Reads a .tflite flatbuffer: ops, tensor dtypes, quantization, which compute ops stayed float.
+
+Parsing uses LiteRT's own schema (`ai_edge_litert.tools.flatbuffer_utils`), which is
+pure Python: a malformed file raises a clear error here instead of crashing.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+
+# Ops whose cost dominates inference; their precision is what "quantized" means to a user.
+COMPUTE_OPS = frozenset(
+    {
+        "CONV_2D",
+        "DEPTHWISE_CONV_2D",
+        "FULLY_CONNECTED",
+        "TRANSPOSE_CONV",
+        "CONV_3D",
+        "BATCH_MATMUL",
+        "UNIDIRECTIONAL_SEQUENCE_LSTM",
+        "EMBEDDING_LOOKUP",
+    }
+)
+
+
+def tflite_bytes(tflite: Any) -> bytes:
+    """Returns flatbuffer bytes from bytes, a path, or an object with a `.tflite` attribute.
+
+    Raises:
+        FileNotFoundError: for a path that does not exist.
+        ValueError: when the content is not a TFLite flatbuffer.
+        TypeError: for any other kind of object.
+    """
+    if hasattr(tflite, "tflite") and isinstance(getattr(tflite, "tflite"), (bytes, bytearray)):
+        content = bytes(tflite.tflite)
+        where = "the conversion result"
+    elif isinstance(tflite, (bytes, bytearray, memoryview)):
+        content = bytes(tflite)
+        where = "the given bytes"
+    elif isinstance(tflite, (str, os.PathLike)):
+        path = os.fspath(tflite)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"TFLite file not found: {path!r}. Pass the path of an existing .tflite file.")
+        with open(path, "rb") as handle:
+            content = handle.read()
+        where = repr(path)
+    else:
+        raise TypeError(
+            "Expected a .tflite model as bytes, a file path, or a tfopt.ConversionResult. "
+            f"Received: an object of type {type(tflite).__name__}."
+        )
+    if len(content) < 8 or content[4:8] != b"TFL3":
+        head = content[:8]
+        raise ValueError(
+            f"{where} is not a TFLite flatbuffer ({len(content)} bytes; the file identifier at bytes 4-8 is "
+            f"{head[4:8]!r}, expected b'TFL3'). Pass a .tflite file written by the TFLite converter or tfopt.convert."
+        )
+    return content
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    """A model input or output: name, shape (-1 for dynamic dims), dtype and quantization."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    scale: float | None = None
+    zero_point: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class OpInfo:
+    """One operator: its name, the dtypes it reads and writes, and the precision it runs at."""
+
+    index: int
+    subgraph: int
+    name: str
+    input_dtypes: tuple[str, ...]
+    output_dtypes: tuple[str, ...]
+    precision: str  # int8, int16x8, hybrid, float16-weights, float32, or other
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightInfo:
+    """A constant tensor: name, dtype, shape, element count and fraction of exact zeros."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    num_elements: int
+    zero_fraction: float
+    num_unique: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TFLiteInspection:
+    """What a .tflite really holds: its ops, their precision, inputs, outputs and weights."""
+
+    size_bytes: int
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    ops: list[OpInfo]
+    weights: list[WeightInfo]
+    signatures: dict[str, dict[str, list[str]]]
+    custom_ops: list[str]
+
+    @property
+    def op_counts(self) -> dict[str, int]:
+        """How many times each op type appears."""
+        return dict(collections.Counter(op.name for op in self.ops))
+
+    @property
+    def compute_ops(self) -> list[OpInfo]:
+        """The convolution / fully-connected / matmul ops."""
+        return [op for op in self.ops if op.name in COMPUTE_OPS]
+
+    @property
+    def float_compute_ops(self) -> list[OpInfo]:
+        """Compute ops that still run on float32 weights and activations."""
+        return [
+            op
+            for op in self.compute_ops
+            if op.precision in ("float32", "float16-weights") or op.precision.startswith("dequantized")
+        ]
+
+    @property
+    def precision_counts(self) -> dict[str, int]:
+        """Compute ops by precision, e.g. {'int8': 5, 'float32': 1}."""
+        return dict(collections.Counter(op.precision for op in self.compute_ops))
+
+    @property
+    def weight_dtypes(self) -> dict[str, int]:
+        """Bytes of constant data by dtype."""
+        totals: dict[str, int] = collections.defaultdict(int)
+        for w in self.weights:
+            totals[w.dtype] += w.num_elements * _itemsize(w.dtype)
+        return dict(totals)
+
+    def summary(self) -> str:
+        """A readable report of the inspection."""
+        lines = [f"TFLite model: {self.size_bytes / 1024:.1f} KB, {len(self.ops)} ops"]
+        for tensor in self.inputs:
+            lines.append(f"  input  {tensor.name}: {list(tensor.shape)} {tensor.dtype}" + _quant_text(tensor))
+        for tensor in self.outputs:
+            lines.append(f"  output {tensor.name}: {list(tensor.shape)} {tensor.dtype}" + _quant_text(tensor))
+        lines.append(f"  compute ops by precision: {self.precision_counts or 'none'}")
+        lines.append(f"  constant bytes by dtype: {self.weight_dtypes}")
+        if self.float_compute_ops:
+            names = ", ".join(f"{op.name}#{op.index}" for op in self.float_compute_ops[:10])
+            lines.append(f"  compute ops left in float: {len(self.float_compute_ops)} ({names})")
+        if self.custom_ops:
+            lines.append(f"  custom ops: {self.custom_ops}")
+        lines.append(f"  op counts: {self.op_counts}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        out = dataclasses.asdict(self)
+        out.update(
+            op_counts=self.op_counts,
+            precision_counts=self.precision_counts,
+            float_compute_ops=[f"{op.name}#{op.index}" for op in self.float_compute_ops],
+            weight_bytes_by_dtype=self.weight_dtypes,
+        )
+        return out
+
+
+def _quant_text(tensor: TensorInfo) -> str:
+    if tensor.scale is None:
+        return ""
+    return f" (scale={tensor.scale:.6g}, zero_point={tensor.zero_point})"
+
+
+_ITEMSIZE = {"FLOAT32": 4, "FLOAT16": 2, "INT32": 4, "UINT8": 1, "INT64": 8, "INT16": 2, "INT8": 1, "FLOAT64": 8,
+             "BOOL": 1, "INT4": 1, "UINT32": 4, "UINT16": 2, "BFLOAT16": 2}
+_NUMPY = {"FLOAT32": np.float32, "FLOAT16": np.float16, "INT32": np.int32, "UINT8": np.uint8, "INT64": np.int64,
+          "INT16": np.int16, "INT8": np.int8, "FLOAT64": np.float64, "UINT32": np.uint32, "UINT16": np.uint16}
+
+
+def _itemsize(dtype: str) -> int:
+    return _ITEMSIZE.get(dtype.upper(), 1)
+
+
+def _read_model(content: bytes):
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    try:
+        return flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    except Exception as err:  # noqa: BLE001 - any parse failure means a malformed file
+        raise ValueError(f"The TFLite flatbuffer is malformed and cannot be parsed: {type(err).__name__}: {err}") from err
+
+
+def inspect_tflite(tflite: Any) -> TFLiteInspection:
+    """Inspects a .tflite: ops and the precision each compute op really runs at.
+
+    Use it after conversion to check that quantization happened where you think:
+    a converter can leave convolutions in float32 between DEQUANTIZE/QUANTIZE
+    without a warning. `tfopt.convert` calls it for you.
+
+    Args:
+        tflite: flatbuffer bytes, a path to a .tflite file, or a `ConversionResult`.
+
+    Returns:
+        A `TFLiteInspection`; print `.summary()` or read `.float_compute_ops`.
+
+    Raises:
+        ValueError: if the content is not a valid TFLite flatbuffer.
+
+    Example:
+
+    >>> import keras, tfopt
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> info = tfopt.inspect_tflite(tfopt.convert(model, mode="float32"))
+    >>> info.precision_counts
+    {'float32': 1}
+    """
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    content = tflite_bytes(tflite)
+    model = _read_model(content)
+    try:
+        return _inspect(model, content, flatbuffer_utils)
+    except (IndexError, TypeError, AttributeError, KeyError) as err:
+        raise ValueError(f"The TFLite flatbuffer is malformed: {type(err).__name__}: {err}") from err
+
+
+def _name(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
+
+
+def _inspect(model, content: bytes, fu) -> TFLiteInspection:
+    ops: list[OpInfo] = []
+    weights: list[WeightInfo] = []
+    custom: list[str] = []
+    inputs: list[TensorInfo] = []
+    outputs: list[TensorInfo] = []
+    for sg_index, subgraph in enumerate(model.subgraphs or []):
+        tensors = subgraph.tensors or []
+        constant = {i for i, t in enumerate(tensors) if _buffer_data(model, t) is not None}
+        producers = {}
+        for op_index, op in enumerate(subgraph.operators or []):
+            for out in op.outputs if op.outputs is not None else []:
+                producers[int(out)] = op
+        for i in sorted(constant):
+            weights.append(_weight_info(model, tensors[i]))
+        for op_index, op in enumerate(subgraph.operators or []):
+            code = model.operatorCodes[op.opcodeIndex]
+            name = fu.opcode_to_name(model, op.opcodeIndex) or "UNKNOWN"
+            if name == "CUSTOM":
+                custom_name = _name(code.customCode)
+                name = f"CUSTOM:{custom_name}"
+                custom.append(custom_name)
+            in_types = tuple(fu.type_to_name(tensors[i].type) if i >= 0 else "NONE" for i in _ids(op.inputs))
+            out_types = tuple(fu.type_to_name(tensors[i].type) for i in _ids(op.outputs))
+            precision = _precision(name, op, tensors, constant, producers, model, fu)
+            ops.append(OpInfo(op_index, sg_index, name, in_types, out_types, precision))
+        if sg_index == 0:
+            inputs = [_tensor_info(tensors[i], fu) for i in _ids(subgraph.inputs)]
+            outputs = [_tensor_info(tensors[i], fu) for i in _ids(subgraph.outputs)]
+    signatures = {}
+    for sig in model.signatureDefs or []:
+        signatures[_name(sig.signatureKey)] = {
+            "inputs": [_name(t.name) for t in sig.inputs or []],
+            "outputs": [_name(t.name) for t in sig.outputs or []],
+        }
+    return TFLiteInspection(len(content), inputs, outputs, ops, weights, signatures, sorted(set(custom)))
+
+
+def _ids(values) -> list[int]:
+    return [int(v) for v in (values if values is not None else [])]
+
+
+def _buffer_data(model, tensor):
+    if tensor.buffer is None or tensor.buffer <= 0 or tensor.buffer >= len(model.buffers):
+        return None
+    data = model.buffers[tensor.buffer].data
+    if data is None or len(data) == 0:
+        return None
+    return data
+
+
+def _weight_info(model, tensor) -> WeightInfo:
+    from ai_edge_litert.tools import flatbuffer_utils as fu
+
+    dtype = fu.type_to_name(tensor.type)
+    data = np.asarray(_buffer_data(model, tensor), dtype=np.uint8)
+    shape = tuple(int(d) for d in (tensor.shape if tensor.shape is not None else []))
+    np_dtype = _NUMPY.get(dtype.upper())
+    if np_dtype is not None and data.size % np.dtype(np_dtype).itemsize == 0:
+        values = data.view(np_dtype)
+    else:
+        values = data
+    zero = float(np.mean(values == 0)) if values.size else 0.0
+    unique = int(np.unique(values).size) if values.size else 0
+    return WeightInfo(_name(tensor.name), dtype, shape, int(values.size), zero, unique)
+
+
+def _tensor_info(tensor, fu) -> TensorInfo:
+    sig = tensor.shapeSignature if tensor.shapeSignature is not None and len(tensor.shapeSignature) else tensor.shape
+    shape = tuple(int(d) for d in (sig if sig is not None else []))
+    scale = zero_point = None
+    q = tensor.quantization
+    if q is not None and q.scale is not None and len(q.scale) == 1:
+        scale, zero_point = float(q.scale[0]), int(q.zeroPoint[0])
+    return TensorInfo(_name(tensor.name), shape, fu.type_to_name(tensor.type), scale, zero_point)
+
+
+def _precision(name, op, tensors, constant, producers, model, fu) -> str:
+    if name not in COMPUTE_OPS:
+        return "other"
+    ids = [i for i in _ids(op.inputs) if i >= 0]
+    if len(ids) < 2:
+        return "other"
+    activation, weight = ids[0], ids[1]
+    act_type = fu.type_to_name(tensors[activation].type)
+    w_type = fu.type_to_name(tensors[weight].type)
+    if name == "BATCH_MATMUL" and weight not in constant:
+        return {"INT8": "int8", "INT16": "int16x8"}.get(act_type, act_type.lower())
+    if act_type == "INT8" and w_type in ("INT8", "INT4"):
+        return "int8"
+    if act_type == "INT16" and w_type == "INT8":
+        return "int16x8"
+    if act_type == "FLOAT32" and w_type in ("INT8", "INT4", "UINT8"):
+        return "hybrid"
+    if act_type == "FLOAT32" and w_type == "FLOAT32":
+        producer = producers.get(weight)
+        if producer is not None and fu.opcode_to_name(model, producer.opcodeIndex) == "DEQUANTIZE":
+            source = _ids(producer.inputs)[0]
+            source_type = fu.type_to_name(tensors[source].type)
+            return "float16-weights" if source_type == "FLOAT16" else "dequantized-" + source_type.lower()
+        return "float32"
+    return f"{act_type.lower()}/{w_type.lower()}"
