@@ -28,6 +28,14 @@ _EXPORTS = {
     "benchmark": "tfopt.deploy.benchmark",
     "BenchmarkResult": "tfopt.deploy.benchmark",
     "evaluate_tflite": "tfopt.deploy.benchmark",
+    "BenchmarkError": "tfopt.deploy.benchmark",
+    # reports, data, demo
+    "variant_report": "tfopt.report",
+    "VariantReport": "tfopt.report",
+    "load_dataset": "tfopt.datasets",
+    "Dataset": "tfopt.datasets",
+    "run_demo": "tfopt.demo",
+    "DemoResult": "tfopt.demo",
 }
 
 __all__ = sorted(_EXPORTS)

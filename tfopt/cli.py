@@ -7,9 +7,10 @@ Commands are modules in `tfopt._cli`; each defines NAME, HELP, its flags and
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
-from absl import app
+from absl import app, logging
 
 from tfopt._cli import common
 
@@ -46,7 +47,7 @@ def _main(argv: list[str]) -> int:
         return 2
     try:
         return int(modules[command].main(args) or 0)
-    except (common.CLIError, ValueError, TypeError, FileNotFoundError, ImportError, NotImplementedError) as err:
+    except (common.CLIError, ValueError, TypeError, FileNotFoundError, ImportError, NotImplementedError, RuntimeError) as err:
         print(f"tfopt {command}: error: {err}", file=sys.stderr)
         return 2
 
@@ -54,10 +55,14 @@ def _main(argv: list[str]) -> int:
 def run() -> None:
     """Console-script entry point."""
     _modules()  # define every command's flags before absl parses argv
-    try:
-        app.run(lambda argv: sys.exit(_main(argv)))
-    except SystemExit:
-        raise
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the CLI process only, never at import tfopt
+    app.run(lambda argv: sys.exit(_main(_quiet(argv))))
+
+
+def _quiet(argv: list[str]) -> list[str]:
+    """Keeps absl / TensorFlow INFO chatter out of the command's output."""
+    logging.set_verbosity(logging.WARNING)
+    return argv
 
 
 if __name__ == "__main__":

