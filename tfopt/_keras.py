@@ -141,6 +141,11 @@ def import_tfmot():
     tfmot sets `TF_USE_LEGACY_KERAS=1` when imported, which would make a later
     first touch of `tf.keras` resolve to Keras 2. tfopt restores the variable.
     """
+    import tensorflow as tf
+
+    # Resolve tf.keras now, under the user's own setting, so the variable tfmot sets
+    # while it imports cannot flip it to Keras 2 (tfmot itself then picks tf_keras).
+    getattr(tf.keras, "Model", None)
     with _restore_env("TF_USE_LEGACY_KERAS"):
         try:
             return importlib.import_module("tensorflow_model_optimization")

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test suite (unit tests, end-to-end on real data, and the Colab notebooks), slow runs excluded.
+# Usage: scripts/test.sh [extra pytest args]
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/venv.sh"
+cd "$ROOT"
+export TF_CPP_MIN_LOG_LEVEL=2
+exec "$ROOT/.venv/bin/python" -m pytest -m "not slow" -p no:cacheprovider "$@"

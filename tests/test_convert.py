@@ -1,0 +1,126 @@
+"""tfopt.convert: the five modes, Keras 3 and tf_keras, files, and what the flatbuffer really holds."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import tfopt
+from conftest import assert_weights_unchanged, weights_snapshot
+
+
+@pytest.fixture()
+def calib(tiny_cnn, rng):
+    return tfopt.calibration_data(rng.random((64, 8, 8, 1), dtype=np.float32), model=tiny_cnn, num_samples=32)
+
+
+@pytest.mark.parametrize(
+    "mode, precision",
+    [("float32", "float32"), ("float16", "float16-weights"), ("int8", "int8"), ("int16x8", "int16x8")],
+)
+def test_convert_modes_precision(tiny_cnn, calib, mode, precision):
+    before = weights_snapshot(tiny_cnn)
+    result = tfopt.convert(tiny_cnn, mode=mode, calibration=calib if mode in ("int8", "int16x8") else None)
+    counts = result.inspection.precision_counts
+    assert counts == {precision: 2}, counts
+    assert result.tflite[4:8] == b"TFL3"
+    assert_weights_unchanged(tiny_cnn, before)
+
+
+def test_convert_dynamic_quantizes_large_weights(rng):
+    import keras
+
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(256), keras.layers.Dense(10)])
+    result = tfopt.convert(model, mode="dynamic")
+    assert result.inspection.precision_counts.get("hybrid", 0) == 2
+    assert any("XNNPACK" in w for w in result.warnings)
+    assert result.inspection.weight_dtypes.get("INT8", 0) >= 64 * 256
+
+
+def test_convert_int8_io_types(tiny_cnn, calib):
+    result = tfopt.convert(tiny_cnn, mode="int8", calibration=calib, input_type="int8", output_type="int8")
+    (inp,), (out,) = result.inspection.inputs, result.inspection.outputs
+    assert inp.dtype == "INT8" and out.dtype == "INT8"
+    assert inp.scale and out.scale
+    assert "DEQUANTIZE" not in result.inspection.op_counts and "QUANTIZE" not in result.inspection.op_counts
+
+
+def test_convert_signature_names_are_stable(two_input_model, rng):
+    data = [rng.random((40, 8, 8, 1), dtype=np.float32), rng.random((40, 3), dtype=np.float32)]
+    result = tfopt.convert(two_input_model, mode="int8", calibration=data)
+    assert result.inspection.signatures["serving_default"] == {"inputs": ["image", "meta"], "outputs": ["logits"]}
+    assert all(shape[0] == 1 for shape in (t.shape for t in result.inspection.inputs))
+
+
+def test_convert_tf_keras_model(rng):
+    import tf_keras
+
+    model = tf_keras.Sequential(
+        [tf_keras.Input((8, 8, 1)), tf_keras.layers.Conv2D(4, 3), tf_keras.layers.Flatten(), tf_keras.layers.Dense(3)]
+    )
+    x = rng.random((20, 8, 8, 1), dtype=np.float32)
+    result = tfopt.convert(model, mode="int8", calibration=x)
+    assert result.inspection.precision_counts == {"int8": 2}
+    bench = tfopt.benchmark(result, data=(x, model.predict(x, verbose=0).argmax(-1)), num_runs=3)
+    assert bench.accuracy >= 0.8
+
+
+def test_convert_keras_file_and_savedmodel(tiny_cnn, tmp_path):
+    path = str(tmp_path / "m.keras")
+    tiny_cnn.save(path)
+    out = tmp_path / "sub" / "m.tflite"
+    result = tfopt.convert(path, mode="float16", output=out)
+    assert result.path == str(out) and out.read_bytes() == result.tflite
+    saved = str(tmp_path / "saved")
+    tiny_cnn.export(saved, verbose=False)
+    assert tfopt.convert(saved).inspection.precision_counts == {"float32": 2}
+
+
+def test_convert_refuses_lambda_file_by_default(tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda t: t * 2.0), keras.layers.Dense(2)])
+    path = str(tmp_path / "lambda.keras")
+    model.save(path)
+    with pytest.raises(ValueError, match="(?i)safe_mode|lambda"):
+        tfopt.convert(path)
+    assert tfopt.convert(path, safe_mode=False).size_bytes > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"mode": "int4"}, "Unknown mode 'int4'"),
+        ({"mode": "int8"}, "needs calibration data"),
+        ({"mode": "float16", "input_type": "int8"}, "input_type='int8' is not available"),
+        ({"mode": "float32", "calibration": np.zeros((2, 8, 8, 1))}, "only used by modes"),
+    ],
+    ids=["unknown-mode", "int8-no-calibration", "bad-io-type", "calibration-unused"],
+)
+def test_convert_errors(tiny_cnn, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tfopt.convert(tiny_cnn, **kwargs)
+
+
+def test_convert_bad_model_inputs(tmp_path):
+    with pytest.raises(TypeError, match="expects a Keras model"):
+        tfopt.convert(object())
+    with pytest.raises(FileNotFoundError, match="not found"):
+        tfopt.convert(str(tmp_path / "missing.keras"))
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="saved_model.pb"):
+        tfopt.convert(str(empty))
+    bogus = tmp_path / "x.keras"
+    bogus.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="Could not load"):
+        tfopt.convert(str(bogus))
+
+
+def test_convert_calibration_shape_mismatch(tiny_cnn, two_input_model, rng):
+    other = tfopt.calibration_data([rng.random((10, 8, 8, 1)), rng.random((10, 3))], model=two_input_model)
+    with pytest.raises(ValueError, match="calibration data holds examples of shapes"):
+        tfopt.convert(tiny_cnn, mode="int8", calibration=other)
+    assert not any(name.startswith(".tmp-") for name in os.listdir("."))

@@ -1,0 +1,43 @@
+"""End to end on real data: train on 5,000 MNIST digits, convert four ways, benchmark, report."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+import tfopt
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("demo")
+    return tfopt.run_demo(str(folder), dataset="mnist5k", epochs=10, num_runs=30, verbose=False), folder
+
+
+def test_demo_int8_is_small_quantized_and_accurate(demo):
+    result, folder = demo
+    report = result.report
+    int8, f32 = report.row("int8"), report.row("float32")
+    assert int8.size_ratio <= 0.30, int8.size_ratio
+    assert report.keras_accuracy >= 0.94, "the CNN should learn real digits"
+    assert abs(int8.accuracy_drop) <= 0.01, int8.accuracy_drop
+    assert abs(f32.accuracy - report.keras_accuracy) <= 0.002
+    info = tfopt.inspect_tflite(int8.path)
+    assert info.float_compute_ops == [] and info.precision_counts.get("int8", 0) == 4
+    assert tfopt.inspect_tflite(report.row("float16").path).precision_counts == {"float16-weights": 4}
+
+
+def test_demo_writes_report_contract(demo):
+    result, folder = demo
+    payload = json.loads((folder / "report.json").read_text())
+    assert isinstance(payload["keras_accuracy"], float)
+    names = [v["name"] for v in payload["variants"]]
+    assert names == ["float32", "float16", "dynamic", "int8"]
+    for variant in payload["variants"]:
+        for key in ("name", "size_bytes", "gzip_bytes", "latency_ms_median", "latency_ms_p90", "accuracy"):
+            assert key in variant, key
+        assert os.path.getsize(variant["path"]) == variant["size_bytes"]
+    assert (folder / "report.md").read_text().startswith("# tfopt report")
+    assert not [n for n in os.listdir(folder) if n.startswith(".tmp-")]
