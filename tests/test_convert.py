@@ -124,3 +124,18 @@ def test_convert_calibration_shape_mismatch(tiny_cnn, two_input_model, rng):
     with pytest.raises(ValueError, match="calibration data holds examples of shapes"):
         tfopt.convert(tiny_cnn, mode="int8", calibration=other)
     assert not any(name.startswith(".tmp-") for name in os.listdir("."))
+
+
+def test_convert_sparse_encoding_of_pruned_weights():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(128, use_bias=False), keras.layers.Dense(4)])
+    kernel = model.get_weights()[0]
+    kernel[np.abs(kernel) < np.quantile(np.abs(kernel), 0.9)] = 0.0
+    model.set_weights([kernel, *model.get_weights()[1:]])
+    dense, sparse = tfopt.convert(model), tfopt.convert(model, sparse=True)
+    assert sparse.inspection.op_counts.get("DENSIFY", 0) >= 1
+    assert sparse.size_bytes < dense.size_bytes
+    report = tfopt.tflite_sparsity(sparse)
+    assert max(t.sparsity for t in report.tensors) == pytest.approx(0.9, abs=0.01)

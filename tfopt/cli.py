@@ -20,6 +20,7 @@ COMMANDS = {
     "demo": "demo",
     "convert": "convert",
     "bench": "bench",
+    "prune": "prune",
 }
 
 

@@ -449,6 +449,8 @@ def prune_channels(
         group_rows.append(ChannelGroup(index, names_in, size, after, used, reason))
         for node in sources:
             layer_rows.append(LayerChannels(node.layer, node.class_name, index, size, after, reason))
+    order = {node.layer: i for i, node in enumerate(graph.nodes)}
+    layer_rows.sort(key=lambda row: order[row.name])
     new = _rebuild(model, graph, kept)
     kept_channels = {}
     for node in graph.nodes:

@@ -180,7 +180,7 @@ def prune(
             raise ValueError(f"m_by_n must be a pair (m, n) such as (2, 4). Received: m_by_n={m_by_n!r}.")
         schedules.m_by_n_mask(np.zeros((m_by_n[1], 1)), *m_by_n)  # validates m, n
     flavor = _keras.keras_flavor(model)
-    tfmot = _import_tfmot()
+    tfmot = _keras.import_tfmot()
     pruning_schedule = _make_schedule(tfmot, target_sparsity, schedule, begin_step, end_step, frequency, m_by_n)
     work = bridge.to_tf_keras(model) if flavor == _keras.KERAS3 else _keras.clone_model(model)
 
@@ -325,7 +325,7 @@ def load_pruned(path: str):
     model. (tfmot does not save the `m_by_n` option: save 2:4 models after
     fine-tuning, or strip them first.)
     """
-    tfmot = _import_tfmot()
+    tfmot = _keras.import_tfmot()
     tf_keras = _keras.keras_module(_keras.TF_KERAS)
     with tfmot.sparsity.keras.prune_scope():
         return tf_keras.models.load_model(path)
@@ -358,14 +358,6 @@ def sparsity_logger(log_dir: str | None = None):
     return SparsityLogger()
 
 
-def _import_tfmot():
-    """tfmot, imported after `tf.keras` is resolved, so tfmot's import cannot turn it into tf_keras."""
-    import tensorflow as tf
-
-    _ = tf.keras.Model  # first touch under the caller's settings; tfmot then uses tf_keras directly
-    return _keras.import_tfmot()
-
-
 def _make_schedule(tfmot, target, schedule, begin_step, end_step, frequency, m_by_n):
     for name, value in (("begin_step", begin_step), ("end_step", end_step), ("frequency", frequency)):
         if value is not None and (not isinstance(value, (int, np.integer)) or value < 0):
@@ -383,9 +375,11 @@ def _make_schedule(tfmot, target, schedule, begin_step, end_step, frequency, m_b
     if end < begin:
         raise ValueError(f"end_step must be >= begin_step. Received: begin_step={begin_step}, end_step={end_step}.")
     span = end - begin
+    if span == 0:  # a one-step ramp; tfmot's PolynomialDecay would divide by zero
+        return sparsity.ConstantSparsity(float(target), begin_step=begin, end_step=end, frequency=1)
     if frequency is None:
         frequency = schedules.choose_frequency(begin, end)
-    elif span and frequency > span:
+    elif frequency > span:
         raise ValueError(
             f"frequency={frequency} is longer than the pruning ramp ({begin}..{end}): the target sparsity would "
             f"never be reached. Use frequency <= {span}, or leave frequency=None to choose one."
@@ -475,3 +469,7 @@ def _is_wrapper(layer) -> bool:
 
 def _wrappers(model) -> list:
     return [layer for layer in model.layers if _is_wrapper(layer)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sparsity as stored in a .tflite flatbuffer

@@ -50,7 +50,7 @@ def constant_sparsity(step: int, *, target_sparsity: float, begin_step: int) -> 
 def mask_update_steps(begin_step: int, end_step: int, frequency: int) -> np.ndarray:
     """Steps at which masks are recomputed: `begin_step, begin_step + frequency, ... <= end_step`.
 
-    >>> mask_update_steps(1, 201, 20)[-1]
+    >>> int(mask_update_steps(1, 201, 20)[-1])
     201
     """
     if frequency < 1:

@@ -82,6 +82,7 @@ def convert(
     input_type: str = "float32",
     output_type: str = "float32",
     output: str | os.PathLike | None = None,
+    sparse: bool = False,
     safe_mode: bool = True,
 ) -> ConversionResult:
     """Converts a model to a LiteRT (.tflite) flatbuffer and reports what got quantized.
@@ -103,6 +104,11 @@ def convert(
             (mode `int8`), `"int16"` (mode `int16x8`). Defaults to `"float32"`.
         output_type: dtype of the model output, same choices. Defaults to `"float32"`.
         output: also write the .tflite here (atomically). Defaults to `None`.
+        sparse: store mostly-zero weights in LiteRT's sparse encoding
+            (`tf.lite.Optimize.EXPERIMENTAL_SPARSITY`; fed through DENSIFY ops). It
+            shrinks the raw file of a pruned model, but compresses worse than dense
+            storage (measured on a pruned CNN: 40.6 -> 28.5 KB raw, 13.6 -> 18.5 KB
+            gzip), and XNNPACK runs sparse kernels only on some ARM CPUs. Defaults to `False`.
         safe_mode: when `model` is a file, refuse to deserialize Python lambdas so
             loading cannot run arbitrary code. Defaults to `True`.
 
@@ -135,6 +141,8 @@ def convert(
     converter, keras_model, scratch = _make_converter(model, safe_mode=safe_mode)
     if mode != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if sparse:
+        converter.optimizations = [*converter.optimizations, tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
     if mode == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if mode in ("int8", "int16x8"):

@@ -254,7 +254,7 @@ def peak_live_bytes(sizes: Sequence[float], first_use: Sequence[int], last_use: 
     is assumed, which is what a plain runtime without memory planning tricks needs.
 
     >>> peak_live_bytes([4, 8, 2], [0, 1, 2], [1, 2, 2], steps=3)
-    (10, 1)
+    (12, 1)
     """
     if not steps:
         return 0, 0

@@ -63,7 +63,9 @@ class Profile:
         source: `"keras"` or `"tflite"`.
         batch_size: the batch the activations, MACs and memory are counted for.
         layers: one `LayerProfile` per layer or operator, in execution order.
-        params: total parameters (`trainable_params` of them trainable; TFLite: all constants).
+        params: total parameters (`trainable_params` of them trainable). For a .tflite: the
+            elements of every constant tensor, which adds a few int32 shape operands and
+            loses nothing but folded BatchNormalization statistics.
         macs / flops: totals over the layers with a known formula.
         other_ops: total non-MAC arithmetic.
         weight_bytes: weights stored as float32 / float16 / int8 (and `stored` for a .tflite).
@@ -365,6 +367,7 @@ class _KerasGraphBuilder:
     def build(self, model) -> _Graph:
         flavor = self._keras.keras_flavor(model)
         self.graph = _Graph(name=model.name, source="keras")
+        self._check_graph(model)
         try:
             inputs = list(model.inputs)
         except (AttributeError, ValueError):
@@ -389,17 +392,28 @@ class _KerasGraphBuilder:
         self.graph.trainable_params = int(sum(np.prod(w.shape) for w in model.trainable_weights))
         return self.graph
 
-    def expand(self, model, prefix: str, input_ids: list[str], flavor: str) -> list[str]:
-        config = model.get_config() if hasattr(model, "get_config") else None
-        layers_cfg = (config or {}).get("layers") if isinstance(config, dict) else None
-        if type(model).__name__ == "Sequential" and isinstance(layers_cfg, list):
-            return self._expand_chain(model, prefix, input_ids)
-        if not isinstance(layers_cfg, list) or not all("inbound_nodes" in entry for entry in layers_cfg):
+    @staticmethod
+    def _check_graph(model) -> dict:
+        """The model's config when it describes a layer graph (Sequential or functional)."""
+        try:
+            config = model.get_config()
+        except NotImplementedError:
+            config = None
+        layers_cfg = config.get("layers") if isinstance(config, dict) else None
+        sequential = type(model).__name__ == "Sequential" and isinstance(layers_cfg, list)
+        if not sequential and (not isinstance(layers_cfg, list)
+                               or not all("inbound_nodes" in entry for entry in layers_cfg)):
             raise NotImplementedError(
                 f"Cannot read the layer graph of {model.name!r} ({type(model).__name__}): subclassed models "
                 "have no functional graph. Convert it to .tflite (tfopt.convert) and profile the flatbuffer, "
                 "or build it with the functional API."
             )
+        return config
+
+    def expand(self, model, prefix: str, input_ids: list[str], flavor: str) -> list[str]:
+        config = self._check_graph(model)
+        if type(model).__name__ == "Sequential":
+            return self._expand_chain(model, prefix, input_ids)
         return self._expand_functional(model, config, prefix, input_ids, flavor)
 
     def _expand_chain(self, model, prefix, input_ids):
@@ -600,7 +614,7 @@ def tflite_graph(content: bytes, *, batch_size: int, name: str) -> _Graph:
             macs, other = None, 0
         raw_name = tensors[op.outputs[0]].name if len(op.outputs) else kind
         graph.nodes.append(_Node(
-            name=raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name), kind=kind,
+            name=(raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)).split(";")[0], kind=kind,
             inputs=[add_tensor(i) for i in inputs if i not in constants],
             outputs=[add_tensor(i) for i in op.outputs],
             params=params, macs=None if macs is None else int(round(macs * scale)),

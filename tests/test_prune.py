@@ -1,0 +1,222 @@
+"""Magnitude pruning: plain fit without callbacks, strip, skipped layers, 2:4, save/load, CLI."""
+
+import json
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from tfopt import _keras
+from tfopt.compress import schedules
+from tfopt.compress.prune import (
+    _make_schedule,
+    load_pruned,
+    prune,
+    pruning_summary,
+    sparsity_logger,
+    strip,
+)
+from tfopt.deploy.sparsity import tflite_sparsity
+
+RNG = np.random.default_rng(0)
+X = RNG.random((64, 10, 10, 1), dtype="float32")
+Y = RNG.integers(0, 4, 64)
+
+
+def _cnn(k=keras):
+    k.utils.set_random_seed(0)
+    inputs = k.Input((10, 10, 1))
+    x = k.layers.Conv2D(8, 3, name="conv_in")(inputs)
+    x = k.layers.BatchNormalization(name="bn")(x)
+    x = k.layers.ReLU()(x)
+    x = k.layers.Conv2D(16, 3, name="conv_mid")(x)
+    x = k.layers.ReLU()(x)
+    x = k.layers.Flatten()(x)
+    x = k.layers.Dense(32, activation="relu", name="dense_mid")(x)
+    outputs = k.layers.Dense(4, name="classifier")(x)
+    return k.Model(inputs, outputs)
+
+
+def _fit(model, epochs=2, **kwargs):
+    model.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model.fit(X, Y, epochs=epochs, batch_size=8, verbose=0, **kwargs)
+
+
+def _kernel(model, name):
+    return model.get_layer(name).get_weights()[0]
+
+
+@pytest.mark.parametrize("flavor", [keras, tf_keras], ids=["keras3", "tf_keras"])
+def test_prune_plain_fit_reaches_target_and_strip_keeps_flavour(flavor):
+    model = _cnn(flavor)
+    before = [w.copy() for w in model.get_weights()]
+    pruned = prune(model, target_sparsity=0.8, end_step=10)
+    assert _keras.keras_flavor(pruned) == _keras.TF_KERAS
+    _fit(pruned)  # 16 steps, no UpdatePruningStep callback
+    summary = pruning_summary(pruned)
+    assert [l.name for l in summary.layers] == ["conv_mid", "dense_mid"]
+    assert all(abs(l.sparsity - 0.8) < 0.01 and l.step == 16 for l in summary.layers)
+    assert {s.name for s in summary.skipped} == {"conv_in", "bn", "classifier"}
+    stripped = strip(pruned)
+    assert _keras.keras_flavor(stripped) == _keras.keras_flavor(model)
+    for name in ("conv_mid", "dense_mid"):
+        assert schedules.sparsity_of(_kernel(stripped, name)) >= 0.79
+    assert schedules.sparsity_of(_kernel(stripped, "conv_in")) == 0.0
+    np.testing.assert_allclose(pruned.predict(X, verbose=0), stripped.predict(X, verbose=0), atol=1e-5)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+@pytest.mark.parametrize("step", [0, 1, 5, 11, 21, 40])
+def test_tfmot_schedule_matches_numpy_maths(step):
+    schedule = _make_schedule(_keras.import_tfmot(), 0.75, "polynomial", 0, 21, None, None)
+    frequency = schedules.choose_frequency(1, 21)
+    should_prune, sparsity = schedule(tf.constant(step, tf.int64))
+    assert float(sparsity) == pytest.approx(
+        schedules.polynomial_sparsity(step, final_sparsity=0.75, begin_step=1, end_step=21), abs=1e-6
+    )
+    assert bool(should_prune) == (step in schedules.mask_update_steps(1, 21, frequency))
+
+
+def test_frequency_longer_than_ramp_is_an_error():
+    with pytest.raises(ValueError, match="frequency=100 is longer than the pruning ramp"):
+        prune(_cnn(), end_step=50, frequency=100)
+
+
+def test_frequency_not_dividing_ramp_warns_and_extends():
+    with pytest.warns(UserWarning, match="Using end_step=31"):
+        pruned = prune(_cnn(), end_step=25, frequency=10)
+    assert pruning_summary(pruned).layers[0].end_step == 31
+
+
+def test_strip_warns_when_schedule_unfinished():
+    pruned = prune(_cnn(), target_sparsity=0.8, end_step=100)
+    with pytest.warns(UserWarning, match="have not finished their schedule"):
+        strip(pruned)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"target_sparsity": 1.0}, ValueError, r"target_sparsity must be a number in \[0, 1\)"),
+        ({"schedule": "cubic"}, ValueError, "schedule must be one of"),
+        ({"include": ["nope"]}, ValueError, "include rule 'nope' matched no layer"),
+        ({"exclude": "re:zzz.*"}, ValueError, r"exclude rule 're:zzz\.\*' matched no layer"),
+        ({"include": lambda layer: False}, ValueError, "matched no layer"),
+        ({"include": [3]}, TypeError, "include items must be layer names"),
+        ({"m_by_n": (4, 2)}, ValueError, "m:n sparsity needs integers"),
+        ({"begin_step": -1}, ValueError, "begin_step must be a non-negative integer"),
+        ({"include": "bn"}, ValueError, "No layer of .* can be pruned"),
+    ],
+    ids=["sparsity", "schedule", "include", "exclude", "callable", "type", "m_by_n", "begin", "nothing"],
+)
+def test_prune_rejects_bad_options(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        prune(_cnn(), **kwargs)
+
+
+def test_include_regex_and_exclude():
+    pruned = prune(_cnn(), include="re:conv_.*|classifier", exclude=["conv_in"])
+    assert [l.name for l in pruning_summary(pruned).layers] == ["conv_mid", "classifier"]
+
+
+def test_unsupported_layers_are_skipped_and_listed():
+    inputs = tf_keras.Input((8, 8, 3))
+    x = tf_keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = tf_keras.layers.Conv2D(8, 3, name="c1")(x)
+    x = tf_keras.layers.DepthwiseConv2D(3, name="dw")(x)
+    x = x + 1.0  # TFOpLambda
+    x = tf_keras.layers.Conv2D(8, 1, name="c2")(x)
+    x = tf_keras.layers.GlobalAveragePooling2D()(x)
+    outputs = tf_keras.layers.Dense(2, name="head")(x)
+    model = tf_keras.Model(inputs, outputs)
+    pruned = prune(model, target_sparsity=0.5, end_step=2)
+    summary = pruning_summary(pruned)
+    assert [l.name for l in summary.layers] == ["c2"]
+    reasons = {s.name: s.reason for s in summary.skipped}
+    assert "depthwise" in reasons["dw"]
+    pruned.compile("sgd", "mse")
+    pruned.fit(np.ones((4, 8, 8, 3)), np.ones((4, 2)), epochs=1, batch_size=2, verbose=0)
+    assert schedules.sparsity_of(_kernel(strip(pruned), "c2")) == pytest.approx(0.5)
+
+
+def test_two_four_pattern_in_stripped_model_and_tflite():
+    pruned = prune(_cnn(), m_by_n=(2, 4))
+    _fit(pruned, epochs=1)
+    stripped = strip(pruned)
+    for name in ("conv_mid", "dense_mid"):
+        kernel = _kernel(stripped, name)
+        assert schedules.m_by_n_holds(kernel, 2, 4)
+        assert schedules.sparsity_of(kernel) == pytest.approx(0.5)
+    report = tflite_sparsity(tf.lite.TFLiteConverter.from_keras_model(stripped).convert(), m_by_n=(2, 4))
+    checked = [t for t in report.tensors if t.sparsity > 0.4]
+    assert len(checked) == 2 and all(t.m_by_n_holds for t in checked)
+    assert "yes" in report.summary()
+
+
+def test_tflite_sparsity_reads_int8_and_sparse_encoding():
+    pruned = prune(_cnn(), target_sparsity=0.8, end_step=4)
+    _fit(pruned, epochs=1)
+    stripped = strip(pruned)
+    converter = tf.lite.TFLiteConverter.from_keras_model(stripped)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT, tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+    converter.representative_dataset = lambda: ([X[i : i + 1]] for i in range(8))
+    report = tflite_sparsity(converter.convert())
+    by_sparsity = sorted(t.sparsity for t in report.tensors)
+    assert by_sparsity[-2] >= 0.79 and by_sparsity[0] < 0.1
+    assert any(t.sparse_encoded for t in report.tensors)
+    assert {t.dtype for t in report.tensors} == {"int8"}
+    assert json.dumps(report.to_dict())
+
+
+def test_pruned_model_survives_save_and_load(tmp_path):
+    pruned = prune(_cnn(), target_sparsity=0.6, end_step=10)
+    _fit(pruned, epochs=1)
+    for suffix in (".keras", ".h5"):
+        path = str(tmp_path / f"pruned{suffix}")
+        pruned.save(path)
+        loaded = load_pruned(path)
+        assert pruning_summary(loaded).layers[0].step == 8
+        np.testing.assert_allclose(loaded.predict(X, verbose=0), pruned.predict(X, verbose=0), atol=1e-5)
+    _fit(loaded, epochs=1)  # keeps training without a callback
+    assert all(abs(l.sparsity - 0.6) < 0.01 for l in pruning_summary(loaded).layers)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _keras.keras_flavor(strip(loaded)) == _keras.TF_KERAS
+
+
+def test_sparsity_logger_adds_epoch_logs():
+    pruned = prune(_cnn(), target_sparsity=0.5, end_step=4)
+    history = _fit(pruned, epochs=1, callbacks=[sparsity_logger()])
+    assert history.history["sparsity/conv_mid"][0] == pytest.approx(0.5, abs=0.01)
+
+
+def test_strip_rejects_unpruned_model():
+    with pytest.raises(ValueError, match="has no pruning wrappers"):
+        strip(_cnn(tf_keras))
+
+
+def test_cli_prune_writes_model_and_json(tmp_path):
+    from absl import flags
+
+    from tfopt._cli import prune as cli
+
+    model = _cnn()
+    model_path, data_path = str(tmp_path / "m.keras"), str(tmp_path / "d.npz")
+    model.save(model_path)
+    np.savez(data_path, x_train=X, y_train=Y, x_test=X[:16], y_test=Y[:16])
+    out, report = str(tmp_path / "out.keras"), str(tmp_path / "out.json")
+    flags.FLAGS(["tfopt", f"--data={data_path}", f"--output={out}", f"--json={report}", "--epochs=2",
+                 "--batch_size=16", "--target_sparsity=0.75"])
+    try:
+        assert cli.main([model_path]) == 0
+    finally:
+        flags.FLAGS.unparse_flags()
+    payload = json.load(open(report))
+    assert payload["params_after"] == payload["params_before"]
+    sparsities = {row["name"].split("/")[0]: row["sparsity"] for row in payload["layers"]}
+    assert sparsities["conv_mid"] >= 0.74 and sparsities["conv_in"] == 0.0
+    assert 0.0 <= payload["accuracy_after"] <= 1.0 and payload["paths"]["output"].endswith("out.keras")
+    assert _keras.keras_flavor(_keras.load_model(out)) == _keras.KERAS3
