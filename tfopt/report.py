@@ -156,7 +156,7 @@ def variant_report(
     Example:
 
     >>> import keras, tfopt
-    >>> model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8)])
+    >>> model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(256)])
     >>> runs = {m: tfopt.benchmark(tfopt.convert(model, mode=m), num_runs=5) for m in ("float32", "float16")}
     >>> tfopt.variant_report(runs).row("float16").size_ratio < 1.0
     True

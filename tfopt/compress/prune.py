@@ -324,6 +324,15 @@ def load_pruned(path: str):
     Training can continue with a plain `fit`: the step count is saved with the
     model. (tfmot does not save the `m_by_n` option: save 2:4 models after
     fine-tuning, or strip them first.)
+
+    Example:
+
+    >>> import keras, os, tempfile, tfopt
+    >>> layers = [keras.Input((8,)), keras.layers.Dense(16, name="hidden"), keras.layers.Dense(4, name="out")]
+    >>> path = os.path.join(tempfile.mkdtemp(), "pruned.keras")
+    >>> tfopt.prune(keras.Sequential(layers), target_sparsity=0.5, include=["hidden"]).save(path)
+    >>> len(tfopt.pruning_summary(tfopt.load_pruned(path)).layers)
+    1
     """
     tfmot = _keras.import_tfmot()
     tf_keras = _keras.keras_module(_keras.TF_KERAS)
@@ -337,6 +346,17 @@ def sparsity_logger(log_dir: str | None = None):
     Adds `sparsity/<layer>` entries to the epoch logs (printed by `fit`, kept in
     `History`) and, with `log_dir`, writes them as TensorBoard scalars. It is
     never needed for correctness.
+
+    Example:
+
+    >>> import keras, numpy as np, tfopt
+    >>> layers = [keras.Input((8,)), keras.layers.Dense(16, name="hidden"), keras.layers.Dense(4, name="out")]
+    >>> pruned = tfopt.prune(keras.Sequential(layers), target_sparsity=0.5, end_step=4, include=["hidden"])
+    >>> pruned.compile("adam", "mse")
+    >>> history = pruned.fit(np.ones((32, 8)), np.ones((32, 4)), epochs=1, batch_size=8,
+    ...                      callbacks=[tfopt.sparsity_logger()], verbose=0)
+    >>> "sparsity/hidden" in history.history
+    True
     """
     import tensorflow as tf
 
