@@ -139,3 +139,23 @@ def test_convert_sparse_encoding_of_pruned_weights():
     assert sparse.size_bytes < dense.size_bytes
     report = tfopt.tflite_sparsity(sparse)
     assert max(t.sparsity for t in report.tensors) == pytest.approx(0.9, abs=0.01)
+
+
+def test_convert_reports_xnnpack_coverage(tiny_cnn, calib):
+    result = tfopt.convert(tiny_cnn, mode="int8", calibration=calib)
+    assert result.xnnpack is not None and result.xnnpack.fully_delegated
+    assert result.xnnpack.total_ops == len(result.inspection.ops)
+    assert "XNNPACK takes" in result.summary()
+    assert tfopt.convert(tiny_cnn, check_delegation=False).xnnpack is None
+
+
+def test_convert_warns_when_xnnpack_leaves_ops(rng):
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 16], tf.float32)])
+    def odd(x):
+        return tf.math.cumsum(tf.sin(x) * 3.0, axis=-1)  # CUMSUM has no XNNPACK kernel
+
+    content = tf.lite.TFLiteConverter.from_concrete_functions([odd.get_concrete_function()]).convert()
+    coverage = tfopt.xnnpack_coverage(content)
+    assert not coverage.fully_delegated and any("CUMSUM" in op for op in coverage.undelegated)

@@ -29,6 +29,8 @@ _EXPORTS = {
     "BenchmarkResult": "tfopt.deploy.benchmark",
     "evaluate_tflite": "tfopt.deploy.benchmark",
     "BenchmarkError": "tfopt.deploy.benchmark",
+    "xnnpack_coverage": "tfopt.deploy.benchmark",
+    "DelegateCoverage": "tfopt.deploy.benchmark",
     "tflite_sparsity": "tfopt.deploy.sparsity",
     "TFLiteSparsity": "tfopt.deploy.sparsity",
     "TensorSparsity": "tfopt.deploy.sparsity",

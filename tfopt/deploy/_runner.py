@@ -137,6 +137,8 @@ def measure(request: dict[str, Any]) -> dict[str, Any]:
     interpreter.allocate_tensors()
     result["init_ms"] = (time.perf_counter() - start) * 1e3
     result["xnnpack"] = delegated_ops(interpreter) if request["use_xnnpack"] else None
+    if request.get("coverage_only"):
+        return result
     inputs = interpreter.get_input_details()
     outputs = interpreter.get_output_details()
     result["inputs"] = [{"name": d["name"], "shape": d["shape"].tolist(), "dtype": np.dtype(d["dtype"]).name} for d in inputs]

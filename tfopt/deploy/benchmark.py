@@ -254,6 +254,66 @@ def _result(content: bytes, raw: dict[str, Any], *, num_threads: int, use_xnnpac
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class DelegateCoverage:
+    """Which ops of a .tflite the XNNPACK delegate takes (read from the interpreter's execution plan)."""
+
+    delegated_ops: int
+    total_ops: int
+    partitions: int
+    undelegated: tuple[str, ...]
+
+    @property
+    def fully_delegated(self) -> bool:
+        """True when XNNPACK took every op."""
+        return self.delegated_ops == self.total_ops
+
+    def summary(self) -> str:
+        """One line."""
+        left = f"; not delegated: {', '.join(self.undelegated[:8])}" if self.undelegated else ""
+        return f"XNNPACK takes {self.delegated_ops}/{self.total_ops} ops in {self.partitions} partition(s){left}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {**dataclasses.asdict(self), "fully_delegated": self.fully_delegated}
+
+
+def xnnpack_coverage(tflite: Any, *, input_shapes: dict[str, list[int]] | None = None, timeout: float = 120.0):
+    """Loads a .tflite with XNNPACK (in a child process) and reports which ops the delegate took.
+
+    Returns `None` when this LiteRT build does not expose its execution plan.
+
+    Raises:
+        BenchmarkError: the interpreter could not load the model.
+
+    Example:
+
+    >>> import keras, tfopt
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> tfopt.xnnpack_coverage(tfopt.convert(model).tflite).fully_delegated
+    True
+    """
+    content = tflite_bytes(tflite)
+    with tempfile.TemporaryDirectory(prefix="tfopt-xnn-") as tmp:
+        request = {
+            "tflite_path": os.path.join(tmp, "model.tflite"),
+            "result_path": os.path.join(tmp, "result.json"),
+            "num_threads": 1,
+            "num_runs": 1,
+            "warmup_runs": 0,
+            "use_xnnpack": True,
+            "coverage_only": True,
+            "input_shapes": {str(k): list(v) for k, v in (input_shapes or {}).items()},
+        }
+        with open(request["tflite_path"], "wb") as handle:
+            handle.write(content)
+        raw = run_isolated(request, tmp, timeout=timeout)
+    xnn = raw.get("xnnpack")
+    if not xnn:
+        return None
+    return DelegateCoverage(xnn["delegated_ops"], xnn["total_ops"], xnn["partitions"], tuple(xnn["undelegated"]))
+
+
 def evaluate_tflite(tflite: Any, x: Any, y: Any, *, max_examples: int | None = None) -> float:
     """Top-1 accuracy of a .tflite on labelled data, run on LiteRT (in a child process).
 

@@ -43,6 +43,7 @@ class ConversionResult:
     inspection: TFLiteInspection = dataclasses.field(repr=False)
     path: str | None = None
     warnings: tuple[str, ...] = ()
+    xnnpack: Any = None  # DelegateCoverage, or None when not checked
 
     def __bytes__(self) -> bytes:
         return self.tflite
@@ -60,6 +61,8 @@ class ConversionResult:
         """What the conversion produced."""
         lines = [f"mode {self.mode}: {self.size_bytes / 1024:.1f} KB" + (f" -> {self.path}" if self.path else "")]
         lines.append(self.inspection.summary())
+        if self.xnnpack is not None:
+            lines.append("  " + self.xnnpack.summary())
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
 
@@ -71,6 +74,7 @@ class ConversionResult:
             "path": self.path,
             "warnings": list(self.warnings),
             "inspection": self.inspection.to_dict(),
+            "xnnpack": self.xnnpack.to_dict() if self.xnnpack is not None else None,
         }
 
 
@@ -83,6 +87,7 @@ def convert(
     output_type: str = "float32",
     output: str | os.PathLike | None = None,
     sparse: bool = False,
+    check_delegation: bool = True,
     safe_mode: bool = True,
 ) -> ConversionResult:
     """Converts a model to a LiteRT (.tflite) flatbuffer and reports what got quantized.
@@ -109,6 +114,8 @@ def convert(
             shrinks the raw file of a pruned model, but compresses worse than dense
             storage (measured on a pruned CNN: 40.6 -> 28.5 KB raw, 13.6 -> 18.5 KB
             gzip), and XNNPACK runs sparse kernels only on some ARM CPUs. Defaults to `False`.
+        check_delegation: load the result in LiteRT with XNNPACK (in a child
+            process) and report which ops the delegate takes. Defaults to `True`.
         safe_mode: when `model` is a file, refuse to deserialize Python lambdas so
             loading cannot run arbitrary code. Defaults to `True`.
 
@@ -167,8 +174,23 @@ def convert(
             shutil.rmtree(scratch, ignore_errors=True)
     inspection = inspect_tflite(content)
     warnings = _warnings(mode, inspection)
+    coverage = None
+    if check_delegation:
+        from tfopt.deploy.benchmark import BenchmarkError, xnnpack_coverage
+
+        try:
+            coverage = xnnpack_coverage(content)
+        except BenchmarkError as err:
+            warnings.append(f"LiteRT could not load the converted model to check XNNPACK coverage: {err}")
+        if coverage is not None and not coverage.fully_delegated:
+            warnings.append(
+                f"XNNPACK takes {coverage.delegated_ops} of {coverage.total_ops} ops; "
+                f"{', '.join(coverage.undelegated[:6])} run on LiteRT's reference kernels."
+            )
     path = atomic_write(output, content) if output is not None else None
-    return ConversionResult(tflite=content, mode=mode, inspection=inspection, path=path, warnings=tuple(warnings))
+    return ConversionResult(
+        tflite=content, mode=mode, inspection=inspection, path=path, warnings=tuple(warnings), xnnpack=coverage
+    )
 
 
 def _first_lines(err: Exception, limit: int = 6) -> str:

@@ -25,6 +25,7 @@ from tfopt._keras import is_keras_model, keras_flavor, load_model, optional_impo
 DEFAULT_OPSET = 17
 _PIP = "tf2onnx onnx onnxruntime"
 _PROTO_LIMIT = 2**31 - 1  # protobuf cannot serialize a single message above 2 GiB
+_AUTO_NAME = re.compile(r"keras_tensor(_\d+)?")
 
 
 @dataclasses.dataclass
@@ -43,6 +44,14 @@ class OnnxExportResult:
             onnxruntime and Keras outputs over those inputs (`None` without `data`).
         seconds: wall time of conversion plus the parity check.
         versions: tf2onnx / onnx / onnxruntime versions used.
+
+    Example:
+
+    ```python
+    result = tfopt.export_onnx(model, "model.onnx", data=x_test)
+    assert result.max_abs_diff <= 1e-4
+    json.dump(result.to_dict(), open("onnx.json", "w"))
+    ```
     """
 
     path: str
@@ -60,7 +69,8 @@ class OnnxExportResult:
 
     def summary(self) -> str:
         lines = [
-            f"ONNX export: {self.path} ({self.size_bytes / 1024:.1f} KiB, opset {self.opset}, from {self.keras_flavor})",
+            f"ONNX export: {self.path} ({self.size_bytes / 1024:.1f} KiB, opset {self.opset}, "
+            f"from {self.keras_flavor})",
             f"  inputs:  {', '.join(self.input_names)}",
             f"  outputs: {', '.join(self.output_names)}",
             "  ops:     " + ", ".join(f"{op} x{n}" for op, n in sorted(self.op_counts.items())),
@@ -82,7 +92,7 @@ def _graph_names(names: list[str], fallback: str) -> list[str]:
     """Valid, unique tensor names for the ONNX graph (TF rejects some characters)."""
     out: list[str] = []
     for i, name in enumerate(names):
-        if not name or re.fullmatch(r"keras_tensor(_\d+)?", str(name)):  # Keras 3 auto names say nothing
+        if not name or _AUTO_NAME.fullmatch(str(name)):  # Keras 3 auto names say nothing
             name = fallback if len(names) == 1 else f"{fallback}_{i}"
         clean = re.sub(r"[^A-Za-z0-9_.\-]", "_", str(name))
         if not re.match(r"[A-Za-z]", clean):
@@ -105,9 +115,10 @@ def _io_specs(model, tf):
     input_names = _graph_names(
         list(getattr(model, "input_names", None) or [t.name for t in inputs]), "input"
     )
-    output_names = _graph_names(
-        list(getattr(model, "output_names", None) or [t.name for t in outputs]), "output"
-    )
+    raw_outputs = list(getattr(model, "output_names", None) or [t.name for t in outputs])
+    if len(raw_outputs) == 1 and _AUTO_NAME.fullmatch(str(raw_outputs[0])) and model.layers:
+        raw_outputs = [model.layers[-1].name]  # Keras 3 Sequential: name the output after its last layer
+    output_names = _graph_names(raw_outputs, "output")
     if len(input_names) != len(inputs):
         input_names = _graph_names([None] * len(inputs), "input")
     if len(output_names) != len(outputs):
@@ -246,6 +257,10 @@ def export_onnx(
             f"The ONNX graph is {model_proto.ByteSize() / 2**30:.1f} GiB, above protobuf's 2 GiB limit. "
             "Use tf2onnx directly with large_model=True (external data format)."
         )
+    for value in [*model_proto.graph.input, *model_proto.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].dim_param:  # tf2onnx names the dynamic batch axis "unk__<n>"
+            dims[0].dim_param = "batch"
     content = model_proto.SerializeToString()
     path = atomic_write(path, content)
     result = OnnxExportResult(

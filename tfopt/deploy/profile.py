@@ -160,8 +160,8 @@ def profile(model_or_tflite: Any, *, batch_size: int = 1, optimizer_slots: int =
 
     Args:
         model_or_tflite: a Keras model (Keras 3 or tf_keras; functional or Sequential,
-            nested models are expanded), or a TFLite flatbuffer as `bytes` or a path to
-            a `.tflite` file.
+            nested models are expanded), or a TFLite flatbuffer: `bytes`, a path to a
+            `.tflite` file, or the result of `tfopt.convert`.
         batch_size: examples per batch for MACs, activations and memory. For a .tflite
             the counts of the converted batch are scaled linearly. Defaults to `1`.
         optimizer_slots: float32 slots per trainable weight in the training-memory
@@ -189,8 +189,11 @@ def profile(model_or_tflite: Any, *, batch_size: int = 1, optimizer_slots: int =
         raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}.")
     if isinstance(optimizer_slots, bool) or not isinstance(optimizer_slots, int) or optimizer_slots < 0:
         raise ValueError(f"optimizer_slots must be an integer >= 0. Received: optimizer_slots={optimizer_slots!r}.")
-    if isinstance(model_or_tflite, (bytes, bytearray, memoryview)):
-        graph = tflite_graph(bytes(model_or_tflite), batch_size=batch_size, name="model.tflite")
+    flat = getattr(model_or_tflite, "tflite", None)  # a tfopt.convert result
+    if isinstance(flat, (bytes, bytearray)):
+        graph = _tflite_graph(bytes(flat), batch_size=batch_size, name="model.tflite")
+    elif isinstance(model_or_tflite, (bytes, bytearray, memoryview)):
+        graph = _tflite_graph(bytes(model_or_tflite), batch_size=batch_size, name="model.tflite")
     elif isinstance(model_or_tflite, (str, os.PathLike)):
         path = os.fspath(model_or_tflite)
         if not path.endswith(".tflite"):
@@ -201,9 +204,9 @@ def profile(model_or_tflite: Any, *, batch_size: int = 1, optimizer_slots: int =
         if not os.path.isfile(path):
             raise FileNotFoundError(f"TFLite file not found: {path!r}.")
         with open(path, "rb") as handle:
-            graph = tflite_graph(handle.read(), batch_size=batch_size, name=os.path.basename(path))
+            graph = _tflite_graph(handle.read(), batch_size=batch_size, name=os.path.basename(path))
     else:
-        graph = keras_graph(model_or_tflite, batch_size=batch_size)
+        graph = _keras_graph(model_or_tflite, batch_size=batch_size)
     return _assemble(graph, batch_size=batch_size, optimizer_slots=optimizer_slots)
 
 
@@ -534,11 +537,11 @@ class _KerasGraphBuilder:
                 for t, i in zip(out_ids[:count], range(count))]
 
 
-def keras_graph(model, *, batch_size: int) -> _Graph:
+def _keras_graph(model, *, batch_size: int) -> _Graph:
     return _KerasGraphBuilder(batch_size).build(model)
 
 
-def tflite_graph(content: bytes, *, batch_size: int, name: str) -> _Graph:
+def _tflite_graph(content: bytes, *, batch_size: int, name: str) -> _Graph:
     """Reads the main subgraph of a flatbuffer into a cost graph (float and quantized models)."""
     from tfopt._keras import optional_import
 

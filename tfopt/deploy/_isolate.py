@@ -1,0 +1,101 @@
+"""Runs one measuring step in a child Python process and reads back its JSON result.
+
+A runtime that aborts or segfaults on a bad model (LiteRT, TFLite Micro) then
+kills the child, not the caller. The child reports progress as `tfopt-stage:`
+lines on stderr, so a crash can be placed. The child is reaped with `os.wait4`,
+which also gives the peak resident memory of that one process.
+
+`benchmark.run_isolated` does the same for the LiteRT benchmark runner; this
+version takes the module to run and returns the child's peak RSS as well.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from tfopt.deploy.benchmark import BenchmarkError
+
+
+def run_child(
+    module: str,
+    request: dict[str, Any],
+    tmp: str,
+    *,
+    timeout: float,
+    runtime: str = "the LiteRT interpreter",
+) -> tuple[dict[str, Any], int | None]:
+    """Runs `python -m module REQUEST.json`; returns (result dict, peak RSS in KB or None).
+
+    The request must hold `result_path`; the child writes `{"ok": true, ...}` or
+    `{"ok": false, "error": ...}` there.
+
+    Raises:
+        BenchmarkError: the child crashed, timed out, or reported an error.
+    """
+    request_path = os.path.join(tmp, "request.json")
+    with open(request_path, "w") as handle:
+        json.dump(request, handle)
+    env = dict(os.environ)
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with tempfile.TemporaryFile(mode="w+") as out, tempfile.TemporaryFile(mode="w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", module, request_path], stdout=out, stderr=err, env=env)
+        status, peak_kb = _wait(proc, timeout)
+        err.seek(0)
+        stderr = err.read()
+    stages = [line.split(":", 1)[1].strip() for line in stderr.splitlines() if line.startswith("tfopt-stage:")]
+    where = stages[-1] if stages else "start"
+    if status is None:
+        raise BenchmarkError(
+            f"{runtime} did not finish within {timeout:.0f} s (during '{where}'); pass a larger timeout= or fewer runs."
+        )
+    if status != 0:
+        cause = f"signal {signal.Signals(-status).name}" if status < 0 else f"exit code {status}"
+        tail = last_error_line(stderr)
+        raise BenchmarkError(
+            f"{runtime} crashed ({cause}) during '{where}'{': ' + tail if tail else ''}. "
+            "The model is likely malformed or uses something this runtime does not support; "
+            "check it with tfopt.inspect_tflite, or re-convert it."
+        )
+    if not os.path.exists(request["result_path"]):
+        raise BenchmarkError(f"{runtime} ended during '{where}' without a result: {last_error_line(stderr)}")
+    with open(request["result_path"]) as handle:
+        raw = json.load(handle)
+    if not raw.get("ok"):
+        raise BenchmarkError(raw.get("error", "unknown error"))
+    return raw, peak_kb
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> tuple[int | None, int | None]:
+    """Reaps the child with wait4 (for its own rusage); kills it after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid == proc.pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            # ru_maxrss is in kilobytes on Linux (bytes on macOS).
+            peak = usage.ru_maxrss // 1024 if sys.platform == "darwin" else usage.ru_maxrss
+            return proc.returncode, int(peak)
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            return None, None
+        time.sleep(0.005)
+
+
+def last_error_line(stderr: str) -> str:
+    """The last line of stderr that is not a progress or INFO line (clipped)."""
+    lines = [
+        line
+        for line in stderr.splitlines()
+        if line.strip() and not line.startswith(("tfopt-stage:", "INFO:", "WARNING: All log messages"))
+    ]
+    return lines[-1].strip()[:300] if lines else ""

@@ -1,0 +1,392 @@
+"""Benchmark depth: thread and batch sweeps with peak memory, variant comparisons, and trade-off plots.
+
+Every point runs LiteRT in its own child process (the `tfopt.benchmark` runner),
+so a configuration the model cannot take - a batch size its RESHAPE ops fix, a
+crash - becomes a row with an error, not a crash of the caller. The child's peak
+resident memory comes from `os.wait4`; a child running a one-op model gives the
+runtime's own footprint, so the model's share is the difference.
+
+Per-op timing: ai-edge-litert 2.3.0 exposes no op profiler to Python (the
+Interpreter has no profiling hook, CompiledModel neither; the C++
+`benchmark_model --enable_op_profiling` is not installable from a registry), so
+sweeps report whole-model latency and `tfopt.delegate_report` says which ops
+XNNPACK leaves to the slower reference kernels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from tfopt.deploy._isolate import run_child
+from tfopt.deploy.benchmark import BenchmarkError, BenchmarkResult, benchmark
+from tfopt.deploy.flatbuffer import inspect_tflite, tflite_bytes
+
+PER_OP_TIMING_NOTE = (
+    "per-op timing is not available: ai-edge-litert 2.3.0 exposes no op profiler to Python; "
+    "use tfopt.delegate_report for the ops XNNPACK leaves to the reference kernels"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPoint:
+    """One (threads, batch) measurement, or the reason it could not be made."""
+
+    num_threads: int
+    batch_size: int
+    latency_ms_median: float | None = None
+    latency_ms_p90: float | None = None
+    throughput_per_s: float | None = None
+    peak_rss_mb: float | None = None
+    xnnpack_ops: str | None = None
+    error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepResult:
+    """Latency, throughput and peak memory of one .tflite across thread counts and batch sizes."""
+
+    points: tuple[SweepPoint, ...]
+    size_bytes: int
+    runtime_rss_mb: float | None
+    num_runs: int
+    use_xnnpack: bool
+    notes: tuple[str, ...] = ()
+
+    def point(self, num_threads: int, batch_size: int = 1) -> SweepPoint:
+        """The measurement for one configuration."""
+        for p in self.points:
+            if p.num_threads == num_threads and p.batch_size == batch_size:
+                return p
+        raise KeyError(f"No point with num_threads={num_threads}, batch_size={batch_size}; have {[(p.num_threads, p.batch_size) for p in self.points]}.")
+
+    def table(self) -> str:
+        """A fixed-width text table, one row per configuration."""
+        head = f"{'threads':>7} {'batch':>5} {'median ms':>10} {'p90 ms':>8} {'items/s':>9} {'peak MB':>8} {'model MB':>8}  XNNPACK"
+        lines = [head, "-" * len(head)]
+        for p in self.points:
+            if p.error:
+                lines.append(f"{p.num_threads:>7} {p.batch_size:>5}  not measured: {p.error}")
+                continue
+            model_mb = p.peak_rss_mb - self.runtime_rss_mb if p.peak_rss_mb and self.runtime_rss_mb else None
+            lines.append(
+                f"{p.num_threads:>7} {p.batch_size:>5} {p.latency_ms_median:>10.3f} {p.latency_ms_p90:>8.3f} "
+                f"{p.throughput_per_s:>9.1f} {_mb(p.peak_rss_mb):>8} {_mb(model_mb):>8}  {p.xnnpack_ops or '-'}"
+            )
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        """The table, the runtime's own memory and the notes."""
+        lines = [f"model {self.size_bytes / 1024:.1f} KB, {self.num_runs} timed runs a point, XNNPACK {'on' if self.use_xnnpack else 'off'}"]
+        lines.append(self.table())
+        if self.runtime_rss_mb is not None:
+            lines.append(f"(peak MB = the child process; model MB = peak minus {self.runtime_rss_mb:.1f} MB for the runtime alone)")
+        lines.extend(f"note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    def plot(self, path: str | os.PathLike) -> str:
+        """Saves latency and throughput against threads (one line per batch size) as a PNG."""
+        fig, (left, right) = _figure(2)
+        for batch in sorted({p.batch_size for p in self.points}):
+            pts = [p for p in self.points if p.batch_size == batch and p.error is None]
+            if pts:
+                left.plot([p.num_threads for p in pts], [p.latency_ms_median for p in pts], "o-", label=f"batch {batch}")
+                right.plot([p.num_threads for p in pts], [p.throughput_per_s for p in pts], "o-", label=f"batch {batch}")
+        left.set(xlabel="threads", ylabel="median latency (ms)", title="latency")
+        right.set(xlabel="threads", ylabel="items / s", title="throughput")
+        for ax in (left, right):
+            ax.legend()
+            ax.grid(alpha=0.3)
+        return _save(fig, path)
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def benchmark_sweep(
+    tflite: Any,
+    *,
+    threads: Sequence[int] = (1, 2),
+    batch_sizes: Sequence[int] = (1,),
+    num_runs: int = 50,
+    warmup_runs: int = 5,
+    use_xnnpack: bool = True,
+    input_shapes: dict[str, list[int]] | None = None,
+    timeout: float = 600.0,
+) -> SweepResult:
+    """Measures a .tflite on LiteRT across thread counts and batch sizes, with peak memory.
+
+    Use it to pick `num_threads` for a device class and to see whether batching
+    pays: throughput is `batch_size / median latency`. Batch sizes other than 1
+    resize the first dimension of every input; a model whose graph fixes batch 1
+    (e.g. Keras models converted by `tfopt.convert`, whose RESHAPE ops hold the
+    batch) gets a row that says so instead of a number.
+
+    Args:
+        tflite: flatbuffer bytes, a .tflite path, or a `ConversionResult`.
+        threads: thread counts to try. Defaults to `(1, 2)`.
+        batch_sizes: batch sizes to try. Defaults to `(1,)`.
+        num_runs: timed invocations per point. Defaults to `50`.
+        warmup_runs: untimed invocations first. Defaults to `5`.
+        use_xnnpack: apply XNNPACK. Defaults to `True`.
+        input_shapes: concrete shapes for inputs with dynamic non-batch dimensions
+            (the batch is then set per point), as in `tfopt.benchmark`. Defaults to `None`.
+        timeout: seconds per point. Defaults to `600`.
+
+    Returns:
+        A `SweepResult` (`table()`, `summary()`, `to_dict()`, `plot(path)`).
+
+    Raises:
+        ValueError: bad thread counts or batch sizes, or not a TFLite flatbuffer.
+
+    Example:
+
+    >>> import keras, tfopt
+    >>> model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8)])
+    >>> sweep = tfopt.benchmark_sweep(tfopt.convert(model), threads=(1, 2), num_runs=5)
+    >>> [p.num_threads for p in sweep.points]
+    [1, 2]
+    """
+    content = tflite_bytes(tflite)
+    info = inspect_tflite(content)
+    threads, batch_sizes = _positive_ints("threads", threads), _positive_ints("batch_sizes", batch_sizes)
+    points = []
+    with tempfile.TemporaryDirectory(prefix="tfopt-sweep-") as tmp:
+        runtime_kb = _runtime_rss_kb(tmp, timeout)
+        for batch in batch_sizes:
+            try:
+                shapes = _batched_shapes(info, batch, input_shapes)
+            except ValueError as err:
+                points.extend(SweepPoint(t, batch, error=str(err)) for t in threads)
+                continue
+            for t in threads:
+                points.append(_measure(content, tmp, t, batch, shapes, num_runs, warmup_runs, use_xnnpack, timeout))
+    notes = [PER_OP_TIMING_NOTE]
+    if len(info.signatures) > 1:
+        notes.append(f"{len(info.signatures)} signatures; LiteRT runs the first subgraph ({', '.join(info.signatures)})")
+    return SweepResult(
+        points=tuple(points),
+        size_bytes=len(content),
+        runtime_rss_mb=runtime_kb / 1024 if runtime_kb else None,
+        num_runs=num_runs,
+        use_xnnpack=bool(use_xnnpack),
+        notes=tuple(notes),
+    )
+
+
+def _positive_ints(label: str, values: Sequence[int]) -> list[int]:
+    values = [values] if isinstance(values, int) else list(values)
+    if not values or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in values):
+        raise ValueError(f"{label} must be a non-empty list of integers >= 1. Received: {label}={values!r}.")
+    return [int(v) for v in values]
+
+
+def _batched_shapes(info, batch: int, input_shapes: dict[str, list[int]] | None) -> dict[str, list[int]]:
+    """Input name -> shape with the batch set; other dims from input_shapes or the model."""
+    given = {str(k): list(v) for k, v in (input_shapes or {}).items()}
+    shapes = {}
+    for index, tensor in enumerate(info.inputs):
+        shape = given.get(tensor.name, given.get(str(index), list(tensor.shape)))
+        if any(d < 0 for d in shape[1:]):
+            raise ValueError(
+                f"input {tensor.name!r} has dynamic dimensions {list(tensor.shape)}; pass "
+                f"input_shapes={{'{tensor.name}': [1, ...]}} (tfopt bench: --input_shape) with concrete sizes."
+            )
+        if shape and (batch != 1 or shape[0] < 0 or tensor.name in given or str(index) in given):
+            shapes[tensor.name] = [batch, *shape[1:]]
+    return shapes
+
+
+def _measure(content, tmp, threads, batch, shapes, num_runs, warmup_runs, use_xnnpack, timeout) -> SweepPoint:
+    request = {
+        "tflite_path": os.path.join(tmp, "model.tflite"),
+        "result_path": os.path.join(tmp, f"result-{threads}-{batch}.json"),
+        "num_threads": threads,
+        "num_runs": num_runs,
+        "warmup_runs": warmup_runs,
+        "use_xnnpack": bool(use_xnnpack),
+        "input_shapes": shapes,
+    }
+    with open(request["tflite_path"], "wb") as handle:
+        handle.write(content)
+    try:
+        raw, peak_kb = run_child("tfopt.deploy._runner", request, tmp, timeout=timeout)
+    except BenchmarkError as err:
+        reason = str(err)
+        if batch != 1 and ("reshape" in reason.lower() or "failed to prepare" in reason.lower()):
+            reason = f"the graph fixes its batch (RESHAPE/prepare failed at batch {batch}); convert with a dynamic batch to batch it ({reason[:160]})"
+        return SweepPoint(threads, batch, error=reason)
+    times = np.asarray(raw["latencies_ms"], dtype=np.float64)
+    xnn = raw.get("xnnpack") or {}
+    median = float(np.median(times))
+    return SweepPoint(
+        num_threads=threads,
+        batch_size=batch,
+        latency_ms_median=median,
+        latency_ms_p90=float(np.percentile(times, 90)),
+        throughput_per_s=batch * 1000.0 / median if median > 0 else None,
+        peak_rss_mb=peak_kb / 1024 if peak_kb else None,
+        xnnpack_ops=f"{xnn['delegated_ops']}/{xnn['total_ops']}" if xnn else None,
+    )
+
+
+def _runtime_rss_kb(tmp: str, timeout: float) -> int | None:
+    """Peak RSS of a child that runs a one-op model: the runtime's own memory."""
+    sub = os.path.join(tmp, "runtime")
+    os.makedirs(sub, exist_ok=True)
+    request = {
+        "tflite_path": os.path.join(sub, "relu.tflite"),
+        "result_path": os.path.join(sub, "result.json"),
+        "num_threads": 1,
+        "num_runs": 1,
+        "warmup_runs": 0,
+        "use_xnnpack": True,
+        "input_shapes": {},
+    }
+    with open(request["tflite_path"], "wb") as handle:
+        handle.write(one_op_model())
+    try:
+        return run_child("tfopt.deploy._runner", request, sub, timeout=timeout)[1]
+    except BenchmarkError:
+        return None
+
+
+def one_op_model() -> bytes:
+    """A valid .tflite holding one RELU on a [1, 4] float tensor (built without TensorFlow)."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = schema.ModelT()
+    model.version = 3
+    code = schema.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.RELU
+    code.version = 1
+    model.operatorCodes, model.buffers = [code], [schema.BufferT()]
+    tensors = []
+    for name in ("x", "y"):
+        tensor = schema.TensorT()
+        tensor.name, tensor.shape, tensor.type, tensor.buffer = name, np.array([1, 4], np.int32), schema.TensorType.FLOAT32, 0
+        tensors.append(tensor)
+    op = schema.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs = 0, np.array([0], np.int32), np.array([1], np.int32)
+    subgraph = schema.SubGraphT()
+    subgraph.tensors, subgraph.operators = tensors, [op]
+    subgraph.inputs, subgraph.outputs = np.array([0], np.int32), np.array([1], np.int32)
+    model.subgraphs = [subgraph]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def compare_variants(
+    variants: Mapping[str, Any],
+    *,
+    data: Any = None,
+    keras_accuracy: float | None = None,
+    baseline: str | None = None,
+    num_threads: int = 1,
+    num_runs: int = 50,
+    output_dir: str | os.PathLike | None = None,
+    plot: bool = True,
+):
+    """Benchmarks several .tflite variants of one model and compares them in one table (and a PNG).
+
+    Args:
+        variants: name -> .tflite (bytes, path or `ConversionResult`), e.g.
+            `{"float32": ..., "int8": ...}`.
+        data: `(x, y)` for accuracy, as in `tfopt.benchmark`. Defaults to `None`.
+        keras_accuracy: the Keras model's accuracy on the same data. Defaults to `None`.
+        baseline: variant the ratios are relative to. Defaults to `None` (the first).
+        num_threads: interpreter threads. Defaults to `1`.
+        num_runs: timed invocations per variant. Defaults to `50`.
+        output_dir: write `report.md`, `report.json` and `tradeoffs.png` here.
+            Defaults to `None` (nothing written).
+        plot: also save `tradeoffs.png` (size vs accuracy vs latency) in `output_dir`.
+            Defaults to `True`.
+
+    Returns:
+        A `tfopt.VariantReport`; variants that could not run are listed in its notes.
+
+    Example:
+
+    >>> import keras, tfopt
+    >>> model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8)])
+    >>> report = tfopt.compare_variants({m: tfopt.convert(model, mode=m) for m in ("float32", "float16")}, num_runs=5)
+    >>> [row.name for row in report.rows]
+    ['float32', 'float16']
+    """
+    from tfopt.report import variant_report
+
+    if not variants:
+        raise ValueError("compare_variants needs at least one variant; received none.")
+    results: dict[str, BenchmarkResult] = {}
+    failed = []
+    for name, tflite in variants.items():
+        try:
+            results[name] = benchmark(tflite, data=data, num_threads=num_threads, num_runs=num_runs)
+        except BenchmarkError as err:
+            failed.append(f"{name} could not be benchmarked: {err}")
+    if not results:
+        raise BenchmarkError("no variant could be benchmarked: " + " | ".join(failed))
+    if baseline not in results:
+        baseline = next(iter(results))
+    paths = {k: os.fspath(v) for k, v in variants.items() if isinstance(v, (str, os.PathLike))}
+    report = variant_report(results, keras_accuracy=keras_accuracy, baseline=baseline, paths=paths)
+    report.notes.extend(failed)
+    if output_dir is not None:
+        report.write(output_dir)
+        if plot:
+            plot_tradeoffs(report, os.path.join(os.fspath(output_dir), "tradeoffs.png"))
+    return report
+
+
+def plot_tradeoffs(report, path: str | os.PathLike) -> str:
+    """Saves size vs accuracy vs latency of a `VariantReport` as a PNG; returns the path.
+
+    Left: latency (x) against accuracy (y), marker area proportional to size.
+    Right: size against accuracy. Without accuracy, size against latency.
+    """
+    rows = report.rows
+    has_acc = all(r.accuracy is not None for r in rows)
+    fig, (left, right) = _figure(2)
+    sizes_kb = np.array([r.size_bytes / 1024 for r in rows])
+    area = 60 + 600 * sizes_kb / max(sizes_kb.max(), 1e-9)
+    y = [100 * r.accuracy for r in rows] if has_acc else [r.latency_ms_median for r in rows]
+    left.scatter([r.latency_ms_median for r in rows], y, s=area, alpha=0.6)
+    right.scatter(sizes_kb, y, s=80, alpha=0.8)
+    for r, yy, kb in zip(rows, y, sizes_kb):
+        left.annotate(r.name, (r.latency_ms_median, yy), textcoords="offset points", xytext=(6, 6))
+        right.annotate(r.name, (kb, yy), textcoords="offset points", xytext=(6, 6))
+    ylabel = "accuracy (%)" if has_acc else "median latency (ms)"
+    left.set(xlabel="median latency (ms)", ylabel=ylabel, title="latency vs accuracy (area = size)")
+    right.set(xlabel="size (KB)", ylabel=ylabel, title="size vs " + ("accuracy" if has_acc else "latency"))
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _figure(columns: int):
+    from matplotlib.figure import Figure  # object API: no global backend or pyplot state
+
+    fig = Figure(figsize=(5.5 * columns, 4.2), dpi=100)
+    axes = fig.subplots(1, columns)
+    return fig, axes
+
+
+def _save(fig, path: str | os.PathLike) -> str:
+    import io
+
+    from tfopt._io import atomic_write
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    return atomic_write(path, buffer.getvalue())
