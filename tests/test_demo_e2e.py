@@ -41,3 +41,23 @@ def test_demo_writes_report_contract(demo):
         assert os.path.getsize(variant["path"]) == variant["size_bytes"]
     assert (folder / "report.md").read_text().startswith("# tfopt report")
     assert not [n for n in os.listdir(folder) if n.startswith(".tmp-")]
+
+
+def test_fashion_mnist_loads_from_debian_package_files():
+    from tfopt.datasets import FASHION_MNIST_DIRS
+
+    import os as _os
+
+    if not _os.path.isfile(_os.path.join(FASHION_MNIST_DIRS[0], "t10k-labels-idx1-ubyte.gz")):
+        pytest.skip("Debian package dataset-fashion-mnist not installed (apt-get install dataset-fashion-mnist)")
+    data = tfopt.load_dataset("fashion_mnist")
+    assert data.x_train.shape == (60000, 28, 28, 1) and data.x_test.shape == (10000, 28, 28, 1)
+    assert data.num_classes == 10 and 0.0 <= data.x_train.min() and data.x_train.max() <= 1.0
+    assert sorted(set(data.y_test.tolist())) == list(range(10))
+
+
+def test_unknown_dataset_error():
+    with pytest.raises(ValueError, match="Unknown dataset 'cifar'"):
+        tfopt.load_dataset("cifar")
+    with pytest.raises(FileNotFoundError, match="does not hold"):
+        tfopt.load_dataset("fashion_mnist", data_dir="/nonexistent")
