@@ -80,7 +80,8 @@ def make_student():
 
 
 def accuracy(model, x, y) -> float:
-    return float(np.mean(np.argmax(model.predict(x, batch_size=256, verbose=0), axis=-1) == y))
+    scores = np.concatenate([np.asarray(model(x[i : i + 256], training=False)) for i in range(0, len(x), 256)])
+    return float(np.mean(np.argmax(scores, axis=-1) == y))
 
 
 def run(seeds: int, temperature: float, alpha: float) -> dict:
@@ -144,7 +145,8 @@ def print_table(result: dict) -> None:
         f"student: {result['student_params']:,} params ({result['param_ratio']:.2f}x fewer); "
         f"T={result['temperature']}, alpha={result['alpha']}"
     )
-    print(f"{'regime':<12} {'images':>6} {'epochs':>6} {'seed':>4} {'labels only':>11} {'distilled':>9} {'gain (pt)':>9}")
+    header = ("regime", "images", "epochs", "seed", "labels only", "distilled", "gain (pt)")
+    print("{:<12} {:>6} {:>6} {:>4} {:>11} {:>9} {:>9}".format(*header))
     for regime, block in result["regimes"].items():
         for row in block["seeds"]:
             gain = 100 * (row["distilled_accuracy"] - row["labels_only_accuracy"])
@@ -154,9 +156,11 @@ def print_table(result: dict) -> None:
             )
         print(
             f"{regime:<12} {'':>6} {'':>6} {'mean':>4} {block['labels_only_mean']:>11.4f} "
-            f"{block['distilled_mean']:>9.4f} {block['gain_points']:>+9.2f}  (won {block['seeds_won']}/{len(block['seeds'])})"
+            f"{block['distilled_mean']:>9.4f} {block['gain_points']:>+9.2f}  "
+            f"(won {block['seeds_won']}/{len(block['seeds'])})"
         )
-    print(f"done-when (few labels, mean over seeds, >= 3.5x fewer params): {result['done']}  [{result['seconds']:.0f} s]")
+    print(f"done-when (few labels, mean over 3 seeds, >= 3.5x fewer params): {result['done']}")
+    print(f"[{result['seconds']:.0f} s]")
 
 
 def main() -> None:

@@ -331,3 +331,17 @@ def test_cli_profile_writes_json(small_cnn, tmp_path):
 
 def test_profile_result_type(small_cnn):
     assert isinstance(profile(small_cnn), Profile)
+
+
+def test_profile_keras3_operations_in_the_graph():
+    import keras
+
+    inputs = keras.Input((4, 4, 2))
+    x = keras.layers.Conv2D(3, 1, name="c")(inputs)
+    x = keras.ops.relu(x + 3.0)  # Keras 3 operations, not layers: elementwise, no MACs
+    model = keras.Model(inputs, keras.layers.Flatten(name="f")(x))
+    result = profile(model)
+    kinds = [layer.kind for layer in result.layers]
+    assert kinds == ["Conv2D", "Add", "Relu", "Flatten"]
+    assert result.unknown_layers == () and result.macs == 16 * 3 * 2
+    assert result.other_ops == 2 * 16 * 3

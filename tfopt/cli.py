@@ -21,6 +21,10 @@ COMMANDS = {
     "convert": "convert",
     "bench": "bench",
     "prune": "prune",
+    "distill": "distill",
+    "export-onnx": "export_onnx",
+    "profile": "profile",
+    "decompose": "decompose",
 }
 
 

@@ -49,11 +49,11 @@ def build_cnn(input_shape: tuple[int, ...], num_classes: int, *, seed: int = 0):
         [
             keras.Input(input_shape, name="image"),
             layers.Conv2D(32, 3, padding="same", use_bias=False, name="conv1"),
-            layers.BatchNormalization(name="bn1"),
+            layers.BatchNormalization(momentum=0.9, name="bn1"),
             layers.ReLU(name="relu1"),
             layers.MaxPooling2D(name="pool1"),
             layers.Conv2D(64, 3, padding="same", use_bias=False, name="conv2"),
-            layers.BatchNormalization(name="bn2"),
+            layers.BatchNormalization(momentum=0.9, name="bn2"),
             layers.ReLU(name="relu2"),
             layers.MaxPooling2D(name="pool2"),
             layers.Flatten(name="flatten"),

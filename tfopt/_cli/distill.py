@@ -16,7 +16,7 @@ HELP = "Train STUDENT from a frozen TEACHER (knowledge distillation) and save th
 
 flags.DEFINE_float("temperature", 4.0, "distill: softening temperature T.")
 flags.DEFINE_float("alpha", 0.1, "distill: weight of the hard-label loss (1 - alpha weighs distillation).")
-flags.DEFINE_float("learning_rate", 1e-3, "distill: Adam learning rate.")
+flags.DEFINE_float("distill_learning_rate", 1e-3, "distill: Adam learning rate.")
 
 _DEFAULT_EPOCHS = 5
 _DEFAULT_BATCH = 64
@@ -24,7 +24,9 @@ _DEFAULT_BATCH = 64
 
 def _accuracy(model, x, y) -> float:
     labels = np.argmax(y, axis=-1) if y.ndim == 2 and y.shape[-1] > 1 else y.reshape(-1)
-    return float(np.mean(np.argmax(model.predict(x, batch_size=256, verbose=0), axis=-1) == labels))
+    # Eager calls in batches: predict() on several models in a row makes TF warn about retracing.
+    scores = np.concatenate([np.asarray(model(x[i : i + 256], training=False)) for i in range(0, len(x), 256)])
+    return float(np.mean(np.argmax(scores, axis=-1) == labels))
 
 
 def _save_atomically(model, path: str) -> str:
@@ -60,7 +62,7 @@ def main(args: list[str]) -> int:
     keras.utils.set_random_seed(FLAGS.seed)
     before = _accuracy(student, data["x_test"], data["y_test"])
     distiller = distill(student, teacher, temperature=FLAGS.temperature, alpha=FLAGS.alpha)
-    distiller.compile(optimizer=keras_of(student).optimizers.Adam(FLAGS.learning_rate), metrics=["accuracy"])
+    distiller.compile(optimizer=keras_of(student).optimizers.Adam(FLAGS.distill_learning_rate), metrics=["accuracy"])
     distiller.fit(
         data["x_train"], data["y_train"], epochs=epochs, batch_size=FLAGS.batch_size or _DEFAULT_BATCH, verbose=2
     )

@@ -27,5 +27,6 @@ def main(args: list[str]) -> int:
     result = export_onnx(args[0], FLAGS.output, opset=FLAGS.opset, data=data, num_samples=FLAGS.onnx_samples)
     print(result.summary())
     if FLAGS.json:
-        common.write_json(FLAGS.json, {"model": args[0], **result.to_dict(), "paths": {"onnx": result.path, "json": FLAGS.json}})
+        paths = {"onnx": result.path, "json": FLAGS.json}
+        common.write_json(FLAGS.json, {"model": args[0], **result.to_dict(), "paths": paths})
     return 0

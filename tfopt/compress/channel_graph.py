@@ -55,6 +55,21 @@ WEIGHT_NAMES = {
     "PReLU": {"alpha"},
 }
 CHANNEL_MIXING_ACTIVATIONS = {"softmax", "log_softmax"}
+# Why common layers outside the sets above are left whole.
+KNOWN_OPAQUE = {
+    "LayerNormalization": "normalizes across channels",
+    "GroupNormalization": "normalizes across groups of channels",
+    "UnitNormalization": "normalizes across channels",
+    "Softmax": "softmax mixes channels",
+    "Lambda": "runs an arbitrary Python function",
+    "Conv1DTranspose": "transposed convolutions are not sliced yet",
+    "Conv2DTranspose": "transposed convolutions are not sliced yet",
+    "Conv3DTranspose": "transposed convolutions are not sliced yet",
+    "Permute": "moves the channel axis",
+    "Functional": "nested model",
+    "Sequential": "nested model",
+    "Model": "nested model",
+}
 
 
 def weight_name(variable: Any) -> str:
@@ -312,7 +327,7 @@ def _classify(node: Node, layer: Any, calls: int) -> tuple[str, str | None]:
             return kind, None
     if name in ("Concatenate", "Flatten", "Reshape"):
         return name.lower() if name != "Concatenate" else "concat", None
-    return "opaque", f"{name} is not a layer type channel pruning knows"
+    return "opaque", KNOWN_OPAQUE.get(name, f"{name} is not a layer type channel pruning knows")
 
 
 def _propagate(nodes, live, calls, shapes, inputs, outputs) -> ChannelGraph:

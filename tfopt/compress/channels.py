@@ -255,7 +255,12 @@ def _activation_scores(model: Any, graph: ChannelGraph, data: Any) -> dict[int, 
         kept.append(lay)
     if not tensors:
         return {}
-    probe = keras.Model(model.inputs, tensors)
+    if len(model.inputs) != 1:
+        raise NotImplementedError(
+            f"importance='activation' supports single-input models; {model.name!r} has {len(model.inputs)} inputs. "
+            "Use importance='l1' or 'bn'."
+        )
+    probe = keras.Model(model.inputs[0], tensors)
     sums = [np.zeros(lay.size) for lay in kept]
     rows = [0] * len(kept)
     for batch in _as_batches(data):
@@ -297,6 +302,28 @@ def _slice_weights(node, weights: dict, in_keep: np.ndarray, out_keep: np.ndarra
             value = value[out_keep]
         out[name] = value
     return out
+
+
+def _source_groups(graph: ChannelGraph) -> dict[int, list]:
+    """Channel-space root -> the Conv / Dense calls whose outputs form that group, in graph order."""
+    groups: dict[int, list] = {}
+    for node in graph.nodes:
+        if node.kind == "source":
+            groups.setdefault(graph.spaces.find(node.out_layout.segments[0][0]), []).append(node)
+    return groups
+
+
+def _group_reason(graph, root, names, included, excluded, keep, options) -> str | None:
+    """Why a group is left whole, or None when it is pruned."""
+    reason = "; ".join(graph.spaces.frozen_reasons(root)) or None
+    if reason is None and included is not None and not set(names) <= included:
+        reason = f"not selected by include ({', '.join(sorted(set(names) - included))})"
+    if reason is None and set(names) & excluded:
+        reason = f"excluded ({', '.join(sorted(set(names) & excluded))})"
+    if reason is None and keep >= graph.spaces.sizes[root]:
+        reason = (f"ratio {options['ratio']} with round_to={options['round_to']}, "
+                  f"min_channels={options['min_channels']} keeps all {graph.spaces.sizes[root]}")
+    return reason
 
 
 def _rebuild(model: Any, graph: ChannelGraph, kept: dict) -> Any:
@@ -418,37 +445,27 @@ def prune_channels(
     names = list(layers)
     included = _select(include, names, layers, "include")
     excluded = _select(exclude, names, layers, "exclude") or set()
-    groups: dict[int, list] = {}
-    for node in graph.nodes:
-        if node.kind == "source":
-            groups.setdefault(graph.spaces.find(node.out_layout.segments[0][0]), []).append(node)
     activation = _activation_scores(model, graph, data) if importance == "activation" else {}
+    options = dict(ratio=ratio, round_to=round_to, min_channels=min_channels)
     kept: dict[int, np.ndarray] = {}
     group_rows, layer_rows = [], []
-    for index, (root, sources) in enumerate(groups.items()):
+    for index, (root, sources) in enumerate(_source_groups(graph).items()):
         size = graph.spaces.sizes[root]
         names_in = tuple(node.layer for node in sources)
-        reason = "; ".join(graph.spaces.frozen_reasons(root)) or None
-        if reason is None and included is not None and not set(names_in) <= included:
-            reason = f"not selected by include ({', '.join(sorted(set(names_in) - included))})"
-        if reason is None and set(names_in) & excluded:
-            reason = f"excluded ({', '.join(sorted(set(names_in) & excluded))})"
         keep = keep_count(size, ratio, round_to=round_to, min_channels=min_channels)
-        if reason is None and keep >= size:
-            reason = f"ratio {ratio} with round_to={round_to}, min_channels={min_channels} keeps all {size}"
+        reason = _group_reason(graph, root, names_in, included, excluded, keep, options)
         used = importance
         if reason is None:
-            if importance == "activation" and root in activation:
+            if root in activation:
                 scores = activation[root]
             else:
-                scores, used = _weight_scores(graph, layers, root, sources, "l1" if importance == "activation" else importance)
-                if importance == "activation":
-                    used = "l1 (activation not measurable here)"
+                fallback = "l1" if importance == "activation" else importance
+                scores, used = _weight_scores(graph, layers, root, sources, fallback)
+                used = "l1 (activation not measurable here)" if importance == "activation" else used
             kept[root] = top_channels(scores, keep)
         after = size if reason else keep
         group_rows.append(ChannelGroup(index, names_in, size, after, used, reason))
-        for node in sources:
-            layer_rows.append(LayerChannels(node.layer, node.class_name, index, size, after, reason))
+        layer_rows.extend(LayerChannels(n.layer, n.class_name, index, size, after, reason) for n in sources)
     order = {node.layer: i for i, node in enumerate(graph.nodes)}
     layer_rows.sort(key=lambda row: order[row.name])
     new = _rebuild(model, graph, kept)

@@ -26,7 +26,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfopt._keras import clone_model, keras_flavor
+from tfopt._keras import clone_model, keras_flavor, keras_of
 
 OUTPUT_KINDS = ("auto", "logits", "probabilities")
 
@@ -101,6 +101,10 @@ def _check_options(temperature: float, alpha: float, feature_weight: float, teac
             raise ValueError(f"{name} must be one of {OUTPUT_KINDS}. Received: {name}={value!r}.")
 
 
+def _is_name_pair(pair) -> bool:
+    return isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(n, str) for n in pair)
+
+
 def _single_output(model, role: str):
     outputs = getattr(model, "outputs", None)
     if not outputs:
@@ -151,8 +155,7 @@ def _feature_graph(model, layer_names: Sequence[str], role: str):
                 f"Its layers are: {known}."
             ) from err
         features.append(layer.output)
-    keras_mod = keras if keras_flavor(model) == "keras3" else __import__("tf_keras")
-    return keras_mod.Model(model.inputs, [model.outputs[0], *features], name=f"{model.name}_features")
+    return keras_of(model).Model(model.inputs, [model.outputs[0], *features], name=f"{model.name}_features")
 
 
 # --------------------------------------------------------------------------- the model
@@ -181,9 +184,10 @@ class _DistillerBase:
         student_names = [s for _, s in self.feature_layers]
         teacher_graph = _feature_graph(self.teacher, teacher_names, "teacher")
         student_graph = _feature_graph(self.student, student_names, "student")
-        dense = keras.layers.Dense if keras_flavor(self.student) == "keras3" else __import__("tf_keras").layers.Dense
+        dense = keras_of(self.student).layers.Dense
         projections = []
-        for (t_name, s_name), t_out, s_out in zip(self.feature_layers, teacher_graph.outputs[1:], student_graph.outputs[1:]):
+        pairs = zip(self.feature_layers, teacher_graph.outputs[1:], student_graph.outputs[1:])
+        for (t_name, s_name), t_out, s_out in pairs:
             t_shape, s_shape = tuple(t_out.shape), tuple(s_out.shape)
             if len(t_shape) != len(s_shape) or t_shape[1:-1] != s_shape[1:-1]:
                 raise ValueError(
@@ -237,6 +241,7 @@ class _DistillerBase:
         return config
 
     def compile_from_config(self, config):
+        # Defined with get_compile_config so Keras re-compiles a loaded Distiller through our compile().
         super().compile_from_config(config)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -279,6 +284,16 @@ class Distiller(_DistillerBase, keras.Model):
     student only. `distiller.student` is the trained student, a plain Keras model;
     `distiller.teacher` is a frozen copy of the teacher. `evaluate` reports the
     hard-label loss of the student (no distillation terms).
+
+    Example:
+
+    ```python
+    distiller = tfopt.distill(student, teacher)      # a Distiller
+    distiller.compile(optimizer="adam", metrics=["accuracy"])
+    distiller.fit(x_train, y_train, epochs=5)
+    distiller.save("distiller.keras")                # loads back with keras.models.load_model
+    distiller.student.save("student.keras")          # usually all you need
+    ```
     """
 
     def __init__(self, student, teacher, *, temperature=4.0, alpha=0.1, feature_layers=None,
@@ -394,9 +409,7 @@ def distill(
             f"teacher has {t_out.shape[-1]} classes but student has {s_out.shape[-1]}; "
             "distillation needs the same class axis on both."
         )
-    if feature_layers is not None and not all(
-        isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(n, str) for n in pair) for pair in feature_layers
-    ):
+    if feature_layers is not None and not all(_is_name_pair(pair) for pair in feature_layers):
         raise TypeError(
             "feature_layers must be a list of (teacher_layer_name, student_layer_name) string pairs. "
             f"Received: feature_layers={feature_layers!r}."

@@ -2,8 +2,8 @@
 
 A runtime that aborts or segfaults on a bad model (LiteRT, TFLite Micro) then
 kills the child, not the caller. The child reports progress as `tfopt-stage:`
-lines on stderr, so a crash can be placed. The child is reaped with `os.wait4`,
-which also gives the peak resident memory of that one process.
+lines on stderr, so a crash can be placed. While the child runs, its peak
+resident memory (VmHWM) is read from /proc.
 
 `benchmark.run_isolated` does the same for the LiteRT benchmark runner; this
 version takes the module to run and returns the child's peak RSS as well.
@@ -75,20 +75,40 @@ def run_child(
 
 
 def _wait(proc: subprocess.Popen, timeout: float) -> tuple[int | None, int | None]:
-    """Reaps the child with wait4 (for its own rusage); kills it after `timeout` seconds."""
+    """Reaps the child; kills it after `timeout` seconds. Returns (exit status or None, peak RSS KB).
+
+    The peak is the child's VmHWM read from /proc while it runs (a high-water mark,
+    so the last read holds the peak up to a few ms before exit). `ru_maxrss` from
+    wait4 is not used on Linux: it keeps the parent's RSS at fork time across exec,
+    so a parent holding TensorFlow would inflate every child to its own size.
+    """
     deadline = time.monotonic() + timeout
+    status_path = f"/proc/{proc.pid}/status"
+    peak: int | None = None
     while True:
+        peak = max(peak or 0, _hwm_kb(status_path) or 0) or peak
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid == proc.pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
-            # ru_maxrss is in kilobytes on Linux (bytes on macOS).
-            peak = usage.ru_maxrss // 1024 if sys.platform == "darwin" else usage.ru_maxrss
-            return proc.returncode, int(peak)
+            if peak is None and sys.platform == "darwin":
+                peak = usage.ru_maxrss // 1024  # bytes on macOS
+            return proc.returncode, peak
         if time.monotonic() > deadline:
             proc.kill()
             proc.wait()
             return None, None
         time.sleep(0.005)
+
+
+def _hwm_kb(path: str) -> int | None:
+    try:
+        with open(path) as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def last_error_line(stderr: str) -> str:

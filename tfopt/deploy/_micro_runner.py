@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from tfopt.deploy._runner import _input_order, _random_input, dequantize, make_interpreter, quantize, resize_inputs, stage
+from tfopt.deploy._runner import _input_order, _random_input, make_interpreter, quantize, resize_inputs, stage
 
 _ARENA_CAP = 1 << 30
 # Custom ops that TFLite Micro's Python interpreter registers; others are tried first.
@@ -95,6 +95,7 @@ def probe(content: bytes) -> dict[str, Any]:
     model = fu.read_model_from_bytearray(bytearray(content))
     subgraph = model.subgraphs[0]
     original = list(range(len(subgraph.operators or [])))
+    ids = {"input_ids": [int(i) for i in subgraph.inputs], "output_ids": [int(i) for i in subgraph.outputs]}
     ops = []
     for op in subgraph.operators or []:
         name = _op_name(model, op, fu)
@@ -107,7 +108,7 @@ def probe(content: bytes) -> dict[str, Any]:
         stage(f"micro-allocate ({len(issues)} issue(s) so far, arena {arena} B)")
         interpreter, log, error = _build(blob, arena)
         if interpreter is not None:
-            return {"ops": ops, "issues": issues, "interpreter": interpreter if not issues else None, "arena": arena}
+            return {"ops": ops, "issues": issues, "interpreter": interpreter if not issues else None, "arena": arena, **ids}
         missing = re.search(r"Requested: (\d+), available (\d+), missing: (\d+)", log)
         if missing and arena < _ARENA_CAP:
             arena = min(_ARENA_CAP, max(2 * arena, arena + 2 * int(missing.group(3))))
@@ -138,7 +139,7 @@ def probe(content: bytes) -> dict[str, Any]:
         issues.append({"op": code, "nodes": sorted(original[p] for p in positions), "reason": reason})
         _drop_nodes(subgraph, positions, original)
         blob = bytes(fu.convert_object_to_bytearray(model))
-    return {"ops": ops, "issues": issues, "interpreter": None, "arena": arena}
+    return {"ops": ops, "issues": issues, "interpreter": None, "arena": arena, **ids}
 
 
 def _arena_used(interpreter) -> int | None:
@@ -194,15 +195,21 @@ def check_micro(request: dict[str, Any]) -> dict[str, Any]:
     if interpreter is None:
         return result
     stage("litert-details")
-    litert = make_interpreter(content, num_threads=1, use_xnnpack=False)
     try:
+        litert = make_interpreter(content, num_threads=1, use_xnnpack=False)
         result["notes"] += resize_inputs(litert, None)
+        litert.allocate_tensors()
     except ValueError as err:
         result["issues"].append({"op": None, "nodes": [], "reason": f"TFLite Micro needs static shapes: {err}"})
         return result
-    litert.allocate_tensors()
-    inputs, outputs = litert.get_input_details(), litert.get_output_details()
-    order = _input_order(litert, None)
+    except RuntimeError as err:
+        litert = None
+        result["notes"].append(f"LiteRT could not load the model, so there is no comparison: {str(err).strip()[:200]}")
+    if litert is None:
+        inputs = [_micro_detail(interpreter.get_input_details(i)) for i in range(len(found["input_ids"]))]
+        order = list(range(len(inputs)))
+    else:
+        inputs, order = litert.get_input_details(), _input_order(litert, None)
     if request.get("data_path"):
         data = np.load(request["data_path"])
         xs = [data[f"x{pos}"] for pos in range(len(order))]
@@ -212,6 +219,7 @@ def check_micro(request: dict[str, Any]) -> dict[str, Any]:
         result["notes"].append("no data given: compared on random inputs")
     stage("micro-invoke")
     micro_out = []
+    num_outputs = len(found["output_ids"])
     for k in range(len(xs[0])):
         for pos, i in enumerate(order):
             interpreter.set_input(_feed(xs[pos][k : k + 1], inputs[i]), i)
@@ -221,13 +229,20 @@ def check_micro(request: dict[str, Any]) -> dict[str, Any]:
         except RuntimeError as err:
             result["issues"].append({"op": None, "nodes": [], "reason": f"invoke failed: {log[0].strip() or err}"})
             return result
-        micro_out.append([np.array(interpreter.get_output(j)) for j in range(len(outputs))])
+        micro_out.append([np.array(interpreter.get_output(j)) for j in range(num_outputs)])
         if k == 0:
             result["arena_bytes"] = _arena_used(interpreter)
-    stage("litert-compare")
-    reference = _litert_outputs(content, xs, use_xnnpack=False)
-    xnnpack = _litert_outputs(content, xs, use_xnnpack=True)
     result["num_samples"] = len(xs[0])
+    if litert is None:
+        return result
+    stage("litert-compare")
+    outputs = litert.get_output_details()
+    try:
+        reference = _litert_outputs(content, xs, use_xnnpack=False)
+        xnnpack = _litert_outputs(content, xs, use_xnnpack=True)
+    except (RuntimeError, ValueError) as err:
+        result["notes"].append(f"LiteRT could not run the model, so there is no comparison: {str(err).strip()[:200]}")
+        return result
     result["outputs"] = [
         {
             "name": d["name"],
@@ -239,9 +254,15 @@ def check_micro(request: dict[str, Any]) -> dict[str, Any]:
     ]
     result["max_abs_diff_reference"] = _max_diff(micro_out, reference)
     result["max_abs_diff_xnnpack"] = _max_diff(micro_out, xnnpack)
-    float_out = [[dequantize(y, d) for y, d in zip(row, outputs)] for row in micro_out]
-    result["output_range"] = [float(np.max([np.abs(r[j]).max() for r in float_out])) for j in range(len(outputs))]
     return result
+
+
+def _micro_detail(detail: dict) -> dict:
+    """A TFLite Micro input detail in LiteRT's form (shape, dtype, quantization)."""
+    q = detail.get("quantization_parameters", {})
+    scales, zeros = q.get("scales", []), q.get("zero_points", [])
+    quant = (float(scales[0]), int(zeros[0])) if len(scales) == 1 else (0.0, 0)
+    return {"shape": np.asarray(detail["shape"]), "dtype": detail["dtype"], "quantization": quant}
 
 
 def analyze(request: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,64 @@
+"""LiteRT Quantizer recipes: static int8, 16x8, int4, exclusions, errors."""
+
+import keras
+import numpy as np
+import pytest
+
+from tfopt.deploy.calibration import calibration_data
+from tfopt.deploy.convert import convert
+from tfopt.deploy.parity import compare
+from tfopt.deploy.quantizer import layer_regex, quantize_tflite
+
+RNG = np.random.default_rng(0)
+X = RNG.random((40, 8, 8, 1), dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1), name="image"),
+            keras.layers.Conv2D(8, 3, activation="relu", name="conv"),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(16, activation="relu", name="hidden"),
+            keras.layers.Dense(4, name="logits"),
+        ]
+    )
+
+
+def test_quantizer_static_int8_is_full_integer(model):
+    result = quantize_tflite(convert(model), recipe="static_wi8_ai8", calibration=calibration_data(X, model=model))
+    assert result.mode == "litert:static_wi8_ai8"
+    assert result.inspection.precision_counts == {"int8": 3}
+    assert result.inspection.inputs[0].dtype == "INT8"
+    assert compare(model, result, X).outputs[0].cosine > 0.99
+
+
+@pytest.mark.parametrize(
+    "recipe, precision",
+    [("16x8", "int16x8"), ("int4", "hybrid"), ("weight_only_wi8_afp32", "dequantized-int8")],
+    ids=["16x8", "int4", "weight_only"],
+)
+def test_quantizer_recipes_by_name_and_alias(model, recipe, precision):
+    result = quantize_tflite(model, recipe=recipe, calibration=X)  # a Keras model is converted to float first
+    assert set(result.inspection.precision_counts) == {precision}
+
+
+def test_quantizer_exclude_keeps_layer_float(model):
+    assert "hidden" in layer_regex("hidden")
+    result = quantize_tflite(model, calibration=X, exclude=["hidden"])
+    assert result.inspection.precision_counts == {"int8": 2, "float32": 1}
+    assert [op.name for op in result.inspection.float_compute_ops] == ["FULLY_CONNECTED"]
+
+
+def test_quantizer_errors(model):
+    with pytest.raises(ValueError, match="Unknown recipe 'int3'"):
+        quantize_tflite(model, recipe="int3")
+    with pytest.raises(ValueError, match="needs calibration data"):
+        quantize_tflite(model, recipe="static_wi8_ai8")
+    with pytest.raises(ValueError, match="exclude rule 'nope' matched no op"):
+        quantize_tflite(model, recipe="int4", exclude="nope")
+    int8 = convert(model, mode="int8", calibration=X)
+    with pytest.raises(ValueError, match="expects a float32 .tflite"):
+        quantize_tflite(int8, recipe="int4")

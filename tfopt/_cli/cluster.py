@@ -1,0 +1,142 @@
+"""`tfopt cluster MODEL --data DATA.npz --output OUT.keras`: cluster weights, fine-tune, report.
+
+Clusters the kernels (tfopt's defaults: first and last weight layer kept,
+k-means centroids, BatchNorm statistics re-estimated), fine-tunes on
+x_train / y_train with Adam, strips, and reports on x_test / y_test the
+accuracy before, right after clustering and after the fine-tune, parameter
+counts, and the unique values of every kernel of the stripped model.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from absl import flags
+
+from tfopt import _keras
+from tfopt._cli import common
+from tfopt._cli.common import FLAGS
+
+NAME = "cluster"
+HELP = "Cluster weights to K shared values per kernel (--num_clusters), fine-tune, report accuracy and unique values."
+
+flags.DEFINE_integer("num_clusters", 16, "Shared values per clustered kernel (per channel with --cluster_per_channel).")
+flags.DEFINE_enum("cluster_init", "kmeans++", ["kmeans++", "linear", "density", "random"], "Centroid initialisation.")
+flags.DEFINE_boolean("cluster_per_channel", False, "Cluster each output channel of Conv2D kernels separately.")
+flags.DEFINE_boolean("cluster_preserve_sparsity", False, "Keep exact zeros (of a pruned model) at zero.")
+flags.DEFINE_float("cluster_learning_rate", 1e-4, "Adam learning rate for the fine-tune.")
+
+DEFAULT_EPOCHS = 2
+DEFAULT_BATCH_SIZE = 64
+BATCHNORM_EXAMPLES = 1024
+
+
+def main(args: list[str]) -> int:
+    from tfopt.compress.cluster import cluster, clustering_summary, strip_clustering
+    from tfopt.compress.cluster_report import cluster_report
+
+    if len(args) != 1:
+        raise common.CLIError(f"cluster takes one MODEL path (.keras / .h5). Received: {args!r}.")
+    if not FLAGS.output or not FLAGS.output.endswith((".keras", ".h5")):
+        raise common.CLIError(f"pass --output OUT.keras (or .h5). Received: --output={FLAGS.output!r}.")
+    data = common.load_npz(FLAGS.data)
+    epochs = FLAGS.epochs if FLAGS.epochs is not None else DEFAULT_EPOCHS
+    if epochs < 0:
+        raise common.CLIError(f"--epochs must be >= 0. Received: {epochs}.")
+    batch_size = FLAGS.batch_size or DEFAULT_BATCH_SIZE
+    model = _keras.load_model(args[0])
+    _keras.keras_of(model).utils.set_random_seed(FLAGS.seed)
+    x_train, y_train, x_test, y_test = (data[k] for k in common.DATA_KEYS)
+    batchnorm_data = x_train[:BATCHNORM_EXAMPLES]
+
+    clustered = cluster(
+        model,
+        num_clusters=FLAGS.num_clusters,
+        init=FLAGS.cluster_init,
+        per_channel=FLAGS.cluster_per_channel,
+        preserve_sparsity=FLAGS.cluster_preserve_sparsity,
+        include=FLAGS.include,
+        exclude=FLAGS.exclude,
+        batchnorm_data=batchnorm_data,
+    )
+    summary = clustering_summary(clustered)
+    accuracy_before = _accuracy(model, x_test, y_test)
+    accuracy_clustered = _accuracy(clustered, x_test, y_test)
+    if epochs:
+        tf_keras = _keras.keras_module(_keras.TF_KERAS)
+        clustered.compile(
+            optimizer=tf_keras.optimizers.Adam(FLAGS.cluster_learning_rate),
+            loss=_loss(tf_keras, model, x_train[:64], y_train),
+            metrics=["accuracy"],
+        )
+        clustered.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, verbose=0)
+    final = strip_clustering(clustered, batchnorm_data=batchnorm_data)
+    accuracy_after = _accuracy(final, x_test, y_test)
+    final.save(FLAGS.output)
+
+    names = {layer.name for layer in summary.layers}
+    report = cluster_report(final, reference=model, num_clusters=FLAGS.num_clusters)
+    result = {
+        "model": os.path.abspath(args[0]),
+        "num_clusters": FLAGS.num_clusters,
+        "init": FLAGS.cluster_init,
+        "per_channel": FLAGS.cluster_per_channel,
+        "preserve_sparsity": FLAGS.cluster_preserve_sparsity,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": FLAGS.cluster_learning_rate,
+        "accuracy_before": accuracy_before,
+        "accuracy_clustered_before_finetune": accuracy_clustered,
+        "accuracy_after": accuracy_after,
+        "params_before": int(model.count_params()),
+        "params_after": int(final.count_params()),
+        "clustered_params": int(sum(layer.num_weights for layer in summary.layers)),
+        "weights_gzip_bytes_before": report.reference_gzip_bytes,
+        "weights_gzip_bytes_after": report.gzip_bytes,
+        "layers": [
+            {**_kernel_dict(k), "clustered": k.name.split("/")[0] in names} for k in report.kernels
+        ],
+        "skipped": [s.__dict__ for s in summary.skipped],
+        "paths": {"output": os.path.abspath(FLAGS.output)},
+    }
+    if FLAGS.json:
+        result["paths"]["json"] = os.path.abspath(FLAGS.json)
+        common.write_json(FLAGS.json, result)
+    print(
+        f"cluster K={FLAGS.num_clusters}: accuracy {accuracy_before:.4f} -> {accuracy_clustered:.4f} (clustered) -> "
+        f"{accuracy_after:.4f} (after {epochs} epoch(s)); float32 weights gzip {report.reference_gzip_bytes} -> "
+        f"{report.gzip_bytes} bytes"
+    )
+    for row in result["layers"]:
+        mark = "clustered" if row["clustered"] else "kept"
+        print(f"  {row['name']:<32} {row['shape']!s:<20} unique {row['num_unique']:>6} ({mark})")
+    print(f"wrote {FLAGS.output}" + (f" and {FLAGS.json}" if FLAGS.json else ""))
+    return 0
+
+
+def _kernel_dict(kernel) -> dict:
+    return {
+        "name": kernel.name,
+        "shape": list(kernel.shape),
+        "num_unique": kernel.num_unique,
+        "max_unique_per_channel": kernel.max_unique_per_channel,
+    }
+
+
+def _predict(model, x: np.ndarray) -> np.ndarray:
+    return np.asarray(model.predict(x, batch_size=256, verbose=0))
+
+
+def _accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
+    predicted = np.argmax(_predict(model, x), axis=-1)
+    labels = np.argmax(y, axis=-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(-1)
+    return float(np.mean(predicted == labels))
+
+
+def _loss(keras, model, x_sample: np.ndarray, y: np.ndarray):
+    outputs = _predict(model, x_sample)
+    probabilities = bool(np.all(outputs >= 0) and np.allclose(outputs.sum(axis=-1), 1.0, atol=1e-3))
+    if y.ndim > 1 and y.shape[-1] > 1:
+        return keras.losses.CategoricalCrossentropy(from_logits=not probabilities)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)
