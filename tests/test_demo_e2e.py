@@ -13,7 +13,7 @@ import tfopt
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     folder = tmp_path_factory.mktemp("demo")
-    return tfopt.run_demo(str(folder), dataset="mnist5k", epochs=10, num_runs=30, verbose=False), folder
+    return tfopt.run_demo(str(folder), dataset="mnist5k", epochs=6, num_runs=30, verbose=False), folder
 
 
 def test_demo_int8_is_small_quantized_and_accurate(demo):

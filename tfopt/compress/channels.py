@@ -16,7 +16,7 @@ import copy
 import dataclasses
 import math
 import re
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
