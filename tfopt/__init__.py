@@ -46,6 +46,8 @@ _EXPORTS = {
     "PruningSummary": "tfopt.compress.prune",
     "LayerSparsity": "tfopt.compress.prune",
     "SkippedLayer": "tfopt.compress.prune",
+    "prune_channels": "tfopt.compress.channels",
+    "ChannelPruneResult": "tfopt.compress.channels",
     "to_tf_keras": "tfopt.compress.bridge",
     "to_keras3": "tfopt.compress.bridge",
     "decompose": "tfopt.compress.lowrank",

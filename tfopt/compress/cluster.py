@@ -388,13 +388,14 @@ def _kmeans_or_keep(values: np.ndarray, current: np.ndarray, init: str) -> np.nd
 
 
 def _clustered_value(wrapper, name: str) -> np.ndarray:
-    """The clustered kernel the wrapper computes from its current state, without changing it."""
-    algorithm = wrapper.clustering_algorithms[name]
-    original = wrapper.original_clusterable_weights[name]
-    if wrapper.preserve_sparsity:
-        original = original * wrapper.sparsity_masks[name]
-    indices = algorithm.get_pulling_indices(original)
-    return np.asarray(algorithm.get_clustered_weight(indices, original))
+    """The clustered kernel as the wrapper's next forward pass computes it.
+
+    `update_clustered_weights_associations` is what every call of the wrapper
+    runs first: it re-pins the zero centroid (preserve_sparsity) and refreshes
+    the centroid assignments from the current weights.
+    """
+    wrapper.update_clustered_weights_associations()
+    return np.asarray(wrapper.get_weight_from_layer(name))
 
 
 def _stripped_weights(source) -> list[np.ndarray]:

@@ -445,7 +445,7 @@ def _unsupported_reason(layer) -> str | None:
     name = type(layer).__name__
     if hasattr(layer, "get_prunable_weights"):
         return None
-    if name in _PRUNABLE and type(layer).__module__.startswith("tf_keras"):
+    if name in _PRUNABLE and type(layer).__module__.startswith(("tf_keras.", "keras.")):
         return None
     if hasattr(layer, "layers"):
         return "nested model: prune it separately"

@@ -131,6 +131,8 @@ def quantize(
         work = qat_prepare.trace_subclassed(model, input_shape=input_shape)
         rewrites.append(f"subclassed model {model.name!r} traced into a functional graph")
     if _keras.keras_flavor(work) == _keras.KERAS3:
+        work, op_rewrites = qat_prepare.rewrite_keras3_ops(work)
+        rewrites.extend(op_rewrites)
         work = bridge.to_tf_keras(work)
     if any(hasattr(layer, "pruning_vars") for layer in work.layers):
         raise ValueError("quantize() received a model with pruning wrappers; strip it first with tfopt.strip(pruned).")

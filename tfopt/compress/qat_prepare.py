@@ -222,6 +222,63 @@ def _rewrite_ops(config: dict, rewrites: list[str], untouched: list[str]) -> dic
     return config
 
 
+# --- Keras 3 symbolic ops (x + 3.0 on a KerasTensor) -> layers, before the tf_keras bridge ------
+
+_K3_SCALAR = {"Add": lambda c: (1.0, c), "Subtract": lambda c: (1.0, -c), "Multiply": lambda c: (c, 0.0),
+              "Divide": lambda c: (1.0 / c if c else None, 0.0), "TrueDivide": lambda c: (1.0 / c if c else None, 0.0)}
+
+
+def _k3_op_layer(layer: dict) -> dict | None:
+    if not str(layer.get("module", "")).startswith("keras.src.ops") or len(layer.get("inbound_nodes") or []) != 1:
+        return None
+    node = layer["inbound_nodes"][0]
+    args = node.get("args", [])
+    if node.get("kwargs") or len(args) != 2:
+        return None
+    tensors = [a for a in args if isinstance(a, dict) and a.get("class_name") == "__keras_tensor__"]
+    scalars = [a for a in args if isinstance(a, (int, float)) and not isinstance(a, bool)]
+    base = {"module": "keras.layers", "registered_name": None, "name": layer["name"]}
+    if len(tensors) == 1 and len(scalars) == 1 and layer["class_name"] in _K3_SCALAR:
+        if layer["class_name"] in ("Subtract", "Divide", "TrueDivide") and not isinstance(args[0], dict):
+            return None  # c - x, c / x: not a scale and offset
+        scale, offset = _K3_SCALAR[layer["class_name"]](float(scalars[0]))
+        if scale is None:
+            return None
+        return {**base, "class_name": "Rescaling", "config": {"name": layer["name"], "scale": scale, "offset": offset},
+                "inbound_nodes": [{"args": [tensors[0]], "kwargs": {}}]}
+    if len(tensors) == 2 and layer["class_name"] in ("Add", "Multiply"):
+        return {**base, "class_name": layer["class_name"], "config": {"name": layer["name"]},
+                "inbound_nodes": [{"args": [tensors], "kwargs": {}}]}
+    return None
+
+
+def rewrite_keras3_ops(model: Any) -> tuple[Any, tuple[str, ...]]:
+    """Replaces Keras 3 symbolic ops with a scalar or two tensors (`x + 3.0`, `x * y`) by built-in layers.
+
+    Keras 3 records `x + 3.0` on a KerasTensor as an op node (MobileNetV3's
+    hard-sigmoid) that tf_keras cannot rebuild. Returns the model unchanged (and
+    no rewrites) when there is nothing to replace.
+    """
+    if _keras.keras_flavor(model) != _keras.KERAS3 or type(model).__name__ not in ("Functional", "Model"):
+        return model, ()
+    config = model.get_config()
+    rewrites = []
+    layers = []
+    for layer in config["layers"]:
+        new = _k3_op_layer(layer)
+        if new is not None:
+            rewrites.append(f"{layer['name']} (keras.ops {layer['class_name']}) -> {new['class_name']}")
+        layers.append(new or layer)
+    if not rewrites:
+        return model, ()
+    config["layers"] = layers
+    keras = _keras.keras_module(_keras.KERAS3)
+    new_model = keras.Model.from_config(config)
+    new_model.set_weights(model.get_weights())
+    _check_same(model, new_model)
+    return new_model, tuple(rewrites)
+
+
 # --- public entry points ------------------------------------------------------------------------
 
 

@@ -184,12 +184,23 @@ class _KerasRunner:
 
 class _TFLiteRunner:
     def __init__(self, tflite: Any, *, preserve: bool = False):
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
         self.content = tflite_bytes(tflite)
         self.kind = f"TFLite ({len(self.content) / 1024:.1f} KB)"
         self.interpreter = Interpreter(model_content=self.content, experimental_preserve_all_tensors=preserve)
-        self.interpreter.allocate_tensors()
+        try:
+            self.interpreter.allocate_tensors()
+        except RuntimeError:
+            # XNNPACK refuses some graphs (seen on LiteRT Quantizer models with float ops kept);
+            # the built-in kernels compute the same thing.
+            self.interpreter = Interpreter(
+                model_content=self.content,
+                experimental_preserve_all_tensors=preserve,
+                experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+            )
+            self.interpreter.allocate_tensors()
+            self.kind += ", XNNPACK refused it: built-in kernels"
         self.inputs = self.interpreter.get_input_details()
         self.output_details = self.interpreter.get_output_details()
         self.output_names = _signature_output_names(self.interpreter, self.output_details)
@@ -450,8 +461,12 @@ def _localize(ref, cand, reference, candidate, xs) -> tuple[tuple[LayerParity, .
         known = set(values)
         rank = {n: i for i, n in enumerate(order)}
         matched: dict[str, tuple[str, np.ndarray]] = {}
+        model_outputs = {d["name"] for d in tfl.output_details}
+        single_output = len(model_outputs) == 1 and order and order[-1] in known
         for name, tensor in tfl.op_outputs(xs):
             hits = _layers_in_tensor_name(name, known)
+            if not hits and single_output and name in model_outputs:
+                hits = {order[-1]}  # the output tensor is named after the signature, not the layer
             if hits:
                 layer = max(hits, key=lambda n: rank.get(n, -1))
                 matched[layer] = (name, tensor)  # the last op writing a layer's output wins

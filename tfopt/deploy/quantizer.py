@@ -59,17 +59,20 @@ def _exclusion_patterns(exclude: str | Sequence[str] | None) -> list[str]:
     return patterns
 
 
-def _op_output_names(content: bytes) -> list[str]:
+def _op_scopes(content: bytes) -> list[str]:
+    """Each op's scope as LiteRT Quantizer matches it: its output tensor names joined by ';', plus ';'."""
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
-    names = []
+    scopes = []
     for graph in model.subgraphs:
         for op in graph.operators:
+            names = []
             for index in op.outputs if op.outputs is not None else []:
                 raw = graph.tensors[int(index)].name
                 names.append(raw.decode() if isinstance(raw, bytes) else str(raw))
-    return names
+            scopes.append(";".join(names) + ";")
+    return scopes
 
 
 def _signature_calibration(content: bytes, calibration: Any) -> dict[str, list[dict[str, np.ndarray]]]:
@@ -109,12 +112,30 @@ def _signature_calibration(content: bytes, calibration: Any) -> dict[str, list[d
     return {key: examples}
 
 
+CALIBRATION_METHODS = ("minmax", "moving_average")
+
+
+def _calibrate(content: bytes, quantizer, data: dict, method: str) -> dict:
+    """Activation ranges (QSVs) for the recipe loaded in `quantizer`."""
+    if method == "moving_average":
+        return quantizer.calibrate(data, num_threads=1)
+    calibrator = _keras.optional_import("litert_quantizer.calibrator", "litert-quantizer")
+    manager_module = _keras.optional_import("litert_quantizer.recipe_manager", "litert-quantizer")
+    qsv_utils = _keras.optional_import("litert_quantizer.utils.qsv_utils", "litert-quantizer")
+    manager = manager_module.RecipeManager()
+    manager.load_quantization_recipe(quantizer.get_quantization_recipe())
+    runner = calibrator.Calibrator(bytearray(content), num_threads=1, qsv_update_func=qsv_utils.min_max_update)
+    runner.calibrate(data, manager)
+    return runner.get_model_qsvs()
+
+
 def quantize_tflite(
     model: Any,
     *,
     recipe: str = "static_wi8_ai8",
     calibration: Any = None,
     exclude: str | Sequence[str] | None = None,
+    calibration_method: str = "minmax",
     output: str | None = None,
 ) -> ConversionResult:
     """Quantizes a float model with a LiteRT Quantizer recipe.
@@ -134,8 +155,14 @@ def quantize_tflite(
             `tfopt.CalibrationData` or anything `tfopt.calibration_data` accepts.
             Defaults to `None`.
         exclude: layers to keep in float: Keras layer names (matched against the
-            TFLite tensor names, which carry them) or `"re:<regex>"` on tensor
-            names. Each rule must match at least one op. Defaults to `None`.
+            TFLite tensor names, which carry them) or `"re:<regex>"` searched in
+            each op's scope (its output tensor names joined by `;`, ending with `;`,
+            as LiteRT Quantizer matches them). Each rule must match an op.
+        calibration_method: how activation ranges are gathered over the examples:
+            `"minmax"` (global min / max, as the TFLite converter does) or
+            `"moving_average"` (LiteRT Quantizer's own default, which clipped the
+            logits of an MNIST CNN to half their range here: output SNR 12.6 dB
+            instead of 40 dB). Defaults to `"minmax"`.
         output: also write the .tflite here (atomically). Defaults to `None`.
 
     Returns:
@@ -156,6 +183,10 @@ def quantize_tflite(
     >>> q.inspection.precision_counts
     {'int8': 1}
     """
+    if calibration_method not in CALIBRATION_METHODS:
+        raise ValueError(
+            f"calibration_method must be one of {CALIBRATION_METHODS}. Received: calibration_method={calibration_method!r}."
+        )
     name = MODE_ALIASES.get(recipe, recipe)
     if name not in RECIPES:
         raise ValueError(f"Unknown recipe {recipe!r}. Expected one of {sorted(RECIPES)} or an alias {sorted(MODE_ALIASES)}.")
@@ -182,7 +213,7 @@ def quantize_tflite(
     quantizer.load_quantization_recipe(getattr(recipes, function_name)())
     patterns = _exclusion_patterns(exclude)
     if patterns:
-        names = _op_output_names(content)
+        names = _op_scopes(content)
         for pattern, item in zip(patterns, [exclude] if isinstance(exclude, str) else exclude):
             if not any(re.search(pattern, n) for n in names):
                 raise ValueError(
@@ -194,7 +225,9 @@ def quantize_tflite(
             )
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            qsv = quantizer.calibrate(_signature_calibration(content, calibration)) if quantizer.need_calibration else None
+            qsv = None
+            if quantizer.need_calibration:
+                qsv = _calibrate(content, quantizer, _signature_calibration(content, calibration), calibration_method)
             result = quantizer.quantize(qsv, enable_progress_report=False)
     except (ValueError, RuntimeError, KeyError) as err:
         raise ValueError(f"LiteRT Quantizer could not apply recipe {name!r}: {err}") from err
