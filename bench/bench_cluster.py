@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
+import re
 import sys
 import tempfile
 import time
@@ -107,7 +108,10 @@ def measure(name, stripped, before, names, base_row, data, **extra):
     tflite, gz = int8(stripped, data)
     tflite_report = cluster_report(tflite, num_clusters=NUM_CLUSTERS)
     # The converter names weight tensors after the layer: match clustered kernels by layer name.
-    tflite_clustered = [k for k in tflite_report.kernels if any(f"/{n}/" in f"/{k.name}/" for n in names)]
+    # (Keras 3 models get a "_1" suffix: "demo_cnn_1/fc1_1/MatMul").
+    tflite_clustered = [
+        k for k in tflite_report.kernels if any(re.search(rf"(^|/){re.escape(n)}(_\d+)?/", k.name) for n in names)
+    ]
     row = {
         "name": name,
         "clustered_layers": names,

@@ -22,10 +22,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 
-import tfopt  # noqa: E402
-from tfopt._io import write_json  # noqa: E402
+import tfopt
+from tfopt._io import write_json
 
 
 def unsupported_model():
@@ -38,7 +37,9 @@ def unsupported_model():
         values, _ = tf.math.top_k(y, k=4)
         return tf.math.cumsum(values, axis=1)
 
-    return tf.lite.TFLiteConverter.from_concrete_functions([head.get_concrete_function()], head).convert()
+    return tf.lite.TFLiteConverter.from_concrete_functions(
+        [head.get_concrete_function()], head
+    ).convert()
 
 
 def main() -> int:
@@ -48,26 +49,46 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--num_samples", type=int, default=1000)
-    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "bench_micro.json"))
+    parser.add_argument(
+        "--output",
+        default=os.path.join(os.path.dirname(__file__), "results", "bench_micro.json"),
+    )
     args = parser.parse_args()
     start = time.perf_counter()
     data = tfopt.load_dataset("mnist5k")
     model, keras_accuracy = train_cnn(data, epochs=args.epochs)
     calibration = tfopt.calibration_data(data.x_train, model=model, num_samples=300)
-    int8 = tfopt.convert(model, mode="int8", calibration=calibration, input_type="int8", output_type="int8")
+    int8 = tfopt.convert(
+        model,
+        mode="int8",
+        calibration=calibration,
+        input_type="int8",
+        output_type="int8",
+    )
     folder = tempfile.mkdtemp(prefix="tfopt-micro-")
     t0 = time.perf_counter()
-    result = export_micro(int8, folder, name="demo_cnn", data=data.x_test, num_samples=args.num_samples)
+    result = export_micro(
+        int8, folder, name="demo_cnn", data=data.x_test, num_samples=args.num_samples
+    )
     check_seconds = time.perf_counter() - t0
     print(result.summary())
-    litert = tfopt.benchmark(int8, data=(data.x_test[: args.num_samples], data.y_test[: args.num_samples]), num_runs=20)
-    bad = export_micro(unsupported_model(), os.path.join(folder, "bad"), name="bad_head")
+    litert = tfopt.benchmark(
+        int8,
+        data=(data.x_test[: args.num_samples], data.y_test[: args.num_samples]),
+        num_runs=20,
+    )
+    bad = export_micro(
+        unsupported_model(), os.path.join(folder, "bad"), name="bad_head"
+    )
     print("\n" + bad.summary())
     checks = {
         "int8_runs_in_tflite_micro": result.ok,
-        "max_diff_le_1_step": result.max_abs_diff_vs_litert is not None and result.max_abs_diff_vs_litert <= 1,
+        "max_diff_le_1_step": result.max_abs_diff_vs_litert is not None
+        and result.max_abs_diff_vs_litert <= 1,
         "arena_reported": bool(result.arena_bytes),
-        "unsupported_listed_with_fixes": (not bad.ok) and all(u.fix for u in bad.unsupported_ops) and len(bad.unsupported_ops) >= 3,
+        "unsupported_listed_with_fixes": (not bad.ok)
+        and all(u.fix for u in bad.unsupported_ops)
+        and len(bad.unsupported_ops) >= 3,
     }
     payload = {
         "micro": result.to_dict(),
@@ -80,8 +101,10 @@ def main() -> int:
         "checks": checks,
         "seconds": time.perf_counter() - start,
     }
-    print(f"\nKeras accuracy {keras_accuracy:.4f}; LiteRT int8 accuracy {litert.accuracy:.4f} "
-          f"on {litert.num_examples} test digits; TFLite Micro check took {check_seconds:.1f} s")
+    print(
+        f"\nKeras accuracy {keras_accuracy:.4f}; LiteRT int8 accuracy {litert.accuracy:.4f} "
+        f"on {litert.num_examples} test digits; TFLite Micro check took {check_seconds:.1f} s"
+    )
     print("checks:", checks)
     write_json(args.output, payload)
     print(f"wrote {args.output}")

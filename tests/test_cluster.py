@@ -74,10 +74,14 @@ def test_centroids_start_at_kmeans_of_the_trained_kernel():
     np.testing.assert_allclose(centroids, expected, rtol=1e-6)
 
 
-def test_per_channel_bounds_each_output_channel():
-    clustered = cluster(_cnn(), num_clusters=4, per_channel=True, include=["conv_mid"])
+@pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "no-bias"])
+def test_per_channel_bounds_each_output_channel(use_bias):
+    # tfmot alone silently skips per-channel clustering of a Conv2D without bias.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((10, 10, 1)), keras.layers.Conv2D(16, 3, use_bias=use_bias, name="conv")])
+    clustered = cluster(model, num_clusters=4, per_channel=True)
     _fit(clustered)
-    kernel = strip_clustering(clustered).get_layer("conv_mid").get_weights()[0]
+    kernel = strip_clustering(clustered).get_layer("conv").get_weights()[0]
     assert kmeans.unique_counts(kernel, axis=-1).max() <= 4
     assert kmeans.unique_counts(kernel) > 4
     assert clustering_summary(clustered).layers[0].per_channel
@@ -245,3 +249,30 @@ def test_cli_cluster_writes_model_and_json(tmp_path):
     assert all(l["num_unique"] <= 8 for l in clustered)
     reloaded = keras.models.load_model(payload["paths"]["output"])
     assert kmeans.unique_counts(reloaded.get_layer("dense_mid").get_weights()[0]) <= 8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: keras.applications.MobileNet(alpha=0.25, input_shape=(32, 32, 3), weights=None, classes=4,
+                                             classifier_activation=None),
+        lambda: tf_keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None, classes=4,
+                                                       include_preprocessing=False, classifier_activation=None),
+    ],
+    ids=["keras3-MobileNet", "tf_keras-MobileNetV3Small"],
+)
+def test_applications_wrap_train_strip_convert(build):
+    from tfopt.deploy.convert import convert
+
+    model = build()
+    x = RNG.random((4, 32, 32, 3), dtype="float32")
+    clustered = cluster(model, num_clusters=16)
+    clustered.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    clustered.train_on_batch(x, np.arange(4))
+    plain = strip_clustering(clustered)  # tfmot's strip_clustering fails on MobileNetV3 (TFOpLambda)
+    np.testing.assert_allclose(plain(x), clustered(x, training=False), atol=1e-4)
+    names = {l.name for l in clustering_summary(clustered).layers}
+    assert len(names) > 5
+    assert all(kmeans.unique_counts(plain.get_layer(n).get_weights()[0]) <= 16 for n in names)
+    assert convert(plain, mode="float32").size_bytes > 0

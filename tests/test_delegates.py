@@ -18,7 +18,9 @@ def topk_model():
         values, _ = tf.math.top_k(tf.nn.relu(x) + 1.0, k=3)
         return values
 
-    return tf.lite.TFLiteConverter.from_concrete_functions([head.get_concrete_function()], head).convert()
+    return tf.lite.TFLiteConverter.from_concrete_functions(
+        [head.get_concrete_function()], head
+    ).convert()
 
 
 def test_delegate_report_int8_cnn_fully_covered(tiny_cnn, rng):
@@ -31,7 +33,13 @@ def test_delegate_report_int8_cnn_fully_covered(tiny_cnn, rng):
     assert report.gpu_compatible and report.gpu_blockers == ()
     assert report.signatures["serving_default"]["inputs"] == ["image"]
     assert "XNNPACK: took" in report.summary()
-    assert set(report.to_dict()) >= {"ops", "gpu_compatible", "gpu_blockers", "xnnpack_undelegated", "analyzer_gpu_verdict"}
+    assert set(report.to_dict()) >= {
+        "ops",
+        "gpu_compatible",
+        "gpu_blockers",
+        "xnnpack_undelegated",
+        "analyzer_gpu_verdict",
+    }
 
 
 def test_delegate_report_flags_topk_for_both_delegates(topk_model):
@@ -54,9 +62,14 @@ def test_delegate_report_custom_op_explained_not_crash(topk_model):
     code.builtinCode = code.deprecatedBuiltinCode = 32
     code.customCode = "VendorOp"
     report = delegate_report(bytes(fu.convert_object_to_bytearray(obj)))
-    assert report.xnnpack_total_ops is None and all(op.xnnpack is None for op in report.ops)
+    assert report.xnnpack_total_ops is None and all(
+        op.xnnpack is None for op in report.ops
+    )
     assert any("VendorOp" in n for n in report.notes)
-    assert report.ops[0].op == "CUSTOM:VendorOp" and "no GPU kernel" in report.ops[0].gpu_reason
+    assert (
+        report.ops[0].op == "CUSTOM:VendorOp"
+        and "no GPU kernel" in report.ops[0].gpu_reason
+    )
 
 
 def test_delegate_report_dynamic_dims_block_gpu():
@@ -66,7 +79,9 @@ def test_delegate_report_dynamic_dims_block_gpu():
     def pool(x):
         return tf.nn.relu(x) * 2.0
 
-    content = tf.lite.TFLiteConverter.from_concrete_functions([pool.get_concrete_function()], pool).convert()
+    content = tf.lite.TFLiteConverter.from_concrete_functions(
+        [pool.get_concrete_function()], pool
+    ).convert()
     report = delegate_report(content, input_shapes={"0": [1, 5, 4]})
     assert report.xnnpack_total_ops == len(report.ops)
     assert any("static shapes" in op.gpu_reason for op in report.ops)
@@ -78,5 +93,12 @@ def test_delegate_report_rejects_non_tflite():
 
 
 def test_gpu_ops_table_holds_the_common_ops():
-    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "SOFTMAX", "RESHAPE"} <= GPU_OPS
+    assert {
+        "CONV_2D",
+        "DEPTHWISE_CONV_2D",
+        "FULLY_CONNECTED",
+        "ADD",
+        "SOFTMAX",
+        "RESHAPE",
+    } <= GPU_OPS
     assert "TOPK_V2" not in GPU_OPS and "NON_MAX_SUPPRESSION_V4" not in GPU_OPS

@@ -34,7 +34,13 @@ def digits_int8():
     )
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(data.x_train, data.y_train, epochs=4, verbose=0)
-    tflite = convert(model, mode="int8", calibration=data.x_train[:100], input_type="int8", output_type="int8")
+    tflite = convert(
+        model,
+        mode="int8",
+        calibration=data.x_train[:100],
+        input_type="int8",
+        output_type="int8",
+    )
     return tflite, data
 
 
@@ -49,24 +55,40 @@ def unsupported_float():
         values, _ = tf.math.top_k(scores, k=3)
         return values
 
-    return tf.lite.TFLiteConverter.from_concrete_functions([head.get_concrete_function()], head).convert()
+    return tf.lite.TFLiteConverter.from_concrete_functions(
+        [head.get_concrete_function()], head
+    ).convert()
 
 
 def test_export_micro_int8_runs_matches_litert_and_compiles(digits_int8, tmp_path):
     tflite, data = digits_int8
-    result = export_micro(tflite, tmp_path, name="digits", data=(data.x_test, data.y_test), num_samples=60)
+    result = export_micro(
+        tflite, tmp_path, name="digits", data=(data.x_test, data.y_test), num_samples=60
+    )
     assert result.ok and result.unsupported_ops == ()
     assert result.ops == ("CONV_2D", "RESHAPE", "FULLY_CONNECTED")
     assert result.num_samples == 60 and result.diff_unit == "quantization steps"
-    assert result.max_abs_diff_vs_litert <= 1 and result.max_abs_diff_vs_litert_xnnpack <= 1
+    assert (
+        result.max_abs_diff_vs_litert <= 1
+        and result.max_abs_diff_vs_litert_xnnpack <= 1
+    )
     assert 0 < result.arena_bytes < 64 * 1024
     assert result.flash_bytes == len(tflite.tflite)
     source = (tmp_path / "digits_model_data.cc").read_text()
     header = (tmp_path / "digits_model_data.h").read_text()
     assert "alignas(16) const unsigned char digits_tflite[] = {" in source
     assert f"const unsigned int digits_tflite_len = {len(tflite.tflite)};" in source
-    assert "#define DIGITS_TENSOR_ARENA_BYTES" in header and "resolver.AddConv2D();" in header
-    assert set(result.to_dict()) >= {"ops", "unsupported_ops", "arena_bytes", "flash_bytes", "max_abs_diff_vs_litert"}
+    assert (
+        "#define DIGITS_TENSOR_ARENA_BYTES" in header
+        and "resolver.AddConv2D();" in header
+    )
+    assert set(result.to_dict()) >= {
+        "ops",
+        "unsupported_ops",
+        "arena_bytes",
+        "flash_bytes",
+        "max_abs_diff_vs_litert",
+    }
     if shutil.which("g++") is None:
         pytest.skip("no C++ compiler to build the array")
     (tmp_path / "main.cc").write_text(
@@ -75,10 +97,24 @@ def test_export_micro_int8_runs_matches_litert_and_compiles(digits_int8, tmp_pat
         '  std::printf("%u %lu %d\\n", digits_tflite_len, sum, (int)(reinterpret_cast<uintptr_t>(digits_tflite) % 16)); }\n'
     )
     exe = tmp_path / "check"
-    subprocess.run(["g++", "-std=c++11", str(tmp_path / "main.cc"), str(tmp_path / "digits_model_data.cc"), "-o", str(exe)], check=True)
-    length, checksum, misalignment = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()
+    subprocess.run(
+        [
+            "g++",
+            "-std=c++11",
+            str(tmp_path / "main.cc"),
+            str(tmp_path / "digits_model_data.cc"),
+            "-o",
+            str(exe),
+        ],
+        check=True,
+    )
+    length, checksum, misalignment = subprocess.run(
+        [str(exe)], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert int(length) == len(tflite.tflite)
-    assert int(checksum) == int(np.frombuffer(tflite.tflite, np.uint8).astype(np.int64).sum())
+    assert int(checksum) == int(
+        np.frombuffer(tflite.tflite, np.uint8).astype(np.int64).sum()
+    )
     assert misalignment == "0"
 
 
@@ -89,16 +125,23 @@ def test_export_micro_lists_unsupported_ops_with_fixes(unsupported_float, tmp_pa
     assert all(u.fix and u.nodes for u in result.unsupported_ops)
     assert result.files == () and not (tmp_path / "out").exists()
     assert "TOPK_V2" in result.summary() and "fix:" in result.summary()
-    written = export_micro(unsupported_float, tmp_path / "out", name="head", write_unsupported=True)
+    written = export_micro(
+        unsupported_float, tmp_path / "out", name="head", write_unsupported=True
+    )
     assert len(written.files) == 2 and all(os.path.exists(p) for p in written.files)
 
 
 def test_export_micro_hybrid_model_suggests_int8(tmp_path, tiny_cnn):
     dynamic = convert(tiny_cnn, mode="dynamic")
-    assert dynamic.inspection.precision_counts.get("hybrid")  # the 512x4 Dense weights are int8, activations float
+    assert dynamic.inspection.precision_counts.get(
+        "hybrid"
+    )  # the 512x4 Dense weights are int8, activations float
     result = export_micro(dynamic, tmp_path, name="tiny")
     assert [u.op for u in result.unsupported_ops] == ["FULLY_CONNECTED"]
-    assert "hybrid" in result.unsupported_ops[0].fix and "mode='int8'" in result.unsupported_ops[0].fix
+    assert (
+        "hybrid" in result.unsupported_ops[0].fix
+        and "mode='int8'" in result.unsupported_ops[0].fix
+    )
 
 
 @pytest.mark.parametrize(
@@ -124,7 +167,9 @@ def test_export_micro_corrupt_file_is_a_clear_error(digits_int8, tmp_path):
 
 def test_c_source_round_trips_bytes():
     content = bytes(range(256)) * 3 + b"\x07"
-    source, header = c_source(content, name="blob", arena_bytes=1000, ops=["CONV_2D", "CUSTOM:Foo"])
+    source, header = c_source(
+        content, name="blob", arena_bytes=1000, ops=["CONV_2D", "CUSTOM:Foo"]
+    )
     values = [int(v, 16) for v in re.findall(r"0x([0-9a-f]{2})", source)]
     assert bytes(values) == content
     assert "#define BLOB_TENSOR_ARENA_BYTES 2048" in header
@@ -134,8 +179,13 @@ def test_c_source_round_trips_bytes():
 
 @pytest.mark.parametrize(
     "op, method",
-    [("CONV_2D", "AddConv2D()"), ("MAX_POOL_2D", "AddMaxPool2D()"), ("FULLY_CONNECTED", "AddFullyConnected()"),
-     ("SELECT_V2", "AddSelectV2()"), ("PADV2", "AddPadV2()")],
+    [
+        ("CONV_2D", "AddConv2D()"),
+        ("MAX_POOL_2D", "AddMaxPool2D()"),
+        ("FULLY_CONNECTED", "AddFullyConnected()"),
+        ("SELECT_V2", "AddSelectV2()"),
+        ("PADV2", "AddPadV2()"),
+    ],
     ids=lambda v: str(v),
 )
 def test_resolver_method_names(op, method):
@@ -158,15 +208,27 @@ def test_cli_export_micro_json_and_exit_codes(digits_int8, unsupported_float, tm
         fl(["tfopt"])
     saved = {k: getattr(fl, k) for k in ("output", "json", "data", "micro_samples")}
     try:
-        fl.output, fl.json, fl.data, fl.micro_samples = str(tmp_path / "c"), str(tmp_path / "r.json"), str(tmp_path / "data.npz"), 20
+        fl.output, fl.json, fl.data, fl.micro_samples = (
+            str(tmp_path / "c"),
+            str(tmp_path / "r.json"),
+            str(tmp_path / "data.npz"),
+            20,
+        )
         assert command.main([str(model_path)]) == 0
         payload = json.loads((tmp_path / "r.json").read_text())
-        assert payload["ok"] and payload["unsupported_ops"] == [] and payload["arena_bytes"] > 0
+        assert (
+            payload["ok"]
+            and payload["unsupported_ops"] == []
+            and payload["arena_bytes"] > 0
+        )
         assert payload["max_abs_diff_vs_litert"] <= 1 and payload["num_samples"] == 20
         assert (tmp_path / "c" / "digits_v1_model_data.cc").exists()
         fl.data = None
         assert command.main([str(bad_path)]) == 1
-        assert {u["op"] for u in json.loads((tmp_path / "r.json").read_text())["unsupported_ops"]} == {"REDUCE_PROD", "TOPK_V2"}
+        assert {
+            u["op"]
+            for u in json.loads((tmp_path / "r.json").read_text())["unsupported_ops"]
+        } == {"REDUCE_PROD", "TOPK_V2"}
     finally:
         for key, value in saved.items():
             setattr(fl, key, value)

@@ -62,3 +62,29 @@ def test_quantizer_errors(model):
     int8 = convert(model, mode="int8", calibration=X)
     with pytest.raises(ValueError, match="expects a float32 .tflite"):
         quantize_tflite(int8, recipe="int4")
+
+
+def test_quantizer_cli_ptq_writes_tflite_and_json(model, tmp_path):
+    import json
+
+    from absl import flags
+
+    from tfopt._cli import common, quantize as cli
+
+    model_path, data_path = str(tmp_path / "m.keras"), str(tmp_path / "d.npz")
+    out, report = str(tmp_path / "q.tflite"), str(tmp_path / "q.json")
+    model.save(model_path)
+    y = np.argmax(model.predict(X, verbose=0), -1)
+    np.savez(data_path, x_train=X, y_train=y, x_test=X, y_test=y)
+    flags.FLAGS(["tfopt", f"--output={out}", f"--data={data_path}", f"--json={report}", "--method=ptq", "--mode=int8", "--exclude=logits"])
+    try:
+        assert cli.main([model_path]) == 0
+        payload = json.load(open(report))
+        assert payload["float_accuracy"] == 1.0 and payload["tflite_accuracy"] >= 0.9
+        assert payload["precision"] == {"int8": 2, "float32": 1}
+        assert payload["kept_float"][0]["name"] == "logits"
+        flags.FLAGS(["tfopt", f"--output={out}", f"--data={data_path}", "--method=qat", "--mode=int4", "--exclude="])
+        with pytest.raises(common.CLIError, match="--method qat produces int8"):
+            cli.main([model_path])
+    finally:
+        flags.FLAGS.unparse_flags()

@@ -25,6 +25,7 @@ COMMANDS = {
     "export-onnx": "export_onnx",
     "profile": "profile",
     "decompose": "decompose",
+    "export-micro": "export_micro",
 }
 
 

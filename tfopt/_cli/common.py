@@ -21,7 +21,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("output", None, "Output file or folder.")
 flags.DEFINE_string("data", None, "An .npz file with x_train, y_train, x_test, y_test.")
 flags.DEFINE_string("json", None, "Also write the result as JSON to this path.")
-flags.DEFINE_integer("threads", 1, "Interpreter threads.")
+flags.DEFINE_list("threads", ["1"], "Interpreter threads; `tfopt bench` sweeps a list, e.g. --threads 1,2.")
 flags.DEFINE_integer("epochs", None, "Training / fine-tuning epochs.")
 flags.DEFINE_integer("batch_size", None, "Batch size.")
 flags.DEFINE_integer("seed", 0, "Random seed.")

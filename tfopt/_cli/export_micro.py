@@ -17,9 +17,21 @@ from tfopt._cli.common import FLAGS, CLIError, load_npz, write_json
 NAME = "export-micro"
 HELP = "check a .tflite on the TFLite Micro interpreter and write it as a C/C++ array"
 
-flags.DEFINE_string("micro_name", None, "C name of the array (<name>_tflite). Default: from the model file name.")
-flags.DEFINE_integer("micro_samples", 100, "Inputs from --data x_test compared between TFLite Micro and LiteRT.")
-flags.DEFINE_boolean("micro_write_unsupported", False, "Write the C files even when TFLite Micro cannot run the model.")
+flags.DEFINE_string(
+    "micro_name",
+    None,
+    "C name of the array (<name>_tflite). Default: from the model file name.",
+)
+flags.DEFINE_integer(
+    "micro_samples",
+    100,
+    "Inputs from --data x_test compared between TFLite Micro and LiteRT.",
+)
+flags.DEFINE_boolean(
+    "micro_write_unsupported",
+    False,
+    "Write the C files even when TFLite Micro cannot run the model.",
+)
 
 
 def default_name(path: str) -> str:
@@ -32,9 +44,13 @@ def main(args: list[str]) -> int:
     from tfopt.deploy.micro import export_micro
 
     if len(args) != 1:
-        raise CLIError(f"export-micro takes one MODEL.tflite path; received {args}. Usage: tfopt export-micro MODEL.tflite --output DIR")
+        raise CLIError(
+            f"export-micro takes one MODEL.tflite path; received {args}. Usage: tfopt export-micro MODEL.tflite --output DIR"
+        )
     if not FLAGS.output:
-        raise CLIError("pass --output DIR (the folder for <name>_model_data.cc and .h).")
+        raise CLIError(
+            "pass --output DIR (the folder for <name>_model_data.cc and .h)."
+        )
     data = None
     if FLAGS.data:
         data = load_npz(FLAGS.data, required=("x_test",))["x_test"]

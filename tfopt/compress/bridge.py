@@ -19,11 +19,18 @@ from typing import Any
 import numpy as np
 
 from tfopt import _keras
+from tfopt.compress import _keras3_layer
 
 # Keys Keras 3 adds to serialized objects that tf_keras does not know.
 _KERAS3_ONLY_KEYS = ("module", "registered_name", "build_config", "compile_config", "shared_object_id")
 # Arguments dropped without a check: they change nothing in the computation.
 _HARMLESS = {"input_axes", "output_axes", "autocast", "dynamic"}
+# Keras 3 arguments read from **kwargs (so not in the signature), with the value that tf_keras computes anyway.
+_KNOWN_DEFAULTS = {"rms_scaling": False}
+# Module prefixes of Keras 3 layers that tf_keras re-implements under the same class name.
+_BUILTIN_MODULES = ("keras.layers", "keras.src.layers", "keras")
+# Registered name of the tf_keras layer that runs a Keras 3 layer or op (see `_keras3_layer_class`).
+_KERAS3_LAYER = "tfopt>Keras3Layer"
 # Base `Layer.__init__` keyword arguments accepted by each flavour (beyond the class signature).
 _TF_KERAS_LAYER_KWARGS = {
     "input_dim", "input_shape", "batch_input_shape", "batch_size", "weights", "activity_regularizer",
@@ -39,10 +46,15 @@ def to_tf_keras(model: Any, *, check: bool = True):
     The config is rewritten (InputLayer `batch_shape` -> `batch_input_shape`,
     dtype policies -> dtype names, the new node format -> the old one, and
     arguments tf_keras does not know are dropped), then the weights are copied.
-    A tf_keras model is returned as is.
+    Keras 3 ops in the graph (`x + 3.0`) and layers tf_keras lacks (custom
+    layers such as ConvNeXt's `LayerScale`) run inside a tfopt wrapper layer
+    with their weights mirrored. A subclassed model with a known input shape is
+    first traced into a functional model (`as_functional`). A tf_keras model
+    is returned as is.
 
     Args:
-        model: a built Keras 3 (or tf_keras) functional or Sequential model.
+        model: a built Keras 3 (or tf_keras) functional or Sequential model, or
+            a built subclassed Keras 3 model whose `call` composes layers and ops.
         check: compare the outputs of both models on a random batch.
             Defaults to `True`.
 
@@ -64,6 +76,8 @@ def to_tf_keras(model: Any, *, check: bool = True):
     if _keras.keras_flavor(model) == _keras.TF_KERAS:
         return model
     tf_keras = _keras.keras_module(_keras.TF_KERAS)
+    _keras3_layer.keras3_layer_class()  # registers the wrapper used for Keras 3 ops and custom layers
+    model = as_functional(model)
     config = _functional_config(model)
     rewritten = _rewrite(config, tf_keras, to_legacy=True)
     try:
@@ -130,11 +144,67 @@ def to_keras3(model: Any, *, check: bool = True):
     return new
 
 
-def _functional_config(model: Any) -> dict:
-    is_graph = type(model).__name__ in ("Functional", "Sequential") or (
-        hasattr(model, "inputs") and model.inputs and type(model).__name__ == "Model"
+def as_functional(model: Any):
+    """A functional model computing what a subclassed model computes, with the same layers.
+
+    Functional and Sequential models are returned as is. A built subclassed
+    model is traced: its `call` is run on a `keras.Input` of the shape it was
+    built with, which records the layers and ops it calls into a functional
+    graph (the returned model shares the layer objects, so copy it before
+    changing weights). This works when `call` composes layers and ops without
+    Python branches on tensor values.
+
+    Raises:
+        NotImplementedError: if the model is not built, or `call` cannot be traced.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from tfopt.compress.bridge import as_functional
+    >>> class Net(keras.Model):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.hidden, self.out = keras.layers.Dense(8), keras.layers.Dense(2)
+    ...     def call(self, x):
+    ...         return self.out(self.hidden(x) * 2.0)
+    >>> net = Net(); _ = net(np.ones((1, 4), "float32"))
+    >>> [type(layer).__name__ for layer in as_functional(net).layers]
+    ['InputLayer', 'Dense', 'Dense']
+    """
+    if _is_graph_model(model):
+        return model
+    keras = _keras.keras_of(model)
+    alternative = (
+        "Build it with the functional API (keras.Input -> layers -> keras.Model), or call the model once on "
+        "a batch of the right shape before passing it."
     )
-    if not is_graph:
+    build = model.get_build_config() if model.built else None
+    shape = (build or {}).get("input_shape")
+    if shape is None or not isinstance(shape, (list, tuple)) or not shape or isinstance(shape[0], (list, tuple, dict)):
+        raise NotImplementedError(
+            f"Cannot trace subclassed model {model.name!r} ({type(model).__name__}) into a functional graph: "
+            f"it needs one input of known shape (build config: {build!r}). {alternative}"
+        )
+    try:
+        inputs = keras.Input(tuple(shape[1:]), batch_size=None)
+        outputs = model.call(inputs)
+        traced = keras.Model(inputs, outputs, name=model.name)
+    except Exception as err:  # noqa: BLE001 - user code: any failure means "not traceable", with its reason
+        raise NotImplementedError(
+            f"Cannot trace subclassed model {model.name!r} ({type(model).__name__}) into a functional graph: "
+            f"{type(err).__name__}: {err}. {alternative}"
+        ) from err
+    return traced
+
+
+def _is_graph_model(model: Any) -> bool:
+    return type(model).__name__ in ("Functional", "Sequential") or (
+        bool(getattr(model, "_is_graph_network", False)) and type(model).__name__ == "Model"
+    ) or (type(model).__name__ == "Model" and bool(getattr(model, "inputs", None)))
+
+
+def _functional_config(model: Any) -> dict:
+    if not _is_graph_model(model):
         raise NotImplementedError(
             f"Cannot move subclassed model {model.name!r} ({type(model).__name__}) between Keras 3 and "
             "tf_keras: only functional and Sequential models have a portable config. "
@@ -155,7 +225,9 @@ def _rewrite(obj: Any, target, *, to_legacy: bool) -> Any:
     for key, value in obj.items():
         if to_legacy and key in _KERAS3_ONLY_KEYS:
             continue
-        if key == "inbound_nodes":
+        if key == "layers" and isinstance(value, list) and "class_name" not in obj:
+            out[key] = [_rewrite_layer(entry, target, to_legacy=to_legacy) for entry in value]
+        elif key == "inbound_nodes":
             out[key] = _legacy_nodes(value) if to_legacy else value
         elif key in ("input_layers", "output_layers"):
             refs = _nested_refs(value)
@@ -165,6 +237,88 @@ def _rewrite(obj: Any, target, *, to_legacy: bool) -> Any:
     if "class_name" in out and isinstance(out.get("config"), dict):
         out["config"] = _fit_config(out["class_name"], out["config"], target, to_legacy=to_legacy)
     return out
+
+
+def _rewrite_layer(entry: Any, target, *, to_legacy: bool) -> Any:
+    """One entry of a model's `layers` list; Keras 3 ops and foreign layers go into the wrapper layer."""
+    if not isinstance(entry, dict) or "class_name" not in entry:
+        return _rewrite(entry, target, to_legacy=to_legacy)
+    if not to_legacy:
+        if entry["class_name"] in (_KERAS3_LAYER, "Keras3Layer"):
+            return _unwrap_entry(entry)
+        return _rewrite(entry, target, to_legacy=False)
+    if _needs_wrapper(entry, target):
+        return _wrap_entry(entry)
+    try:
+        return _rewrite(entry, target, to_legacy=True)
+    except NotImplementedError:
+        if entry["class_name"] in ("Functional", "Sequential", "Model", "InputLayer"):
+            raise
+        return _wrap_entry(entry)  # a built-in layer with arguments tf_keras lacks runs as Keras 3
+
+
+def _needs_wrapper(entry: dict, target) -> bool:
+    module = entry.get("module") or ""
+    name = entry["class_name"]
+    if module.startswith("keras.src.ops"):
+        return True
+    if name in ("Functional", "Sequential", "Model", "InputLayer"):
+        return False
+    if module and not (module in _BUILTIN_MODULES or module.startswith("keras.src.models")):
+        return True
+    activation = entry.get("config", {}).get("activation")
+    if isinstance(activation, str):
+        try:
+            target.activations.get(activation)
+        except (ValueError, TypeError):
+            return True  # e.g. Keras 3's "hard_silu": run the layer as Keras 3
+    return _find_class(name, target) is None
+
+
+def _wrap_entry(entry: dict) -> dict:
+    inner = {k: v for k, v in entry.items() if k != "inbound_nodes"}
+    template, nodes = None, []
+    for node in entry.get("inbound_nodes", []):
+        if not isinstance(node, dict):
+            raise NotImplementedError(f"Layer {entry.get('name')!r} has a node in an unknown format: {node!r}.")
+        args, kwargs, refs = _keras3_layer.to_template(node.get("args", []), node.get("kwargs", {}))
+        if template is not None and template != (args, kwargs):
+            raise NotImplementedError(
+                f"Layer {entry.get('name')!r} ({entry['class_name']}) is called several times with different "
+                "constant arguments, which tfopt cannot carry to tf_keras. Call it once per layer object."
+            )
+        template = (args, kwargs)
+        nodes.append([list(r) + [{}] for r in refs])
+    args, kwargs = template if template is not None else ([{"__tensor__": 0}], {})
+    config = entry.get("config", {})
+    dtype = config.get("dtype")
+    if isinstance(dtype, dict):
+        dtype = dtype.get("config", {}).get("name", "float32")
+    return {
+        "class_name": _KERAS3_LAYER,
+        "config": {
+            "name": entry.get("name", config.get("name")),
+            "trainable": config.get("trainable", True),
+            "dtype": dtype or "float32",
+            "keras3_config": inner,
+            "call_args": args,
+            "call_kwargs": kwargs,
+        },
+        "name": entry.get("name", config.get("name")),
+        "inbound_nodes": nodes,
+    }
+
+
+def _unwrap_entry(entry: dict) -> dict:
+    config = entry["config"]
+    original = dict(config["keras3_config"])
+    original["name"] = entry.get("name", config["name"])
+    nodes = []
+    for node in entry.get("inbound_nodes", []):
+        refs = [list(item[:3]) for item in node]
+        nodes.append(_keras3_layer.keras3_node(config["call_args"], config["call_kwargs"], refs))
+    original["inbound_nodes"] = nodes
+    return original
 
 
 def _fit_config(class_name: str, config: dict, target, *, to_legacy: bool) -> dict:
@@ -190,7 +344,9 @@ def _fit_config(class_name: str, config: dict, target, *, to_legacy: bool) -> di
     defaults = _defaults(source) if source is not None else {}
     for key in [k for k in config if k not in allowed]:
         value = config.pop(key)
-        if key in _HARMLESS or (key in defaults and defaults[key] == value) or value is None:
+        if key in _HARMLESS or (key in defaults and defaults[key] == value) or value is None or (
+            key in _KNOWN_DEFAULTS and _KNOWN_DEFAULTS[key] == value
+        ):
             continue
         raise NotImplementedError(
             f"{class_name} argument {key}={value!r} has no equivalent in "
@@ -265,13 +421,21 @@ def _is_tensor(value: Any) -> bool:
 
 
 def _copy_weights(source: Any, target: Any) -> None:
-    weights = source.get_weights()
-    if len(weights) != len(target.get_weights()):
-        raise ValueError(
-            f"The rebuilt model has {len(target.get_weights())} weight arrays, the original "
-            f"{len(weights)}; the layer configs did not translate. Please report this model."
-        )
-    target.set_weights(weights)
+    """Copies weights layer by layer, matched by name (the bridge keeps every layer name)."""
+    by_name = {layer.name: layer for layer in target.layers}
+    for layer in source.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        other = by_name.get(layer.name)
+        shapes = [w.shape for w in weights]
+        if other is None or [tuple(w.shape) for w in other.get_weights()] != [tuple(s) for s in shapes]:
+            found = None if other is None else [tuple(w.shape) for w in other.get_weights()]
+            raise ValueError(
+                f"The rebuilt model's layer {layer.name!r} holds weights of shapes {found}, the original {shapes}; "
+                "the layer config did not translate. Please report this model."
+            )
+        other.set_weights(weights)
 
 
 def _check_same_outputs(a: Any, b: Any, *, atol: float = 1e-4) -> None:
@@ -283,9 +447,13 @@ def _check_same_outputs(a: Any, b: Any, *, atol: float = 1e-4) -> None:
     flat_a = out_a if isinstance(out_a, (list, tuple)) else [out_a]
     flat_b = out_b if isinstance(out_b, (list, tuple)) else [out_b]
     for x, y in zip(flat_a, flat_b):
-        diff = float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) if np.size(x) else 0.0
-        scale = max(1.0, float(np.max(np.abs(np.asarray(x)))) if np.size(x) else 1.0)
-        if not np.isfinite(diff) or diff > atol * scale:
+        x, y = np.asarray(x), np.asarray(y)
+        if not np.array_equal(np.isfinite(x), np.isfinite(y)):
+            raise ValueError(f"The rebuilt model's outputs are not finite where {a.name!r}'s are. Please report this model.")
+        finite = np.isfinite(x)
+        diff = float(np.max(np.abs(x[finite] - y[finite]))) if finite.any() else 0.0
+        scale = max(1.0, float(np.max(np.abs(x[finite]))) if finite.any() else 1.0)
+        if diff > atol * scale:
             raise ValueError(
                 f"The rebuilt model's outputs differ from {a.name!r} by up to {diff:.3g}; "
                 "the conversion is not faithful. Please report this model."

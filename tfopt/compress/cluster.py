@@ -18,6 +18,7 @@ BatchNorm re-estimation in `tfopt.compress.batchnorm`.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 import weakref
 from typing import Any
 
@@ -173,16 +174,25 @@ def cluster(
     api = tfmot.clustering.keras
     centroid_init = getattr(api.CentroidInitialization, _TFMOT_INIT[init])
 
+    options = dict(
+        number_of_clusters=int(num_clusters),
+        cluster_centroids_init=centroid_init,
+        preserve_sparsity=preserve_sparsity,
+        cluster_per_channel=per_channel,
+    )
+
     def wrap(layer):
         if layer.name not in chosen:
             return layer
-        return api.cluster_weights(
-            layer,
-            number_of_clusters=int(num_clusters),
-            cluster_centroids_init=centroid_init,
-            preserve_sparsity=preserve_sparsity,
-            cluster_per_channel=per_channel,
-        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have enough weights.*")
+            wrapped = api.cluster_weights(layer, **options)
+        if wrapped is layer:
+            # tfmot counts a Conv2D's channels from its last trainable weight, so with
+            # per_channel a Conv2D without bias "has one weight per channel" and is silently
+            # left unclustered. Our own size check already passed: wrap it directly.
+            wrapped = _cluster_weights_class()(layer, **options)
+        return wrapped
 
     tf_keras = _keras.keras_module(_keras.TF_KERAS)
     clustered = tf_keras.models.clone_model(work, clone_function=wrap)
@@ -350,6 +360,12 @@ def _too_small(layer, num_clusters: int, per_channel: bool) -> str | None:
     if size <= num_clusters:
         return f"{size} weights for {num_clusters} clusters: nothing to share"
     return None
+
+
+def _cluster_weights_class():
+    from tensorflow_model_optimization.python.core.clustering.keras import cluster_wrapper
+
+    return cluster_wrapper.ClusterWeights
 
 
 def _refine_centroids(wrapper, init: str) -> None:

@@ -29,7 +29,7 @@ PRESERVE = (None, "sparsity", "clusters")
 _FOLDABLE = ("Conv2D", "DepthwiseConv2D", "Dense")
 _REASONS = {
     "InputLayer": None,
-    "Rescaling": "preprocessing (Rescaling) kept float in training; quantized post-training at conversion",
+    "Rescaling": "tfmot has no quantizer for Rescaling (preprocessing, or a rewritten x*a+b op); quantized post-training at conversion",
     "Normalization": "preprocessing (Normalization) kept float in training; quantized post-training at conversion",
     "Conv1D": "tfmot has no Conv1D quantizer; quantized post-training at conversion",
     "TFOpLambda": "TF op tfmot cannot wrap; quantized post-training at conversion",

@@ -252,6 +252,36 @@ def _k3_op_layer(layer: dict) -> dict | None:
     return None
 
 
+def _k3_hard_activation(layer: dict) -> list[dict] | None:
+    """Keras 3 hard_sigmoid = relu6(x + 3) / 6 and hard_silu = x * hard_sigmoid(x), as built-in layers
+    (tf_keras lacks hard_silu, and its hard_sigmoid is a different function)."""
+    activation = layer.get("config", {}).get("activation")
+    if layer.get("class_name") != "Activation" or activation not in ("hard_sigmoid", "hard_silu", "hard_swish"):
+        return None
+    nodes = layer.get("inbound_nodes") or []
+    if len(nodes) != 1 or len(nodes[0].get("args", [])) != 1:
+        return None
+    source = nodes[0]["args"][0]
+    name = layer["name"]
+
+    def tensor(of: str) -> dict:
+        return {"class_name": "__keras_tensor__", "config": {**source["config"], "keras_history": [of, 0, 0]}}
+
+    def make(layer_name: str, class_name: str, config: dict, args: list) -> dict:
+        return {"module": "keras.layers", "class_name": class_name, "registered_name": None, "name": layer_name,
+                "config": {"name": layer_name, **config}, "inbound_nodes": [{"args": args, "kwargs": {}}]}
+
+    sigmoid_name = name if activation == "hard_sigmoid" else f"{name}_hard_sigmoid"
+    out = [
+        make(f"{name}_plus3", "Rescaling", {"scale": 1.0, "offset": 3.0}, [source]),
+        make(f"{name}_relu6", "ReLU", {"max_value": 6.0}, [tensor(f"{name}_plus3")]),
+        make(sigmoid_name, "Rescaling", {"scale": 1.0 / 6.0, "offset": 0.0}, [tensor(f"{name}_relu6")]),
+    ]
+    if activation != "hard_sigmoid":
+        out.append(make(name, "Multiply", {}, [[source, tensor(sigmoid_name)]]))
+    return out
+
+
 def rewrite_keras3_ops(model: Any) -> tuple[Any, tuple[str, ...]]:
     """Replaces Keras 3 symbolic ops with a scalar or two tensors (`x + 3.0`, `x * y`) by built-in layers.
 
@@ -265,6 +295,12 @@ def rewrite_keras3_ops(model: Any) -> tuple[Any, tuple[str, ...]]:
     rewrites = []
     layers = []
     for layer in config["layers"]:
+        hard = _k3_hard_activation(layer)
+        if hard is not None:
+            rewrites.append(f"{layer['name']} (Activation {layer['config']['activation']}) -> Rescaling, ReLU(6), Rescaling"
+                            + (", Multiply" if len(hard) == 4 else ""))
+            layers.extend(hard)
+            continue
         new = _k3_op_layer(layer)
         if new is not None:
             rewrites.append(f"{layer['name']} (keras.ops {layer['class_name']}) -> {new['class_name']}")

@@ -43,22 +43,40 @@ def run_child(
     with open(request_path, "w") as handle:
         json.dump(request, handle)
     env = dict(os.environ)
-    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    package_root = os.path.dirname(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    )
     env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with tempfile.TemporaryFile(mode="w+") as out, tempfile.TemporaryFile(mode="w+") as err:
-        proc = subprocess.Popen([sys.executable, "-m", module, request_path], stdout=out, stderr=err, env=env)
+    with (
+        tempfile.TemporaryFile(mode="w+") as out,
+        tempfile.TemporaryFile(mode="w+") as err,
+    ):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, request_path],
+            stdout=out,
+            stderr=err,
+            env=env,
+        )
         status, peak_kb = _wait(proc, timeout)
         err.seek(0)
         stderr = err.read()
-    stages = [line.split(":", 1)[1].strip() for line in stderr.splitlines() if line.startswith("tfopt-stage:")]
+    stages = [
+        line.split(":", 1)[1].strip()
+        for line in stderr.splitlines()
+        if line.startswith("tfopt-stage:")
+    ]
     where = stages[-1] if stages else "start"
     if status is None:
         raise BenchmarkError(
             f"{runtime} did not finish within {timeout:.0f} s (during '{where}'); pass a larger timeout= or fewer runs."
         )
     if status != 0:
-        cause = f"signal {signal.Signals(-status).name}" if status < 0 else f"exit code {status}"
+        cause = (
+            f"signal {signal.Signals(-status).name}"
+            if status < 0
+            else f"exit code {status}"
+        )
         tail = last_error_line(stderr)
         raise BenchmarkError(
             f"{runtime} crashed ({cause}) during '{where}'{': ' + tail if tail else ''}. "
@@ -66,7 +84,9 @@ def run_child(
             "check it with tfopt.inspect_tflite, or re-convert it."
         )
     if not os.path.exists(request["result_path"]):
-        raise BenchmarkError(f"{runtime} ended during '{where}' without a result: {last_error_line(stderr)}")
+        raise BenchmarkError(
+            f"{runtime} ended during '{where}' without a result: {last_error_line(stderr)}"
+        )
     with open(request["result_path"]) as handle:
         raw = json.load(handle)
     if not raw.get("ok"):
@@ -116,6 +136,7 @@ def last_error_line(stderr: str) -> str:
     lines = [
         line
         for line in stderr.splitlines()
-        if line.strip() and not line.startswith(("tfopt-stage:", "INFO:", "WARNING: All log messages"))
+        if line.strip()
+        and not line.startswith(("tfopt-stage:", "INFO:", "WARNING: All log messages"))
     ]
     return lines[-1].strip()[:300] if lines else ""

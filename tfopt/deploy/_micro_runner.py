@@ -25,7 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from tfopt.deploy._runner import _input_order, _random_input, make_interpreter, quantize, resize_inputs, stage
+from tfopt.deploy._runner import (
+    _input_order,
+    _random_input,
+    make_interpreter,
+    quantize,
+    resize_inputs,
+    stage,
+)
 
 _ARENA_CAP = 1 << 30
 # Custom ops that TFLite Micro's Python interpreter registers; others are tried first.
@@ -59,7 +66,9 @@ def _op_name(model, op, fu) -> str:
     name = fu.opcode_to_name(model, op.opcodeIndex) or "UNKNOWN"
     if name == "CUSTOM":
         code = model.operatorCodes[op.opcodeIndex].customCode
-        name = "CUSTOM:" + (code.decode() if isinstance(code, bytes) else str(code or ""))
+        name = "CUSTOM:" + (
+            code.decode() if isinstance(code, bytes) else str(code or "")
+        )
     return name
 
 
@@ -67,7 +76,11 @@ def _drop_nodes(subgraph, positions: set[int], original: list[int]) -> None:
     """Removes nodes; their outputs become graph inputs so the rest still plans."""
     inputs = [int(i) for i in (subgraph.inputs if subgraph.inputs is not None else [])]
     for pos in sorted(positions):
-        for tensor in subgraph.operators[pos].outputs if subgraph.operators[pos].outputs is not None else []:
+        for tensor in (
+            subgraph.operators[pos].outputs
+            if subgraph.operators[pos].outputs is not None
+            else []
+        ):
             if int(tensor) >= 0 and int(tensor) not in inputs:
                 inputs.append(int(tensor))
     subgraph.inputs = np.asarray(inputs, dtype=np.int32)
@@ -95,7 +108,10 @@ def probe(content: bytes) -> dict[str, Any]:
     model = fu.read_model_from_bytearray(bytearray(content))
     subgraph = model.subgraphs[0]
     original = list(range(len(subgraph.operators or [])))
-    ids = {"input_ids": [int(i) for i in subgraph.inputs], "output_ids": [int(i) for i in subgraph.outputs]}
+    ids = {
+        "input_ids": [int(i) for i in subgraph.inputs],
+        "output_ids": [int(i) for i in subgraph.outputs],
+    }
     ops = []
     for op in subgraph.operators or []:
         name = _op_name(model, op, fu)
@@ -108,15 +124,27 @@ def probe(content: bytes) -> dict[str, Any]:
         stage(f"micro-allocate ({len(issues)} issue(s) so far, arena {arena} B)")
         interpreter, log, error = _build(blob, arena)
         if interpreter is not None:
-            return {"ops": ops, "issues": issues, "interpreter": interpreter if not issues else None, "arena": arena, **ids}
+            return {
+                "ops": ops,
+                "issues": issues,
+                "interpreter": interpreter if not issues else None,
+                "arena": arena,
+                **ids,
+            }
         missing = re.search(r"Requested: (\d+), available (\d+), missing: (\d+)", log)
         if missing and arena < _ARENA_CAP:
             arena = min(_ARENA_CAP, max(2 * arena, arena + 2 * int(missing.group(3))))
             continue
         names = [_op_name(model, op, fu) for op in subgraph.operators]
-        lines = [line.strip() for line in log.splitlines() if line.strip() and "RecordingMicroAllocator" not in line]
+        lines = [
+            line.strip()
+            for line in log.splitlines()
+            if line.strip() and "RecordingMicroAllocator" not in line
+        ]
         registration = re.search(r"Failed to get registration from op code (\w+)", log)
-        failed_node = re.search(r"Node (\S+) \(number (\d+)\) failed to (prepare|init|invoke)", log)
+        failed_node = re.search(
+            r"Node (\S+) \(number (\d+)\) failed to (prepare|init|invoke)", log
+        )
         if registration:
             code = registration.group(1)
             if code == "CUSTOM":
@@ -127,16 +155,38 @@ def probe(content: bytes) -> dict[str, Any]:
             reason = "TFLite Micro has no kernel registered for this op"
         elif failed_node:
             positions = {int(failed_node.group(2))}
-            code = names[int(failed_node.group(2))] if int(failed_node.group(2)) < len(names) else failed_node.group(1)
-            before = [line for line in lines if not line.startswith(("Node ", "Failed to", "TFLM"))]
-            reason = "; ".join(before[-2:]) or f"the kernel failed to {failed_node.group(3)}"
+            code = (
+                names[int(failed_node.group(2))]
+                if int(failed_node.group(2)) < len(names)
+                else failed_node.group(1)
+            )
+            before = [
+                line
+                for line in lines
+                if not line.startswith(("Node ", "Failed to", "TFLM"))
+            ]
+            reason = (
+                "; ".join(before[-2:]) or f"the kernel failed to {failed_node.group(3)}"
+            )
         else:
-            issues.append({"op": None, "nodes": [], "reason": "; ".join(lines[-3:]) or error or "allocation failed"})
+            issues.append(
+                {
+                    "op": None,
+                    "nodes": [],
+                    "reason": "; ".join(lines[-3:]) or error or "allocation failed",
+                }
+            )
             break
         if not positions:
             issues.append({"op": code, "nodes": [], "reason": reason})
             break
-        issues.append({"op": code, "nodes": sorted(original[p] for p in positions), "reason": reason})
+        issues.append(
+            {
+                "op": code,
+                "nodes": sorted(original[p] for p in positions),
+                "reason": reason,
+            }
+        )
         _drop_nodes(subgraph, positions, original)
         blob = bytes(fu.convert_object_to_bytearray(model))
     return {"ops": ops, "issues": issues, "interpreter": None, "arena": arena, **ids}
@@ -149,7 +199,9 @@ def _arena_used(interpreter) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def _litert_outputs(content: bytes, xs: list[np.ndarray], *, use_xnnpack: bool) -> list[list[np.ndarray]]:
+def _litert_outputs(
+    content: bytes, xs: list[np.ndarray], *, use_xnnpack: bool
+) -> list[list[np.ndarray]]:
     interpreter = make_interpreter(content, num_threads=1, use_xnnpack=use_xnnpack)
     resize_inputs(interpreter, None)
     interpreter.allocate_tensors()
@@ -158,14 +210,18 @@ def _litert_outputs(content: bytes, xs: list[np.ndarray], *, use_xnnpack: bool) 
     results = []
     for k in range(len(xs[0])):
         for pos, i in enumerate(order):
-            interpreter.set_tensor(inputs[i]["index"], _feed(xs[pos][k : k + 1], inputs[i]))
+            interpreter.set_tensor(
+                inputs[i]["index"], _feed(xs[pos][k : k + 1], inputs[i])
+            )
         interpreter.invoke()
         results.append([np.array(interpreter.get_tensor(d["index"])) for d in outputs])
     return results
 
 
 def _feed(x: np.ndarray, detail: dict) -> np.ndarray:
-    if np.issubdtype(np.asarray(x).dtype, np.floating) or np.issubdtype(detail["dtype"], np.floating):
+    if np.issubdtype(np.asarray(x).dtype, np.floating) or np.issubdtype(
+        detail["dtype"], np.floating
+    ):
         return quantize(np.asarray(x, dtype=np.float32), detail)
     return np.asarray(x).astype(detail["dtype"])
 
@@ -190,7 +246,11 @@ def check_micro(request: dict[str, Any]) -> dict[str, Any]:
         content = handle.read()
     stage("micro-load")
     found = probe(content)
-    result: dict[str, Any] = {"ops": found["ops"], "issues": found["issues"], "notes": []}
+    result: dict[str, Any] = {
+        "ops": found["ops"],
+        "issues": found["issues"],
+        "notes": [],
+    }
     interpreter = found["interpreter"]
     if interpreter is None:
         return result
@@ -200,13 +260,24 @@ def check_micro(request: dict[str, Any]) -> dict[str, Any]:
         result["notes"] += resize_inputs(litert, None)
         litert.allocate_tensors()
     except ValueError as err:
-        result["issues"].append({"op": None, "nodes": [], "reason": f"TFLite Micro needs static shapes: {err}"})
+        result["issues"].append(
+            {
+                "op": None,
+                "nodes": [],
+                "reason": f"TFLite Micro needs static shapes: {err}",
+            }
+        )
         return result
     except RuntimeError as err:
         litert = None
-        result["notes"].append(f"LiteRT could not load the model, so there is no comparison: {str(err).strip()[:200]}")
+        result["notes"].append(
+            f"LiteRT could not load the model, so there is no comparison: {str(err).strip()[:200]}"
+        )
     if litert is None:
-        inputs = [_micro_detail(interpreter.get_input_details(i)) for i in range(len(found["input_ids"]))]
+        inputs = [
+            _micro_detail(interpreter.get_input_details(i))
+            for i in range(len(found["input_ids"]))
+        ]
         order = list(range(len(inputs)))
     else:
         inputs, order = litert.get_input_details(), _input_order(litert, None)
@@ -215,7 +286,12 @@ def check_micro(request: dict[str, Any]) -> dict[str, Any]:
         xs = [data[f"x{pos}"] for pos in range(len(order))]
     else:
         rng = np.random.default_rng(request.get("seed", 0))
-        xs = [np.concatenate([_random_input(inputs[i], rng) for _ in range(request["num_samples"])]) for i in order]
+        xs = [
+            np.concatenate(
+                [_random_input(inputs[i], rng) for _ in range(request["num_samples"])]
+            )
+            for i in order
+        ]
         result["notes"].append("no data given: compared on random inputs")
     stage("micro-invoke")
     micro_out = []
@@ -227,9 +303,17 @@ def check_micro(request: dict[str, Any]) -> dict[str, Any]:
             with captured_output() as log:
                 interpreter.invoke()
         except RuntimeError as err:
-            result["issues"].append({"op": None, "nodes": [], "reason": f"invoke failed: {log[0].strip() or err}"})
+            result["issues"].append(
+                {
+                    "op": None,
+                    "nodes": [],
+                    "reason": f"invoke failed: {log[0].strip() or err}",
+                }
+            )
             return result
-        micro_out.append([np.array(interpreter.get_output(j)) for j in range(num_outputs)])
+        micro_out.append(
+            [np.array(interpreter.get_output(j)) for j in range(num_outputs)]
+        )
         if k == 0:
             result["arena_bytes"] = _arena_used(interpreter)
     result["num_samples"] = len(xs[0])
@@ -241,7 +325,9 @@ def check_micro(request: dict[str, Any]) -> dict[str, Any]:
         reference = _litert_outputs(content, xs, use_xnnpack=False)
         xnnpack = _litert_outputs(content, xs, use_xnnpack=True)
     except (RuntimeError, ValueError) as err:
-        result["notes"].append(f"LiteRT could not run the model, so there is no comparison: {str(err).strip()[:200]}")
+        result["notes"].append(
+            f"LiteRT could not run the model, so there is no comparison: {str(err).strip()[:200]}"
+        )
         return result
     result["outputs"] = [
         {
@@ -262,7 +348,11 @@ def _micro_detail(detail: dict) -> dict:
     q = detail.get("quantization_parameters", {})
     scales, zeros = q.get("scales", []), q.get("zero_points", [])
     quant = (float(scales[0]), int(zeros[0])) if len(scales) == 1 else (0.0, 0)
-    return {"shape": np.asarray(detail["shape"]), "dtype": detail["dtype"], "quantization": quant}
+    return {
+        "shape": np.asarray(detail["shape"]),
+        "dtype": detail["dtype"],
+        "quantization": quant,
+    }
 
 
 def analyze(request: dict[str, Any]) -> dict[str, Any]:

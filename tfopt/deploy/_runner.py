@@ -131,6 +131,12 @@ def measure(request: dict[str, Any]) -> dict[str, Any]:
         interpreter = make_interpreter(content, num_threads=request["num_threads"], use_xnnpack=request["use_xnnpack"])
     except (RuntimeError, ValueError) as err:
         raise ValueError(_explain_load_error(str(err))) from err
+    signatures = interpreter.get_signature_list()
+    if len(signatures) > 1:
+        result["notes"].append(
+            f"the model has {len(signatures)} signatures ({', '.join(signatures)}); LiteRT measured the first "
+            "subgraph only. Split the model or export one signature per file to time the others."
+        )
     stage("resize")
     result["notes"] += resize_inputs(interpreter, request.get("input_shapes"))
     stage("allocate")

@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import json
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 from typing import Any
 
@@ -47,6 +43,7 @@ class BenchmarkResult:
     xnnpack_delegated_ops: int | None = None
     xnnpack_total_ops: int | None = None
     xnnpack_undelegated: tuple[str, ...] = ()
+    peak_rss_mb: float | None = None
     inputs: tuple[dict, ...] = ()
     outputs: tuple[dict, ...] = ()
     notes: tuple[str, ...] = ()
@@ -160,48 +157,15 @@ def benchmark(
 
 
 def run_isolated(request: dict[str, Any], tmp: str, *, timeout: float) -> dict[str, Any]:
-    """Runs `_runner` in a child process and returns its result dict, or raises BenchmarkError."""
-    request_path = os.path.join(tmp, "request.json")
-    with open(request_path, "w") as handle:
-        json.dump(request, handle)
-    env = dict(os.environ)
-    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "tfopt.deploy._runner", request_path],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-        )
-    except subprocess.TimeoutExpired as err:
-        raise BenchmarkError(
-            f"the interpreter did not finish within {timeout:.0f} s; pass a larger timeout= or fewer num_runs."
-        ) from err
-    stages = [line.split(":", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("tfopt-stage:")]
-    where = stages[-1] if stages else "start"
-    if proc.returncode != 0:
-        cause = f"signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else f"exit code {proc.returncode}"
-        tail = _last_error_line(proc.stderr)
-        raise BenchmarkError(
-            f"the LiteRT interpreter crashed ({cause}) during '{where}'{': ' + tail if tail else ''}. "
-            "The model is likely malformed or uses something this runtime does not support; "
-            "check it with tfopt.inspect_tflite, or re-convert it."
-        )
-    if not os.path.exists(request["result_path"]):
-        raise BenchmarkError(f"the benchmark process ended during '{where}' without a result: {_last_error_line(proc.stderr)}")
-    with open(request["result_path"]) as handle:
-        raw = json.load(handle)
-    if not raw.get("ok"):
-        raise BenchmarkError(raw.get("error", "unknown error"))
+    """Runs `_runner` in a child process and returns its result dict, or raises BenchmarkError.
+
+    The result also holds `peak_rss_kb`: the child's peak resident memory (VmHWM).
+    """
+    from tfopt.deploy._isolate import run_child
+
+    raw, peak_kb = run_child("tfopt.deploy._runner", request, tmp, timeout=timeout)
+    raw["peak_rss_kb"] = peak_kb
     return raw
-
-
-def _last_error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith(("tfopt-stage:", "INFO:"))]
-    return lines[-1].strip()[:300] if lines else ""
 
 
 def _split_data(data: Any, max_examples: int | None) -> tuple[list[np.ndarray] | None, np.ndarray | None]:
@@ -247,6 +211,7 @@ def _result(content: bytes, raw: dict[str, Any], *, num_threads: int, use_xnnpac
         xnnpack_delegated_ops=xnn.get("delegated_ops"),
         xnnpack_total_ops=xnn.get("total_ops"),
         xnnpack_undelegated=tuple(xnn.get("undelegated", ())),
+        peak_rss_mb=raw["peak_rss_kb"] / 1024 if raw.get("peak_rss_kb") else None,
         inputs=tuple(raw.get("inputs", ())),
         outputs=tuple(raw.get("outputs", ())),
         notes=tuple(raw.get("notes", ())) + ((raw["notes_accuracy"],) if raw.get("notes_accuracy") else ()),

@@ -24,15 +24,100 @@ from tfopt.deploy.flatbuffer import inspect_tflite, tflite_bytes
 # Builtin ops the GPU delegate's compatibility checker accepts (TensorFlow Lite
 # tools/versioning/gpu_compatibility.cc, read for TF 2.21); some have extra limits.
 GPU_OPS = frozenset(
-    "ABS ADD ADD_N ATAN2 AVERAGE_POOL_2D BATCH_MATMUL CAST CEIL CONCATENATION CONV_2D COS CUMSUM DENSIFY "
-    "DEPTHWISE_CONV_2D DEPTH_TO_SPACE DEQUANTIZE DIV DYNAMIC_UPDATE_SLICE ELU EMBEDDING_LOOKUP EQUAL EXP FLOOR "
-    "FLOOR_DIV FLOOR_MOD FULLY_CONNECTED GATHER GELU GREATER GREATER_EQUAL HARD_SWISH LEAKY_RELU LESS LESS_EQUAL "
-    "LOG LOGICAL_AND LOGISTIC LSTM MAXIMUM MAX_POOL_2D MEAN MINIMUM MIRROR_PAD MUL NEG NOT_EQUAL ONE_HOT PACK PAD "
-    "PADV2 POW PRELU QUANTIZE REDUCE_MAX REDUCE_MIN REDUCE_PROD RELU RELU6 RELU_N1_TO_1 RESHAPE RESIZE_BILINEAR "
-    "RESIZE_NEAREST_NEIGHBOR RSQRT SELECT SELECT_V2 SIGN SIN SLICE SOFTMAX SPACE_TO_DEPTH SPLIT SPLIT_V SQRT "
-    "SQUARE SQUARED_DIFFERENCE STABLEHLO_CLAMP STRIDED_SLICE SUB SUM TANH TILE TRANSPOSE TRANSPOSE_CONV".split()
+    [
+        "ABS",
+        "ADD",
+        "ADD_N",
+        "ATAN2",
+        "AVERAGE_POOL_2D",
+        "BATCH_MATMUL",
+        "CAST",
+        "CEIL",
+        "CONCATENATION",
+        "CONV_2D",
+        "COS",
+        "CUMSUM",
+        "DENSIFY",
+        "DEPTHWISE_CONV_2D",
+        "DEPTH_TO_SPACE",
+        "DEQUANTIZE",
+        "DIV",
+        "DYNAMIC_UPDATE_SLICE",
+        "ELU",
+        "EMBEDDING_LOOKUP",
+        "EQUAL",
+        "EXP",
+        "FLOOR",
+        "FLOOR_DIV",
+        "FLOOR_MOD",
+        "FULLY_CONNECTED",
+        "GATHER",
+        "GELU",
+        "GREATER",
+        "GREATER_EQUAL",
+        "HARD_SWISH",
+        "LEAKY_RELU",
+        "LESS",
+        "LESS_EQUAL",
+        "LOG",
+        "LOGICAL_AND",
+        "LOGISTIC",
+        "LSTM",
+        "MAXIMUM",
+        "MAX_POOL_2D",
+        "MEAN",
+        "MINIMUM",
+        "MIRROR_PAD",
+        "MUL",
+        "NEG",
+        "NOT_EQUAL",
+        "ONE_HOT",
+        "PACK",
+        "PAD",
+        "PADV2",
+        "POW",
+        "PRELU",
+        "QUANTIZE",
+        "REDUCE_MAX",
+        "REDUCE_MIN",
+        "REDUCE_PROD",
+        "RELU",
+        "RELU6",
+        "RELU_N1_TO_1",
+        "RESHAPE",
+        "RESIZE_BILINEAR",
+        "RESIZE_NEAREST_NEIGHBOR",
+        "RSQRT",
+        "SELECT",
+        "SELECT_V2",
+        "SIGN",
+        "SIN",
+        "SLICE",
+        "SOFTMAX",
+        "SPACE_TO_DEPTH",
+        "SPLIT",
+        "SPLIT_V",
+        "SQRT",
+        "SQUARE",
+        "SQUARED_DIFFERENCE",
+        "STABLEHLO_CLAMP",
+        "STRIDED_SLICE",
+        "SUB",
+        "SUM",
+        "TANH",
+        "TILE",
+        "TRANSPOSE",
+        "TRANSPOSE_CONV",
+    ]
 )
-GPU_CUSTOM_OPS = frozenset({"Convolution2DTransposeBias", "MaxPoolingWithArgmax2D", "MaxUnpooling2D", "Resampler"})
+GPU_CUSTOM_OPS = frozenset(
+    {
+        "Convolution2DTransposeBias",
+        "MaxPoolingWithArgmax2D",
+        "MaxUnpooling2D",
+        "Resampler",
+    }
+)
 _GPU_TYPES = frozenset({"FLOAT32", "FLOAT16", "INT8", "UINT8", "INT32", "BOOL", "INT4"})
 
 
@@ -78,22 +163,39 @@ class DelegateReport:
         """A readable report with one line per op type."""
         lines = []
         if self.xnnpack_total_ops is not None:
-            left = f" (not taken: {', '.join(self.xnnpack_undelegated[:8])})" if self.xnnpack_undelegated else ""
-            lines.append(f"XNNPACK: took {self.xnnpack_delegated_ops}/{self.xnnpack_total_ops} ops{left}")
+            left = (
+                f" (not taken: {', '.join(self.xnnpack_undelegated[:8])})"
+                if self.xnnpack_undelegated
+                else ""
+            )
+            lines.append(
+                f"XNNPACK: took {self.xnnpack_delegated_ops}/{self.xnnpack_total_ops} ops{left}"
+            )
         else:
             lines.append("XNNPACK: unknown (the model did not run on LiteRT here)")
-        verdict = "compatible" if self.gpu_compatible else f"{len(self.gpu_blockers)} op(s) would fall back to the CPU"
+        verdict = (
+            "compatible"
+            if self.gpu_compatible
+            else f"{len(self.gpu_blockers)} op(s) would fall back to the CPU"
+        )
         lines.append(f"GPU delegate (offline rules): {verdict}")
         lines.extend(f"  {b}" for b in self.gpu_blockers[:12])
         for key, sig in self.signatures.items():
-            lines.append(f"signature {key!r}: inputs {sig['inputs']} -> outputs {sig['outputs']}")
+            lines.append(
+                f"signature {key!r}: inputs {sig['inputs']} -> outputs {sig['outputs']}"
+            )
         lines.append(f"{'op':<28}{'count':>6}{'XNNPACK':>10}{'GPU':>6}  precision")
         for name, rows in _by_type(self.ops).items():
             xnn = sum(1 for r in rows if r.xnnpack)
             known = any(r.xnnpack is not None for r in rows)
             gpu = sum(1 for r in rows if r.gpu)
-            precisions = ",".join(sorted({r.precision for r in rows if r.precision != "other"})) or "-"
-            lines.append(f"{name:<28}{len(rows):>6}{(f'{xnn}/{len(rows)}' if known else '-'):>10}{f'{gpu}/{len(rows)}':>6}  {precisions}")
+            precisions = (
+                ",".join(sorted({r.precision for r in rows if r.precision != "other"}))
+                or "-"
+            )
+            lines.append(
+                f"{name:<28}{len(rows):>6}{(f'{xnn}/{len(rows)}' if known else '-'):>10}{f'{gpu}/{len(rows)}':>6}  {precisions}"
+            )
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -101,7 +203,10 @@ class DelegateReport:
         """A JSON-ready dict (the analyzer text left out)."""
         out = dataclasses.asdict(self)
         out.pop("analyzer_text")
-        out.update(gpu_blockers=list(self.gpu_blockers), xnnpack_undelegated=list(self.xnnpack_undelegated))
+        out.update(
+            gpu_blockers=list(self.gpu_blockers),
+            xnnpack_undelegated=list(self.xnnpack_undelegated),
+        )
         return out
 
 
@@ -152,11 +257,22 @@ def delegate_report(
     notes = []
     xnn = None
     try:
-        xnn = benchmark(content, num_runs=1, warmup_runs=0, num_threads=num_threads, input_shapes=input_shapes, timeout=timeout)
+        xnn = benchmark(
+            content,
+            num_runs=1,
+            warmup_runs=0,
+            num_threads=num_threads,
+            input_shapes=input_shapes,
+            timeout=timeout,
+        )
     except BenchmarkError as err:
         notes.append(f"XNNPACK coverage unknown: {err}")
     analyzer_text, verdict = _analyzer(content, timeout, notes)
-    undelegated = set(xnn.xnnpack_undelegated) if xnn is not None and xnn.xnnpack_total_ops is not None else None
+    undelegated = (
+        set(xnn.xnnpack_undelegated)
+        if xnn is not None and xnn.xnnpack_total_ops is not None
+        else None
+    )
     gpu = _gpu_rules(content)
     rows = []
     for op in info.ops:
@@ -165,7 +281,11 @@ def delegate_report(
         else:
             taken = f"{op.name}#{op.index}" not in undelegated
         ok, reason = gpu.get((op.subgraph, op.index), (False, "unknown op"))
-        rows.append(OpDelegation(op.index, op.subgraph, op.name, op.precision, taken, ok, reason))
+        rows.append(
+            OpDelegation(
+                op.index, op.subgraph, op.name, op.precision, taken, ok, reason
+            )
+        )
     compatible = all(r.gpu for r in rows)
     if verdict and not compatible:
         notes.append(
@@ -173,7 +293,9 @@ def delegate_report(
             "the blockers above come from the GPU delegate's op rules."
         )
     if len(info.signatures) > 1:
-        notes.append(f"{len(info.signatures)} signatures; XNNPACK coverage is for the first subgraph")
+        notes.append(
+            f"{len(info.signatures)} signatures; XNNPACK coverage is for the first subgraph"
+        )
     return DelegateReport(
         ops=tuple(rows),
         xnnpack_delegated_ops=None if xnn is None else xnn.xnnpack_delegated_ops,
@@ -188,18 +310,33 @@ def delegate_report(
     )
 
 
-def _analyzer(content: bytes, timeout: float, notes: list[str]) -> tuple[str, bool | None]:
+def _analyzer(
+    content: bytes, timeout: float, notes: list[str]
+) -> tuple[str, bool | None]:
     with tempfile.TemporaryDirectory(prefix="tfopt-analyze-") as tmp:
-        request = {"task": "analyze", "tflite_path": os.path.join(tmp, "m.tflite"), "result_path": os.path.join(tmp, "r.json")}
+        request = {
+            "task": "analyze",
+            "tflite_path": os.path.join(tmp, "m.tflite"),
+            "result_path": os.path.join(tmp, "r.json"),
+        }
         with open(request["tflite_path"], "wb") as handle:
             handle.write(content)
         try:
-            raw, _ = run_child("tfopt.deploy._micro_runner", request, tmp, timeout=timeout, runtime="LiteRT's model analyzer")
+            raw, _ = run_child(
+                "tfopt.deploy._micro_runner",
+                request,
+                tmp,
+                timeout=timeout,
+                runtime="LiteRT's model analyzer",
+            )
         except BenchmarkError as err:
             notes.append(f"LiteRT's analyzer could not read the model: {err}")
             return "", None
     text = raw["text"]
-    if re.search(r"compatib\w* with GPU delegate", text) and "GPU COMPATIBILITY WARNING" not in text:
+    if (
+        re.search(r"compatib\w* with GPU delegate", text)
+        and "GPU COMPATIBILITY WARNING" not in text
+    ):
         return text, True
     return text, False if "GPU COMPATIBILITY WARNING" in text else None
 
@@ -214,7 +351,9 @@ def _gpu_rules(content: bytes) -> dict[tuple[int, int], tuple[bool, str]]:
         tensors = subgraph.tensors or []
         for k, op in enumerate(subgraph.operators or []):
             name = fu.opcode_to_name(model, op.opcodeIndex) or "UNKNOWN"
-            ids = [int(i) for i in (op.inputs if op.inputs is not None else []) if i >= 0]
+            ids = [
+                int(i) for i in (op.inputs if op.inputs is not None else []) if i >= 0
+            ]
             ids += [int(i) for i in (op.outputs if op.outputs is not None else [])]
             out[(sg, k)] = _gpu_check(model, name, op, [tensors[i] for i in ids], fu)
     return out
@@ -224,18 +363,36 @@ def _gpu_check(model, name, op, tensors, fu) -> tuple[bool, str]:
     if name == "CUSTOM":
         code = model.operatorCodes[op.opcodeIndex].customCode
         custom = code.decode() if isinstance(code, bytes) else str(code or "")
-        return (True, "") if custom in GPU_CUSTOM_OPS else (False, f"custom op {custom!r} has no GPU kernel")
+        return (
+            (True, "")
+            if custom in GPU_CUSTOM_OPS
+            else (False, f"custom op {custom!r} has no GPU kernel")
+        )
     if name not in GPU_OPS:
         return False, "no GPU delegate kernel for this op"
     for t in tensors:
         dtype = fu.type_to_name(t.type)
         if dtype not in _GPU_TYPES:
             return False, f"tensor type {dtype} is not supported on the GPU"
-        signature = t.shapeSignature if t.shapeSignature is not None and len(t.shapeSignature) else None
+        signature = (
+            t.shapeSignature
+            if t.shapeSignature is not None and len(t.shapeSignature)
+            else None
+        )
         if signature is not None and any(int(d) < 0 for d in signature[1:]):
-            return False, "dynamic (non-batch) dimensions; the GPU delegate needs static shapes"
-        if t.shape is not None and len(t.shape) > 4 and name not in ("RESHAPE", "TRANSPOSE", "CONCATENATION"):
-            return False, f"{len(t.shape)}-D tensor; the GPU delegate handles up to 4-D here"
+            return (
+                False,
+                "dynamic (non-batch) dimensions; the GPU delegate needs static shapes",
+            )
+        if (
+            t.shape is not None
+            and len(t.shape) > 4
+            and name not in ("RESHAPE", "TRANSPOSE", "CONCATENATION")
+        ):
+            return (
+                False,
+                f"{len(t.shape)}-D tensor; the GPU delegate handles up to 4-D here",
+            )
     if name == "DEQUANTIZE" and fu.type_to_name(tensors[0].type) == "INT16":
         return False, "int16 dequantization is not supported on the GPU"
     if name == "ADD_N" and len(op.inputs) != 2:

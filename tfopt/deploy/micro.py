@@ -66,7 +66,9 @@ class MicroExportResult:
 
     def summary(self) -> str:
         """A readable report."""
-        lines = [f"TFLite Micro export of {self.name!r}: {'OK' if self.ok else 'NOT runnable as is'}"]
+        lines = [
+            f"TFLite Micro export of {self.name!r}: {'OK' if self.ok else 'NOT runnable as is'}"
+        ]
         lines.append(f"  ops: {', '.join(self.ops)}")
         lines.append(f"  flash (model array): {self.flash_bytes:,} bytes")
         if self.arena_bytes is not None:
@@ -78,7 +80,11 @@ class MicroExportResult:
                 f"{self.max_abs_diff_vs_litert_xnnpack:g} (XNNPACK)"
             )
         for issue in self.unsupported_ops:
-            nodes = f" (node{'s' if len(issue.nodes) > 1 else ''} {', '.join(map(str, issue.nodes))})" if issue.nodes else ""
+            nodes = (
+                f" (node{'s' if len(issue.nodes) > 1 else ''} {', '.join(map(str, issue.nodes))})"
+                if issue.nodes
+                else ""
+            )
             lines.append(f"  unsupported: {issue.op or 'model'}{nodes}: {issue.reason}")
             lines.append(f"    fix: {issue.fix}")
         lines.extend(f"  wrote {path}" for path in self.files)
@@ -144,11 +150,21 @@ def export_micro(
     (True, True)
     """
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-        raise ValueError(f"name must be a C identifier (letters, digits, _; not starting with a digit). Received: name={name!r}.")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be an integer >= 1. Received: num_samples={num_samples!r}.")
+        raise ValueError(
+            f"name must be a C identifier (letters, digits, _; not starting with a digit). Received: name={name!r}."
+        )
+    if (
+        isinstance(num_samples, bool)
+        or not isinstance(num_samples, int)
+        or num_samples < 1
+    ):
+        raise ValueError(
+            f"num_samples must be an integer >= 1. Received: num_samples={num_samples!r}."
+        )
     content = tflite_bytes(tflite)
-    info = inspect_tflite(content)  # a malformed file fails here with a clear ValueError
+    info = inspect_tflite(
+        content
+    )  # a malformed file fails here with a clear ValueError
     _require_tflite_micro()
     xs = _inputs(data, num_samples, len(info.inputs))
     with tempfile.TemporaryDirectory(prefix="tfopt-micro-") as tmp:
@@ -164,13 +180,27 @@ def export_micro(
         if xs is not None:
             request["data_path"] = os.path.join(tmp, "data.npz")
             np.savez(request["data_path"], **{f"x{i}": x for i, x in enumerate(xs)})
-        raw, _ = run_child("tfopt.deploy._micro_runner", request, tmp, timeout=timeout, runtime="the TFLite Micro interpreter")
+        raw, _ = run_child(
+            "tfopt.deploy._micro_runner",
+            request,
+            tmp,
+            timeout=timeout,
+            runtime="the TFLite Micro interpreter",
+        )
     issues = _group(raw.get("issues", []), info)
-    quantized = all(o["dtype"] in ("int8", "uint8", "int16") for o in raw.get("outputs", [])) and raw.get("outputs")
+    quantized = all(
+        o["dtype"] in ("int8", "uint8", "int16") for o in raw.get("outputs", [])
+    ) and raw.get("outputs")
     ref, xnn = raw.get("max_abs_diff_reference"), raw.get("max_abs_diff_xnnpack")
     files: tuple[str, ...] = ()
     if not issues or write_unsupported:
-        files = write_c_array(content, out_dir, name=name, arena_bytes=raw.get("arena_bytes"), ops=raw["ops"])
+        files = write_c_array(
+            content,
+            out_dir,
+            name=name,
+            arena_bytes=raw.get("arena_bytes"),
+            ops=raw["ops"],
+        )
     return MicroExportResult(
         name=name,
         ops=tuple(raw["ops"]),
@@ -183,7 +213,13 @@ def export_micro(
         num_samples=int(raw.get("num_samples", 0)),
         files=files,
         notes=tuple(raw.get("notes", ()))
-        + (("nothing written: fix the unsupported ops, or pass write_unsupported=True",) if issues and not files else ()),
+        + (
+            (
+                "nothing written: fix the unsupported ops, or pass write_unsupported=True",
+            )
+            if issues and not files
+            else ()
+        ),
     )
 
 
@@ -191,21 +227,42 @@ def _require_tflite_micro() -> None:
     import importlib.util
 
     if importlib.util.find_spec("tflite_micro") is None:
-        raise ImportError("export_micro needs the TFLite Micro interpreter: `pip install tflite-micro`.")
+        raise ImportError(
+            "export_micro needs the TFLite Micro interpreter: `pip install tflite-micro`."
+        )
 
 
 def _inputs(data: Any, num_samples: int, num_inputs: int) -> list[np.ndarray] | None:
     if data is None:
         return None
-    if isinstance(data, tuple) and len(data) == 2 and num_inputs == 1 and not isinstance(data[0], (list, tuple)):
+    if (
+        isinstance(data, tuple)
+        and len(data) == 2
+        and num_inputs == 1
+        and not isinstance(data[0], (list, tuple))
+    ):
         data = data[0]  # (x, y): the labels are not needed
-    elif isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], (list, tuple)):
+    elif (
+        isinstance(data, tuple)
+        and len(data) == 2
+        and isinstance(data[0], (list, tuple))
+    ):
         data = data[0]
-    xs = [np.asarray(a) for a in data] if isinstance(data, (list, tuple)) else [np.asarray(data)]
+    xs = (
+        [np.asarray(a) for a in data]
+        if isinstance(data, (list, tuple))
+        else [np.asarray(data)]
+    )
     if len(xs) != num_inputs:
-        raise ValueError(f"the model has {num_inputs} input(s) but data holds {len(xs)} array(s); pass one array per input.")
-    if any(a.dtype.kind not in "biuf" for a in xs) or any(a.ndim == 0 or len(a) == 0 for a in xs):
-        raise ValueError(f"data must be non-empty numeric arrays with examples on axis 0; got {[(a.dtype.name, a.shape) for a in xs]}.")
+        raise ValueError(
+            f"the model has {num_inputs} input(s) but data holds {len(xs)} array(s); pass one array per input."
+        )
+    if any(a.dtype.kind not in "biuf" for a in xs) or any(
+        a.ndim == 0 or len(a) == 0 for a in xs
+    ):
+        raise ValueError(
+            f"data must be non-empty numeric arrays with examples on axis 0; got {[(a.dtype.name, a.shape) for a in xs]}."
+        )
     return [a[:num_samples] for a in xs]
 
 
@@ -213,7 +270,11 @@ def _fix(op: str | None, reason: str, info) -> str:
     if "filter type: INT8" in reason or "Hybrid" in reason:
         return "TFLite Micro has no hybrid (dynamic-range) kernels; " + _HYBRID
     if op == "DEQUANTIZE" and "kTfLiteInt8" in reason:
-        return "TFLite Micro cannot dequantize float16 weights; " + _HYBRID + " (or keep float32)"
+        return (
+            "TFLite Micro cannot dequantize float16 weights; "
+            + _HYBRID
+            + " (or keep float32)"
+        )
     if op and op.startswith("CUSTOM:Flex"):
         return "a TensorFlow (Flex) op: convert with builtin ops only (tfopt.convert does) and replace the layer behind it"
     if op and op.startswith("CUSTOM:"):
@@ -231,7 +292,10 @@ def _group(issues: list[dict[str, Any]], info) -> tuple[UnsupportedOp, ...]:
     grouped: dict[tuple, list[int]] = {}
     for issue in issues:
         grouped.setdefault((issue["op"], issue["reason"]), []).extend(issue["nodes"])
-    return tuple(UnsupportedOp(op, tuple(sorted(nodes)), reason, _fix(op, reason, info)) for (op, reason), nodes in grouped.items())
+    return tuple(
+        UnsupportedOp(op, tuple(sorted(nodes)), reason, _fix(op, reason, info))
+        for (op, reason), nodes in grouped.items()
+    )
 
 
 def resolver_method(op: str) -> str:
@@ -239,11 +303,16 @@ def resolver_method(op: str) -> str:
     if op.startswith("CUSTOM:"):
         return f'AddCustom("{op[7:]}", /* your registration */)'
     special = {"PADV2": "AddPadV2", "BATCH_MATMUL": "AddBatchMatMul"}
-    words = (part if part[:1].isdigit() else part[:1] + part[1:].lower() for part in op.split("_"))
+    words = (
+        part if part[:1].isdigit() else part[:1] + part[1:].lower()
+        for part in op.split("_")
+    )
     return special.get(op, "Add" + "".join(words)) + "()"
 
 
-def c_source(content: bytes, *, name: str, arena_bytes: int | None, ops: list[str]) -> tuple[str, str]:
+def c_source(
+    content: bytes, *, name: str, arena_bytes: int | None, ops: list[str]
+) -> tuple[str, str]:
     """The (.cc, .h) text holding the model as an aligned byte array named `<name>_tflite`."""
     guard = f"TFOPT_{name.upper()}_MODEL_DATA_H_"
     arena = _arena_budget(arena_bytes)
@@ -264,11 +333,16 @@ def c_source(content: bytes, *, name: str, arena_bytes: int | None, ops: list[st
         + f"// Ops to register, e.g. tflite::MicroMutableOpResolver<{len(ops)}> resolver;\n{methods}\n\n"
         f"#endif  // {guard}\n"
     )
-    rows = [", ".join(f"0x{b:02x}" for b in content[i : i + 12]) for i in range(0, len(content), 12)]
+    rows = [
+        ", ".join(f"0x{b:02x}" for b in content[i : i + 12])
+        for i in range(0, len(content), 12)
+    ]
     source = (
         f"// {name}: a TFLite model as a C array, written by tfopt.export_micro. Do not edit.\n"
         f'#include "{name}_model_data.h"\n\n'
-        f"alignas(16) const unsigned char {name}_tflite[] = {{\n    " + ",\n    ".join(rows) + "\n};\n"
+        f"alignas(16) const unsigned char {name}_tflite[] = {{\n    "
+        + ",\n    ".join(rows)
+        + "\n};\n"
         f"const unsigned int {name}_tflite_len = {len(content)};\n"
     )
     return source, header
@@ -281,14 +355,27 @@ def _arena_budget(arena_bytes: int | None) -> int | None:
 
 
 def write_c_array(
-    tflite: Any, out_dir: str | os.PathLike, *, name: str = "model", arena_bytes: int | None = None, ops: list[str] | None = None
+    tflite: Any,
+    out_dir: str | os.PathLike,
+    *,
+    name: str = "model",
+    arena_bytes: int | None = None,
+    ops: list[str] | None = None,
 ) -> tuple[str, str]:
     """Writes `<name>_model_data.cc` and `.h` atomically (no TFLite Micro check); returns their paths."""
     content = tflite_bytes(tflite)
     if ops is None:
-        ops = list(dict.fromkeys(op.name for op in inspect_tflite(content).ops if op.subgraph == 0))
+        ops = list(
+            dict.fromkeys(
+                op.name for op in inspect_tflite(content).ops if op.subgraph == 0
+            )
+        )
     source, header = c_source(content, name=name, arena_bytes=arena_bytes, ops=ops)
     out_dir = os.fspath(out_dir)
-    h_path = atomic_write(os.path.join(out_dir, f"{name}_model_data.h"), header.encode())
-    cc_path = atomic_write(os.path.join(out_dir, f"{name}_model_data.cc"), source.encode())
+    h_path = atomic_write(
+        os.path.join(out_dir, f"{name}_model_data.h"), header.encode()
+    )
+    cc_path = atomic_write(
+        os.path.join(out_dir, f"{name}_model_data.cc"), source.encode()
+    )
     return cc_path, h_path

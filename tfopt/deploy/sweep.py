@@ -63,7 +63,9 @@ class SweepResult:
         for p in self.points:
             if p.num_threads == num_threads and p.batch_size == batch_size:
                 return p
-        raise KeyError(f"No point with num_threads={num_threads}, batch_size={batch_size}; have {[(p.num_threads, p.batch_size) for p in self.points]}.")
+        raise KeyError(
+            f"No point with num_threads={num_threads}, batch_size={batch_size}; have {[(p.num_threads, p.batch_size) for p in self.points]}."
+        )
 
     def table(self) -> str:
         """A fixed-width text table, one row per configuration."""
@@ -71,9 +73,15 @@ class SweepResult:
         lines = [head, "-" * len(head)]
         for p in self.points:
             if p.error:
-                lines.append(f"{p.num_threads:>7} {p.batch_size:>5}  not measured: {p.error}")
+                lines.append(
+                    f"{p.num_threads:>7} {p.batch_size:>5}  not measured: {p.error}"
+                )
                 continue
-            model_mb = p.peak_rss_mb - self.runtime_rss_mb if p.peak_rss_mb and self.runtime_rss_mb else None
+            model_mb = (
+                p.peak_rss_mb - self.runtime_rss_mb
+                if p.peak_rss_mb and self.runtime_rss_mb
+                else None
+            )
             lines.append(
                 f"{p.num_threads:>7} {p.batch_size:>5} {p.latency_ms_median:>10.3f} {p.latency_ms_p90:>8.3f} "
                 f"{p.throughput_per_s:>9.1f} {_mb(p.peak_rss_mb):>8} {_mb(model_mb):>8}  {p.xnnpack_ops or '-'}"
@@ -82,10 +90,14 @@ class SweepResult:
 
     def summary(self) -> str:
         """The table, the runtime's own memory and the notes."""
-        lines = [f"model {self.size_bytes / 1024:.1f} KB, {self.num_runs} timed runs a point, XNNPACK {'on' if self.use_xnnpack else 'off'}"]
+        lines = [
+            f"model {self.size_bytes / 1024:.1f} KB, {self.num_runs} timed runs a point, XNNPACK {'on' if self.use_xnnpack else 'off'}"
+        ]
         lines.append(self.table())
         if self.runtime_rss_mb is not None:
-            lines.append(f"(peak MB = the child process; model MB = peak minus {self.runtime_rss_mb:.1f} MB for the runtime alone)")
+            lines.append(
+                f"(peak MB = the child process; model MB = peak minus {self.runtime_rss_mb:.1f} MB for the runtime alone)"
+            )
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -99,8 +111,18 @@ class SweepResult:
         for batch in sorted({p.batch_size for p in self.points}):
             pts = [p for p in self.points if p.batch_size == batch and p.error is None]
             if pts:
-                left.plot([p.num_threads for p in pts], [p.latency_ms_median for p in pts], "o-", label=f"batch {batch}")
-                right.plot([p.num_threads for p in pts], [p.throughput_per_s for p in pts], "o-", label=f"batch {batch}")
+                left.plot(
+                    [p.num_threads for p in pts],
+                    [p.latency_ms_median for p in pts],
+                    "o-",
+                    label=f"batch {batch}",
+                )
+                right.plot(
+                    [p.num_threads for p in pts],
+                    [p.throughput_per_s for p in pts],
+                    "o-",
+                    label=f"batch {batch}",
+                )
         left.set(xlabel="threads", ylabel="median latency (ms)", title="latency")
         right.set(xlabel="threads", ylabel="items / s", title="throughput")
         for ax in (left, right):
@@ -159,7 +181,10 @@ def benchmark_sweep(
     """
     content = tflite_bytes(tflite)
     info = inspect_tflite(content)
-    threads, batch_sizes = _positive_ints("threads", threads), _positive_ints("batch_sizes", batch_sizes)
+    threads, batch_sizes = (
+        _positive_ints("threads", threads),
+        _positive_ints("batch_sizes", batch_sizes),
+    )
     points = []
     with tempfile.TemporaryDirectory(prefix="tfopt-sweep-") as tmp:
         runtime_kb = _runtime_rss_kb(tmp, timeout)
@@ -170,10 +195,24 @@ def benchmark_sweep(
                 points.extend(SweepPoint(t, batch, error=str(err)) for t in threads)
                 continue
             for t in threads:
-                points.append(_measure(content, tmp, t, batch, shapes, num_runs, warmup_runs, use_xnnpack, timeout))
+                points.append(
+                    _measure(
+                        content,
+                        tmp,
+                        t,
+                        batch,
+                        shapes,
+                        num_runs,
+                        warmup_runs,
+                        use_xnnpack,
+                        timeout,
+                    )
+                )
     notes = [PER_OP_TIMING_NOTE]
     if len(info.signatures) > 1:
-        notes.append(f"{len(info.signatures)} signatures; LiteRT runs the first subgraph ({', '.join(info.signatures)})")
+        notes.append(
+            f"{len(info.signatures)} signatures; LiteRT runs the first subgraph ({', '.join(info.signatures)})"
+        )
     return SweepResult(
         points=tuple(points),
         size_bytes=len(content),
@@ -186,12 +225,19 @@ def benchmark_sweep(
 
 def _positive_ints(label: str, values: Sequence[int]) -> list[int]:
     values = [values] if isinstance(values, int) else list(values)
-    if not values or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in values):
-        raise ValueError(f"{label} must be a non-empty list of integers >= 1. Received: {label}={values!r}.")
+    if not values or any(
+        isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1
+        for v in values
+    ):
+        raise ValueError(
+            f"{label} must be a non-empty list of integers >= 1. Received: {label}={values!r}."
+        )
     return [int(v) for v in values]
 
 
-def _batched_shapes(info, batch: int, input_shapes: dict[str, list[int]] | None) -> dict[str, list[int]]:
+def _batched_shapes(
+    info, batch: int, input_shapes: dict[str, list[int]] | None
+) -> dict[str, list[int]]:
     """Input name -> shape with the batch set; other dims from input_shapes or the model."""
     given = {str(k): list(v) for k, v in (input_shapes or {}).items()}
     shapes = {}
@@ -202,12 +248,16 @@ def _batched_shapes(info, batch: int, input_shapes: dict[str, list[int]] | None)
                 f"input {tensor.name!r} has dynamic dimensions {list(tensor.shape)}; pass "
                 f"input_shapes={{'{tensor.name}': [1, ...]}} (tfopt bench: --input_shape) with concrete sizes."
             )
-        if shape and (batch != 1 or shape[0] < 0 or tensor.name in given or str(index) in given):
+        if shape and (
+            batch != 1 or shape[0] < 0 or tensor.name in given or str(index) in given
+        ):
             shapes[tensor.name] = [batch, *shape[1:]]
     return shapes
 
 
-def _measure(content, tmp, threads, batch, shapes, num_runs, warmup_runs, use_xnnpack, timeout) -> SweepPoint:
+def _measure(
+    content, tmp, threads, batch, shapes, num_runs, warmup_runs, use_xnnpack, timeout
+) -> SweepPoint:
     request = {
         "tflite_path": os.path.join(tmp, "model.tflite"),
         "result_path": os.path.join(tmp, f"result-{threads}-{batch}.json"),
@@ -223,7 +273,9 @@ def _measure(content, tmp, threads, batch, shapes, num_runs, warmup_runs, use_xn
         raw, peak_kb = run_child("tfopt.deploy._runner", request, tmp, timeout=timeout)
     except BenchmarkError as err:
         reason = str(err)
-        if batch != 1 and ("reshape" in reason.lower() or "failed to prepare" in reason.lower()):
+        if batch != 1 and (
+            "reshape" in reason.lower() or "failed to prepare" in reason.lower()
+        ):
             reason = f"the graph fixes its batch (RESHAPE/prepare failed at batch {batch}); convert with a dynamic batch to batch it ({reason[:160]})"
         return SweepPoint(threads, batch, error=reason)
     times = np.asarray(raw["latencies_ms"], dtype=np.float64)
@@ -275,10 +327,19 @@ def one_op_model() -> bytes:
     tensors = []
     for name in ("x", "y"):
         tensor = schema.TensorT()
-        tensor.name, tensor.shape, tensor.type, tensor.buffer = name, np.array([1, 4], np.int32), schema.TensorType.FLOAT32, 0
+        tensor.name, tensor.shape, tensor.type, tensor.buffer = (
+            name,
+            np.array([1, 4], np.int32),
+            schema.TensorType.FLOAT32,
+            0,
+        )
         tensors.append(tensor)
     op = schema.OperatorT()
-    op.opcodeIndex, op.inputs, op.outputs = 0, np.array([0], np.int32), np.array([1], np.int32)
+    op.opcodeIndex, op.inputs, op.outputs = (
+        0,
+        np.array([0], np.int32),
+        np.array([1], np.int32),
+    )
     subgraph = schema.SubGraphT()
     subgraph.tensors, subgraph.operators = tensors, [op]
     subgraph.inputs, subgraph.outputs = np.array([0], np.int32), np.array([1], np.int32)
@@ -331,15 +392,23 @@ def compare_variants(
     failed = []
     for name, tflite in variants.items():
         try:
-            results[name] = benchmark(tflite, data=data, num_threads=num_threads, num_runs=num_runs)
+            results[name] = benchmark(
+                tflite, data=data, num_threads=num_threads, num_runs=num_runs
+            )
         except BenchmarkError as err:
             failed.append(f"{name} could not be benchmarked: {err}")
     if not results:
         raise BenchmarkError("no variant could be benchmarked: " + " | ".join(failed))
     if baseline not in results:
         baseline = next(iter(results))
-    paths = {k: os.fspath(v) for k, v in variants.items() if isinstance(v, (str, os.PathLike))}
-    report = variant_report(results, keras_accuracy=keras_accuracy, baseline=baseline, paths=paths)
+    paths = {
+        k: os.fspath(v)
+        for k, v in variants.items()
+        if isinstance(v, (str, os.PathLike))
+    }
+    report = variant_report(
+        results, keras_accuracy=keras_accuracy, baseline=baseline, paths=paths
+    )
     report.notes.extend(failed)
     if output_dir is not None:
         report.write(output_dir)
@@ -359,22 +428,38 @@ def plot_tradeoffs(report, path: str | os.PathLike) -> str:
     fig, (left, right) = _figure(2)
     sizes_kb = np.array([r.size_bytes / 1024 for r in rows])
     area = 60 + 600 * sizes_kb / max(sizes_kb.max(), 1e-9)
-    y = [100 * r.accuracy for r in rows] if has_acc else [r.latency_ms_median for r in rows]
+    y = (
+        [100 * r.accuracy for r in rows]
+        if has_acc
+        else [r.latency_ms_median for r in rows]
+    )
     left.scatter([r.latency_ms_median for r in rows], y, s=area, alpha=0.6)
     right.scatter(sizes_kb, y, s=80, alpha=0.8)
     for r, yy, kb in zip(rows, y, sizes_kb):
-        left.annotate(r.name, (r.latency_ms_median, yy), textcoords="offset points", xytext=(6, 6))
+        left.annotate(
+            r.name, (r.latency_ms_median, yy), textcoords="offset points", xytext=(6, 6)
+        )
         right.annotate(r.name, (kb, yy), textcoords="offset points", xytext=(6, 6))
     ylabel = "accuracy (%)" if has_acc else "median latency (ms)"
-    left.set(xlabel="median latency (ms)", ylabel=ylabel, title="latency vs accuracy (area = size)")
-    right.set(xlabel="size (KB)", ylabel=ylabel, title="size vs " + ("accuracy" if has_acc else "latency"))
+    left.set(
+        xlabel="median latency (ms)",
+        ylabel=ylabel,
+        title="latency vs accuracy (area = size)",
+    )
+    right.set(
+        xlabel="size (KB)",
+        ylabel=ylabel,
+        title="size vs " + ("accuracy" if has_acc else "latency"),
+    )
     for ax in (left, right):
         ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
 def _figure(columns: int):
-    from matplotlib.figure import Figure  # object API: no global backend or pyplot state
+    from matplotlib.figure import (
+        Figure,  # object API: no global backend or pyplot state
+    )
 
     fig = Figure(figsize=(5.5 * columns, 4.2), dpi=100)
     axes = fig.subplots(1, columns)
