@@ -35,18 +35,23 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-from tfopt import _keras  # noqa: E402
-from tfopt._io import write_json  # noqa: E402
-from tfopt.compress.bridge import to_tf_keras  # noqa: E402
-from tfopt.compress.cluster import cluster, clustering_summary, load_clustered, strip_clustering  # noqa: E402
-from tfopt.compress.cluster_report import cluster_report  # noqa: E402
-from tfopt.datasets import load_dataset  # noqa: E402
-from tfopt.demo import train_cnn  # noqa: E402
-from tfopt.deploy.benchmark import evaluate_tflite  # noqa: E402
-from tfopt.deploy.convert import convert  # noqa: E402
+from tfopt import _keras
+from tfopt._io import write_json
+from tfopt.compress.bridge import to_tf_keras
+from tfopt.compress.cluster import (
+    cluster,
+    clustering_summary,
+    load_clustered,
+    strip_clustering,
+)
+from tfopt.compress.cluster_report import cluster_report
+from tfopt.datasets import load_dataset
+from tfopt.demo import train_cnn
+from tfopt.deploy.benchmark import evaluate_tflite
+from tfopt.deploy.convert import convert
 
 NUM_CLUSTERS = 16
 FINE_TUNE_EPOCHS = 2
@@ -185,15 +190,15 @@ def main() -> int:
 
     rows, extras = [], {}
     plan = [
-        ("tfopt_defaults_keras3", dict(flavor="keras3")),
-        ("tfopt_defaults_tf_keras", dict(flavor="tf_keras")),
+        ("tfopt_defaults_keras3", {"flavor": "keras3"}),
+        ("tfopt_defaults_tf_keras", {"flavor": "tf_keras"}),
     ]
     if not args.quick:
         plan += [
-            ("tfopt_per_channel", dict(per_channel=True)),
-            ("tfopt_all_layers", dict(include=lambda layer: True)),
-            ("tfopt_no_batchnorm_reestimation", dict(batchnorm=False)),
-            ("tfopt_init_linear", dict(init="linear")),
+            ("tfopt_per_channel", {"per_channel": True}),
+            ("tfopt_all_layers", {"include": lambda layer: True}),
+            ("tfopt_no_batchnorm_reestimation", {"batchnorm": False}),
+            ("tfopt_init_linear", {"init": "linear"}),
         ]
         keras.utils.set_random_seed(1)
         t = time.perf_counter()

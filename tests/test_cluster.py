@@ -6,12 +6,17 @@ import keras
 import numpy as np
 import pytest
 import tf_keras
-
 from conftest import assert_weights_unchanged, weights_snapshot
+
 from tfopt import _keras
 from tfopt.compress import kmeans
 from tfopt.compress.batchnorm import reestimate_batchnorm
-from tfopt.compress.cluster import cluster, clustering_summary, load_clustered, strip_clustering
+from tfopt.compress.cluster import (
+    cluster,
+    clustering_summary,
+    load_clustered,
+    strip_clustering,
+)
 from tfopt.compress.cluster_report import cluster_report
 
 RNG = np.random.default_rng(0)
@@ -78,8 +83,11 @@ def test_centroids_start_at_kmeans_of_the_trained_kernel():
 def test_per_channel_bounds_each_output_channel(use_bias):
     # tfmot alone silently skips per-channel clustering of a Conv2D without bias.
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((10, 10, 1)), keras.layers.Conv2D(16, 3, use_bias=use_bias, name="conv")])
-    clustered = cluster(model, num_clusters=4, per_channel=True)
+    model = keras.Sequential([
+        keras.Input((10, 10, 1)), keras.layers.Conv2D(16, 3, use_bias=use_bias, name="conv"),
+        keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(4, name="head"),
+    ])
+    clustered = cluster(model, num_clusters=4, per_channel=True, include=["conv"])
     _fit(clustered)
     kernel = strip_clustering(clustered).get_layer("conv").get_weights()[0]
     assert kmeans.unique_counts(kernel, axis=-1).max() <= 4
@@ -193,12 +201,12 @@ def test_cluster_report_keras_and_int8_tflite():
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(num_clusters=1), ValueError, "num_clusters must be an integer >= 2"),
-        (dict(num_clusters=2, preserve_sparsity=True), ValueError, ">= 3 with preserve_sparsity"),
-        (dict(init="kmeans"), ValueError, "init must be one of"),
-        (dict(per_channel="yes"), TypeError, "per_channel must be True or False"),
-        (dict(include=["nope"]), ValueError, "matched no layer"),
-        (dict(include=["bn"]), ValueError, "No layer .* can be clustered"),
+        ({"num_clusters": 1}, ValueError, "num_clusters must be an integer >= 2"),
+        ({"num_clusters": 2, "preserve_sparsity": True}, ValueError, ">= 3 with preserve_sparsity"),
+        ({"init": "kmeans"}, ValueError, "init must be one of"),
+        ({"per_channel": "yes"}, TypeError, "per_channel must be True or False"),
+        ({"include": ["nope"]}, ValueError, "matched no layer"),
+        ({"include": ["bn"]}, ValueError, "No layer .* can be clustered"),
     ],
     ids=["k1", "k2-sparse", "bad-init", "bad-per-channel", "no-match", "nothing-to-cluster"],
 )
@@ -207,19 +215,33 @@ def test_cluster_rejects_bad_options(kwargs, error, match):
         cluster(_cnn(), **kwargs)
 
 
-def test_errors_for_subclassed_model_and_unwrapped_strip():
-    class Sub(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.dense = keras.layers.Dense(4)
+def _subclassed(k):
+    class Sub(k.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.hidden = k.layers.Dense(32, name="hidden")
+            self.head = k.layers.Dense(4, name="head")
 
         def call(self, x):
-            return self.dense(x)
+            return self.head(self.hidden(x))
 
-    sub = Sub()
-    sub(np.zeros((1, 3), "float32"))
+    model = Sub()
+    model(np.zeros((1, 16), "float32"))
+    return model
+
+
+def test_subclassed_models():
+    # Keras 3: the bridge traces the subclassed model into a functional one.
+    model = _subclassed(keras)
+    clustered = cluster(model, num_clusters=4, include=["hidden"])
+    plain = strip_clustering(clustered)
+    assert kmeans.unique_counts(plain.get_layer("hidden").get_weights()[0]) <= 4
+    # tf_keras: neither tfmot nor tfopt can copy a subclassed model.
     with pytest.raises(NotImplementedError, match="subclassed"):
-        cluster(sub)
+        cluster(_subclassed(tf_keras))
+
+
+def test_errors_for_unwrapped_models():
     with pytest.raises(ValueError, match="no clustering or pruning wrappers"):
         strip_clustering(_cnn(tf_keras))
     with pytest.raises(ValueError, match="strip_clustering"):

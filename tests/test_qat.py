@@ -148,3 +148,18 @@ def test_qat_preserve_sparsity_keeps_zeros_in_int8_tflite():
     tflite = convert(qat, mode="int8", calibration=X)
     dense = [t for t in tflite_sparsity(tflite).tensors if t.op == "FULLY_CONNECTED"][0]
     assert dense.sparsity >= 0.79
+
+
+def test_qat_keras3_hard_swish_and_symbolic_ops_are_rewritten():
+    # MobileNetV3 in Keras 3: Activation("hard_silu") and `x + 3.0` op nodes, which tf_keras cannot rebuild.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.Activation("hard_silu", name="hswish")(x)
+    x = keras.layers.ReLU(6.0, name="relu6")(x + 3.0) * (1.0 / 6.0)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="logits")(keras.layers.Flatten()(x)))
+    qat = quantize(model)
+    rewrites = " ".join(qat_summary(qat).rewrites)
+    assert "hswish (Activation hard_silu)" in rewrites and "(keras.ops Add) -> Rescaling" in rewrites
+    expected = model.predict(X[:8], verbose=0)  # fake-quant noise only: the rewrite itself is exact (checked inside)
+    assert np.max(np.abs(qat.predict(X[:8], verbose=0) - expected)) < 0.25 * np.max(np.abs(expected))

@@ -26,6 +26,7 @@ COMMANDS = {
     "profile": "profile",
     "decompose": "decompose",
     "export-micro": "export_micro",
+    "quantize": "quantize",
 }
 
 

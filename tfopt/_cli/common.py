@@ -21,6 +21,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("output", None, "Output file or folder.")
 flags.DEFINE_string("data", None, "An .npz file with x_train, y_train, x_test, y_test.")
 flags.DEFINE_string("json", None, "Also write the result as JSON to this path.")
+flags.DEFINE_string(
+    "mode", None, "convert: float32 (default), float16, dynamic, int8, int16x8; quantize: int8 (default), 16x8, int4."
+)
 flags.DEFINE_list("threads", ["1"], "Interpreter threads; `tfopt bench` sweeps a list, e.g. --threads 1,2.")
 flags.DEFINE_integer("epochs", None, "Training / fine-tuning epochs.")
 flags.DEFINE_integer("batch_size", None, "Batch size.")

@@ -11,7 +11,6 @@ from tfopt._cli.common import FLAGS, CLIError, load_npz, write_json
 NAME = "convert"
 HELP = "convert a .keras/.h5/SavedModel to .tflite (float32, float16, dynamic, int8, int16x8)"
 
-flags.DEFINE_string("mode", "float32", "Conversion mode: float32, float16, dynamic, int8, int16x8.")
 flags.DEFINE_string("calibration", None, "An .npz whose x_train (or x) calibrates int8 / int16x8.")
 flags.DEFINE_integer("num_samples", 200, "Calibration examples to draw.")
 flags.DEFINE_string("input_type", "float32", "Model input dtype: float32, int8, uint8, int16.")
@@ -25,8 +24,9 @@ def main(args: list[str]) -> int:
 
     if len(args) != 1:
         raise CLIError(f"convert takes one MODEL path; received {args}. Usage: tfopt convert MODEL --output OUT.tflite")
-    if FLAGS.mode not in CONVERT_MODES:
-        raise CLIError(f"unknown --mode {FLAGS.mode!r}; expected one of {CONVERT_MODES}.")
+    mode = FLAGS.mode or "float32"
+    if mode not in CONVERT_MODES:
+        raise CLIError(f"unknown --mode {mode!r}; expected one of {CONVERT_MODES}.")
     if not FLAGS.output:
         raise CLIError("pass --output OUT.tflite.")
     source = args[0]
@@ -34,9 +34,9 @@ def main(args: list[str]) -> int:
         raise CLIError(f"model not found: {source!r}. Pass a .keras / .h5 file or a SavedModel folder.")
     model = source if os.path.isdir(source) else _keras.load_model(source)
     calibration = None
-    if FLAGS.mode in ("int8", "int16x8"):
+    if mode in ("int8", "int16x8"):
         if not FLAGS.calibration:
-            raise CLIError(f"--mode {FLAGS.mode} needs --calibration DATA.npz (with x_train or x).")
+            raise CLIError(f"--mode {mode} needs --calibration DATA.npz (with x_train or x).")
         arrays = load_npz(FLAGS.calibration, required=())
         key = "x_train" if "x_train" in arrays else "x" if "x" in arrays else None
         if key is None:
@@ -47,7 +47,7 @@ def main(args: list[str]) -> int:
             calibration = calibration_data(arrays[key], model=model, num_samples=FLAGS.num_samples, seed=FLAGS.seed)
     result = convert(
         model,
-        mode=FLAGS.mode,
+        mode=mode,
         calibration=calibration,
         input_type=FLAGS.input_type,
         output_type=FLAGS.output_type,

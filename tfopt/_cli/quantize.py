@@ -20,7 +20,6 @@ NAME = "quantize"
 HELP = "Quantize a model (QAT or post-training: int8, 16x8, int4) and check the .tflite against it."
 
 flags.DEFINE_enum("method", "ptq", ["ptq", "qat"], "Post-training quantization or quantization-aware training.")
-flags.DEFINE_enum("mode", "int8", ["int8", "16x8", "int4"], "Target precision (qat: int8 only).")
 flags.DEFINE_float("max_accuracy_drop", None, "PTQ: keep the most sensitive ops float until the .tflite is within this "
                    "accuracy drop (fraction, 0.005 = half a point) of the float model on x_test.")
 flags.DEFINE_float("qat_learning_rate", 1e-4, "Adam learning rate for QAT fine-tuning.")
@@ -29,13 +28,19 @@ flags.DEFINE_integer("num_calibration", 300, "Calibration examples drawn from x_
 DEFAULT_EPOCHS = 1
 
 
+QUANTIZE_MODES = ("int8", "16x8", "int4")
+
+
 def main(args: list[str]) -> int:
     if len(args) != 1:
         raise common.CLIError(f"Expected one MODEL path (.keras / .h5). Received: {args!r}.")
     if not FLAGS.output or not FLAGS.output.endswith(".tflite"):
         raise common.CLIError(f"Pass --output OUT.tflite. Received: --output={FLAGS.output!r}.")
-    if FLAGS.method == "qat" and FLAGS.mode != "int8":
-        raise common.CLIError(f"--method qat produces int8 models; received --mode {FLAGS.mode}. Use --method ptq for 16x8 / int4.")
+    mode = FLAGS.mode or "int8"
+    if mode not in QUANTIZE_MODES:
+        raise common.CLIError(f"unknown --mode {mode!r} for quantize; expected one of {QUANTIZE_MODES}.")
+    if FLAGS.method == "qat" and mode != "int8":
+        raise common.CLIError(f"--method qat produces int8 models; received --mode {mode}. Use --method ptq for 16x8 / int4.")
     data = common.load_npz(FLAGS.data)
     x_train, y_train, x_test, y_test = (data[k] for k in common.DATA_KEYS)
     model = _keras.load_model(args[0])
@@ -69,7 +74,7 @@ def main(args: list[str]) -> int:
 
         selective = quantize_selective(
             model, calibration=calibration, validation=(x_test, y_test), max_accuracy_drop=FLAGS.max_accuracy_drop,
-            exclude=FLAGS.exclude, recipe=FLAGS.mode,
+            exclude=FLAGS.exclude, recipe=mode,
         )
         result = selective.result
         kept_float = [{"name": name, "reason": "kept float to meet --max_accuracy_drop" if name not in (FLAGS.exclude or []) else "--exclude"}
@@ -77,7 +82,7 @@ def main(args: list[str]) -> int:
     else:
         from tfopt.deploy.quantizer import quantize_tflite
 
-        result = quantize_tflite(model, recipe=FLAGS.mode, calibration=calibration, exclude=FLAGS.exclude)
+        result = quantize_tflite(model, recipe=mode, calibration=calibration, exclude=FLAGS.exclude)
         kept_float = [{"name": name, "reason": "--exclude"} for name in FLAGS.exclude or []]
     result.save(FLAGS.output)
     parity = compare(reference, result, (x_test, y_test), localize=False)
@@ -87,7 +92,7 @@ def main(args: list[str]) -> int:
     report = {
         "model": os.path.abspath(args[0]),
         "method": FLAGS.method,
-        "mode": FLAGS.mode,
+        "mode": mode,
         "float_accuracy": float_parity.reference_accuracy,
         "tflite_accuracy": parity.candidate_accuracy,
         "qat_keras_accuracy": parity.reference_accuracy if FLAGS.method == "qat" else None,
@@ -100,7 +105,7 @@ def main(args: list[str]) -> int:
     if FLAGS.json:
         report["paths"]["json"] = os.path.abspath(FLAGS.json)
         common.write_json(FLAGS.json, report)
-    print(f"{FLAGS.method} {FLAGS.mode}: accuracy float {100 * report['float_accuracy']:.2f}% -> .tflite "
+    print(f"{FLAGS.method} {mode}: accuracy float {100 * report['float_accuracy']:.2f}% -> .tflite "
           f"{100 * report['tflite_accuracy']:.2f}%, top-1 agreement {100 * parity.top1_agreement:.2f}%, "
           f"{result.size_bytes / 1024:.1f} KB, compute ops {report['precision']}")
     for item in kept_float:

@@ -76,7 +76,7 @@ def to_tf_keras(model: Any, *, check: bool = True):
     if _keras.keras_flavor(model) == _keras.TF_KERAS:
         return model
     tf_keras = _keras.keras_module(_keras.TF_KERAS)
-    _keras3_layer.keras3_layer_class()  # registers the wrapper used for Keras 3 ops and custom layers
+    register_wrapper()  # the wrapper used for Keras 3 ops and custom layers
     model = as_functional(model)
     config = _functional_config(model)
     rewritten = _rewrite(config, tf_keras, to_legacy=True)
@@ -91,7 +91,7 @@ def to_tf_keras(model: Any, *, check: bool = True):
             "Functional and Sequential models of built-in layers are supported; for custom layers, "
             "build the model with tf_keras directly."
         ) from err
-    _copy_weights(model, new)
+    copy_weights(model, new)
     if check:
         _check_same_outputs(model, new)
     return new
@@ -138,7 +138,7 @@ def to_keras3(model: Any, *, check: bool = True):
             f"Could not rebuild tf_keras model {model.name!r} as a Keras 3 model: {err}. "
             "Functional and Sequential models of built-in layers are supported."
         ) from err
-    _copy_weights(model, new)
+    copy_weights(model, new)
     if check:
         _check_same_outputs(model, new)
     return new
@@ -236,7 +236,49 @@ def _rewrite(obj: Any, target, *, to_legacy: bool) -> Any:
             out[key] = _rewrite(value, target, to_legacy=to_legacy)
     if "class_name" in out and isinstance(out.get("config"), dict):
         out["config"] = _fit_config(out["class_name"], out["config"], target, to_legacy=to_legacy)
+    if isinstance(out.get("layers"), list) and "class_name" not in obj:
+        _shift_nested_nodes(out, +1 if to_legacy else -1)
     return out
+
+
+def _shift_nested_nodes(config: dict, delta: int) -> None:
+    """tf_keras counts a nested model's own construction as its node 0; Keras 3 does not.
+
+    References to the outer calls of nested functional/Sequential models are
+    shifted by one when moving between the two.
+    """
+    nested = set()
+    for entry in config["layers"]:
+        if not isinstance(entry, dict) or entry.get("class_name") not in ("Functional", "Sequential", "Model"):
+            continue
+        inner = entry.get("config", {}).get("layers", [])
+        if entry["class_name"] != "Sequential" or any(
+            isinstance(l, dict) and l.get("class_name") == "InputLayer" for l in inner
+        ):
+            nested.add(entry.get("name", entry.get("config", {}).get("name")))
+    if not nested:
+        return
+
+    def shift(value: Any) -> Any:
+        if isinstance(value, dict):
+            if value.get("class_name") == "__keras_tensor__":
+                history = value["config"]["keras_history"]
+                if history[0] in nested:
+                    history[1] = max(int(history[1]) + delta, 0)
+                return value
+            return {k: shift(v) for k, v in value.items()}
+        if isinstance(value, list):
+            if len(value) >= 3 and isinstance(value[0], str) and isinstance(value[1], int) and value[0] in nested:
+                return [value[0], max(value[1] + delta, 0)] + value[2:]
+            return [shift(v) for v in value]
+        return value
+
+    for entry in config["layers"]:
+        if isinstance(entry, dict) and "inbound_nodes" in entry:
+            entry["inbound_nodes"] = shift(entry["inbound_nodes"])
+    for key in ("input_layers", "output_layers"):
+        if key in config:
+            config[key] = shift(config[key])
 
 
 def _rewrite_layer(entry: Any, target, *, to_legacy: bool) -> Any:
@@ -420,7 +462,12 @@ def _is_tensor(value: Any) -> bool:
     return isinstance(value, dict) and value.get("class_name") == "__keras_tensor__"
 
 
-def _copy_weights(source: Any, target: Any) -> None:
+def register_wrapper() -> None:
+    """Registers tfopt's tf_keras wrapper for Keras 3 layers, so models holding it load and clone."""
+    _keras3_layer.keras3_layer_class()
+
+
+def copy_weights(source: Any, target: Any) -> None:
     """Copies weights layer by layer, matched by name (the bridge keeps every layer name)."""
     by_name = {layer.name: layer for layer in target.layers}
     for layer in source.layers:

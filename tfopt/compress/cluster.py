@@ -48,7 +48,7 @@ _REASONS = {
     "SimpleRNN": "recurrent layers are not clustered by tfopt yet",
 }
 # Clustered model -> flavour given to `cluster` and the skipped layers.
-_PLANS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+_PLANS: weakref.WeakKeyDictionary[Any, dict] = weakref.WeakKeyDictionary()
 
 
 @dataclasses.dataclass
@@ -162,6 +162,12 @@ def cluster(
         if not isinstance(value, bool):
             raise TypeError(f"{label} must be True or False. Received: {label}={value!r}.")
     flavor = _keras.keras_flavor(model)
+    if flavor == _keras.TF_KERAS and type(model).__name__ not in ("Functional", "Sequential"):
+        raise NotImplementedError(
+            f"Cannot cluster subclassed tf_keras model {model.name!r} ({type(model).__name__}): tfmot needs a "
+            "functional or Sequential model. Rebuild it with the functional API, or build it with Keras 3 "
+            "(tfopt traces subclassed Keras 3 models into functional ones)."
+        )
     tfmot = _keras.import_tfmot()
     work = bridge.to_tf_keras(model) if flavor == _keras.KERAS3 else _keras.clone_model(model)
     chosen, skipped = _select_layers(work, include, exclude, int(num_clusters), per_channel)
@@ -174,12 +180,12 @@ def cluster(
     api = tfmot.clustering.keras
     centroid_init = getattr(api.CentroidInitialization, _TFMOT_INIT[init])
 
-    options = dict(
-        number_of_clusters=int(num_clusters),
-        cluster_centroids_init=centroid_init,
-        preserve_sparsity=preserve_sparsity,
-        cluster_per_channel=per_channel,
-    )
+    options = {
+        "number_of_clusters": int(num_clusters),
+        "cluster_centroids_init": centroid_init,
+        "preserve_sparsity": preserve_sparsity,
+        "cluster_per_channel": per_channel,
+    }
 
     def wrap(layer):
         if layer.name not in chosen:
@@ -246,7 +252,13 @@ def strip_clustering(model: Any, *, flavor: str | None = None, batchnorm_data: A
     tf_keras = _keras.keras_module(_keras.TF_KERAS)
     config = _unwrapped_config(model.get_config())
     klass = tf_keras.Sequential if type(model).__name__ == "Sequential" else tf_keras.Model
-    plain = klass.from_config(config)
+    try:
+        plain = klass.from_config(config)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(
+            f"Could not rebuild {model.name!r} without its wrappers: {err}. Custom layers must be "
+            "registered (keras.saving.register_keras_serializable) so their config can be loaded."
+        ) from err
     by_name = {(l.layer.name if _is_cluster_wrapper(l) or _is_prune_wrapper(l) else l.name): l for l in model.layers}
     for layer in plain.layers:
         source = by_name.get(layer.name)
@@ -363,7 +375,9 @@ def _too_small(layer, num_clusters: int, per_channel: bool) -> str | None:
 
 
 def _cluster_weights_class():
-    from tensorflow_model_optimization.python.core.clustering.keras import cluster_wrapper
+    from tensorflow_model_optimization.python.core.clustering.keras import (
+        cluster_wrapper,
+    )
 
     return cluster_wrapper.ClusterWeights
 

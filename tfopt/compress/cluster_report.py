@@ -19,6 +19,7 @@ import numpy as np
 from tfopt import _keras
 from tfopt.compress import kmeans
 
+
 @dataclasses.dataclass
 class KernelValues:
     """Unique values of one kernel: over the whole tensor and the most in any output channel."""
@@ -57,7 +58,7 @@ class ClusterReport:
         lines = [f"{'kernel':<48} {'shape':<20} {'dtype':<8} {'unique':>7} {'max/ch':>7}"]
         for k in self.kernels:
             lines.append(
-                f"{k.name[-48:]:<48} {str(list(k.shape)):<20} {k.dtype:<8} {k.num_unique:>7} {k.max_unique_per_channel:>7}"
+                f"{k.name[-48:]:<48} {list(k.shape)!s:<20} {k.dtype:<8} {k.num_unique:>7} {k.max_unique_per_channel:>7}"
             )
         size = f"gzip size ({'.tflite' if self.source == 'tflite' else 'float32 weights'}): {self.gzip_bytes} bytes"
         if self.gzip_ratio is not None:

@@ -16,7 +16,7 @@ import dataclasses
 import re
 import warnings
 import weakref
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 
@@ -37,6 +37,7 @@ _REASONS = {
     "BatchNormalization": "normalization parameters are not pruned",
     "LayerNormalization": "normalization parameters are not pruned",
     "Normalization": "preprocessing statistics are not pruned",
+    "Keras3Layer": "Keras 3 layer or op without a tf_keras equivalent, run as is (kept dense)",
 }
 # Pruned model -> what `strip` and `pruning_summary` need to know (flavour given, skipped layers).
 _PLANS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
@@ -107,7 +108,7 @@ class PruningSummary:
 def prune(
     model: Any,
     *,
-    target_sparsity: float = 0.8,
+    target_sparsity: float | Mapping[str, float] = 0.8,
     schedule: str = "polynomial",
     begin_step: int = 0,
     end_step: int | None = None,
@@ -128,12 +129,18 @@ def prune(
     By default (`include=None`) every Conv/Dense-like layer is pruned except the
     first and the last weight layer (small and the most sensitive), when the
     model has at least three. Layers tfmot cannot prune (DepthwiseConv2D,
-    custom layers, Rescaling, TFOpLambda, ...) stay dense and are listed by
-    `pruning_summary`.
+    custom layers, Rescaling, TFOpLambda, Keras 3 ops, ...) stay dense and are
+    listed by `pruning_summary`. A subclassed model is traced into a functional
+    model first (see `tfopt.compress.bridge.as_functional`); `strip` then
+    returns that functional model.
 
     Args:
-        model: a built Keras 3 or tf_keras functional or Sequential model. Not modified.
-        target_sparsity: fraction of zeros in each pruned kernel, in [0, 1). Defaults to `0.8`.
+        model: a built Keras 3 or tf_keras model: functional, Sequential, or
+            subclassed with one input of known shape. Not modified.
+        target_sparsity: fraction of zeros in each pruned kernel, in [0, 1); or
+            a dict layer name -> sparsity (per-layer targets, e.g. from
+            `SensitivityResult.per_layer_targets`), which prunes exactly the
+            layers named with a target above 0. Defaults to `0.8`.
         schedule: `"polynomial"` (cubic ramp from 0 to the target between
             `begin_step` and `end_step`) or `"constant"` (the target from
             `begin_step` on). Defaults to `"polynomial"`.
@@ -159,7 +166,7 @@ def prune(
     Raises:
         ValueError: for out-of-range options, a rule matching no layer, a
             `frequency` longer than the ramp, or no layer left to prune.
-        NotImplementedError: for subclassed models.
+        NotImplementedError: for a subclassed model that cannot be traced.
 
     Example:
 
@@ -171,20 +178,25 @@ def prune(
     >>> float(np.mean(strip(p).layers[0].get_weights()[0] == 0))
     0.5
     """
-    if not isinstance(target_sparsity, (int, float)) or not 0.0 <= target_sparsity < 1.0:
-        raise ValueError(f"target_sparsity must be a number in [0, 1). Received: target_sparsity={target_sparsity!r}.")
+    targets = _check_targets(target_sparsity)
     if schedule not in schedules.SCHEDULES:
         raise ValueError(f"schedule must be one of {schedules.SCHEDULES}. Received: schedule={schedule!r}.")
     if m_by_n is not None:
         if not (isinstance(m_by_n, (tuple, list)) and len(m_by_n) == 2):
             raise ValueError(f"m_by_n must be a pair (m, n) such as (2, 4). Received: m_by_n={m_by_n!r}.")
         schedules.m_by_n_mask(np.zeros((m_by_n[1], 1)), *m_by_n)  # validates m, n
+        if isinstance(targets, dict):
+            raise ValueError("m_by_n sets 50% in every pruned layer; pass a single target_sparsity with it, not a dict.")
     flavor = _keras.keras_flavor(model)
+    source = bridge.as_functional(model)
     tfmot = _keras.import_tfmot()
-    pruning_schedule = _make_schedule(tfmot, target_sparsity, schedule, begin_step, end_step, frequency, m_by_n)
-    work = bridge.to_tf_keras(model) if flavor == _keras.KERAS3 else _keras.clone_model(model)
+    make = lambda target: _make_schedule(  # noqa: E731
+        tfmot, target, schedule, begin_step, end_step, frequency, m_by_n
+    )
+    default_schedule = make(targets if isinstance(targets, float) else max(targets.values()))
+    work = bridge.to_tf_keras(source) if flavor == _keras.KERAS3 else _keras.clone_model(source)
 
-    chosen, skipped = _select_layers(work, include, exclude, m_by_n)
+    chosen, skipped = _select_layers(work, include, exclude, m_by_n, targets if isinstance(targets, dict) else None)
     if not chosen:
         raise ValueError(
             f"No layer of {model.name!r} can be pruned with these options; skipped: "
@@ -192,11 +204,18 @@ def prune(
             + ". Pass include= to choose layers, or check that the model has Conv/Dense layers."
         )
 
+    by_target: dict = {}
+
     def wrap(layer):
         if layer.name not in chosen:
             return layer
+        if isinstance(targets, dict):
+            target = targets[layer.name]
+            layer_schedule = by_target.setdefault(target, make(target))
+        else:
+            layer_schedule = default_schedule
         return tfmot.sparsity.keras.prune_low_magnitude(
-            layer, pruning_schedule=pruning_schedule, sparsity_m_by_n=tuple(m_by_n) if m_by_n else None
+            layer, pruning_schedule=layer_schedule, sparsity_m_by_n=tuple(m_by_n) if m_by_n else None
         )
 
     tf_keras = _keras.keras_module(_keras.TF_KERAS)
@@ -205,7 +224,9 @@ def prune(
         # tfmot starts at -1 and relies on UpdatePruningStep to set 0; the wrapper
         # then counts its own steps. Starting at 0 makes the callback unnecessary.
         wrapper.pruning_step.assign(0)
-    _PLANS[pruned] = {"flavor": flavor, "skipped": skipped}
+    # `strip` rebuilds a Keras 3 model from the (traced) original's architecture, so Keras 3 ops and
+    # custom layers come back as themselves.
+    _PLANS[pruned] = {"flavor": flavor, "skipped": skipped, "template": source if flavor == _keras.KERAS3 else None}
     return pruned
 
 
@@ -263,6 +284,7 @@ def strip(model: Any, *, flavor: str | None = None):
         inner = layer.layer if _is_wrapper(layer) else layer
         return inner.__class__.from_config(inner.get_config())
 
+    bridge.register_wrapper()
     plain = tf_keras.models.clone_model(model, clone_function=unwrap)
     for layer in plain.layers:
         source = by_name.get(layer.name)
@@ -275,7 +297,15 @@ def strip(model: Any, *, flavor: str | None = None):
                 index = next(i for i, w in enumerate(inner_weights) if w is weight)
                 values[index] = values[index] * mask.numpy()
         layer.set_weights(values)
-    return bridge.to_keras3(plain) if target == _keras.KERAS3 else plain
+    if target != _keras.KERAS3:
+        return plain
+    template = _PLANS.get(model, {}).get("template")
+    if template is None:
+        return bridge.to_keras3(plain)
+    keras = _keras.keras_module(_keras.KERAS3)
+    rebuilt = keras.models.clone_model(template)
+    bridge.copy_weights(plain, rebuilt)
+    return rebuilt
 
 
 def pruning_summary(model: Any) -> PruningSummary:
@@ -336,6 +366,7 @@ def load_pruned(path: str):
     """
     tfmot = _keras.import_tfmot()
     tf_keras = _keras.keras_module(_keras.TF_KERAS)
+    bridge.register_wrapper()
     with tfmot.sparsity.keras.prune_scope():
         return tf_keras.models.load_model(path)
 
@@ -417,15 +448,44 @@ def _make_schedule(tfmot, target, schedule, begin_step, end_step, frequency, m_b
     )
 
 
-def _select_layers(model, include: LayerRule, exclude: LayerRule, m_by_n) -> tuple[set, list]:
+def _check_targets(target_sparsity: Any) -> float | dict:
+    if isinstance(target_sparsity, Mapping):
+        if not target_sparsity:
+            raise ValueError("target_sparsity is an empty dict; give at least one layer name -> sparsity.")
+        targets = {}
+        for name, value in target_sparsity.items():
+            if not isinstance(name, str) or isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
+                raise TypeError(
+                    f"target_sparsity dict must map layer names to numbers. Received: {name!r}: {value!r}."
+                )
+            if not 0.0 <= float(value) < 1.0:
+                raise ValueError(f"target_sparsity for {name!r} must be in [0, 1). Received: {value!r}.")
+            targets[name] = float(value)
+        return targets
+    if isinstance(target_sparsity, bool) or not isinstance(target_sparsity, (int, float, np.floating)) or not (
+        0.0 <= target_sparsity < 1.0
+    ):
+        raise ValueError(f"target_sparsity must be a number in [0, 1). Received: target_sparsity={target_sparsity!r}.")
+    return float(target_sparsity)
+
+
+def _select_layers(model, include: LayerRule, exclude: LayerRule, m_by_n, targets: dict | None = None) -> tuple[set, list]:
     layers = [layer for layer in model.layers if layer.weights]
     include_rule = _rule(include, "include", model)
     exclude_rule = _rule(exclude, "exclude", model)
+    if targets is not None:
+        unknown = sorted(set(targets) - {layer.name for layer in model.layers})
+        if unknown:
+            raise ValueError(f"target_sparsity names unknown layers {unknown}. Layers: {_names(model)}.")
     supported = [layer for layer in layers if _unsupported_reason(layer) is None]
-    protected = {supported[0].name, supported[-1].name} if include is None and len(supported) >= 3 else set()
+    protected = (
+        {supported[0].name, supported[-1].name} if include is None and targets is None and len(supported) >= 3 else set()
+    )
     chosen, skipped = set(), []
     for layer in layers:
         reason = _unsupported_reason(layer)
+        if reason is None and targets is not None and targets.get(layer.name, 0.0) == 0.0:
+            reason = "no target in target_sparsity" if layer.name not in targets else "target_sparsity 0"
         if reason is None and include_rule is not None and not include_rule(layer):
             reason = "not matched by include"
         if reason is None and exclude_rule is not None and exclude_rule(layer):
@@ -489,7 +549,3 @@ def _is_wrapper(layer) -> bool:
 
 def _wrappers(model) -> list:
     return [layer for layer in model.layers if _is_wrapper(layer)]
-
-
-# ---------------------------------------------------------------------------------------------
-# Sparsity as stored in a .tflite flatbuffer

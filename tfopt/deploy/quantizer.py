@@ -75,6 +75,20 @@ def _op_scopes(content: bytes) -> list[str]:
     return scopes
 
 
+def map_output_layer(keras_model: Any, tflite: Any, exclude: str | Sequence[str] | None):
+    """Rewrites an exclude rule naming a single-output model's last layer into its output tensor's scope.
+
+    The output tensor of a converted Keras model is named after the signature
+    (`StatefulPartitionedCall:0`), not after the layer that writes it.
+    """
+    if exclude is None or len(keras_model.outputs) != 1:
+        return exclude
+    items = [exclude] if isinstance(exclude, str) else list(exclude)
+    output_tensor = inspect_tflite(tflite).outputs[0].name
+    last = keras_model.layers[-1].name
+    return [f"re:^{re.escape(output_tensor)};$" if item == last else item for item in items]
+
+
 def _signature_calibration(content: bytes, calibration: Any) -> dict[str, list[dict[str, np.ndarray]]]:
     """Calibration examples keyed by the .tflite's signature and its input names."""
     from ai_edge_litert.interpreter import Interpreter
@@ -194,7 +208,8 @@ def quantize_tflite(
     if _keras.is_keras_model(model):
         if calibration is not None and not isinstance(calibration, CalibrationData):
             calibration = calibration_data(calibration, model=model)
-        model = convert(model, mode="float32")
+        keras_model, model = model, convert(model, mode="float32")
+        exclude = map_output_layer(keras_model, model, exclude)
     content = tflite_bytes(model)
     float_ops = inspect_tflite(content)
     if float_ops.precision_counts and set(float_ops.precision_counts) - {"float32"}:

@@ -22,7 +22,7 @@ from tfopt.deploy.calibration import CalibrationData, calibration_data
 from tfopt.deploy.convert import ConversionResult, convert
 from tfopt.deploy.flatbuffer import COMPUTE_OPS, tflite_bytes
 from tfopt.deploy.parity import _TFLiteRunner, compare
-from tfopt.deploy.quantizer import quantize_tflite
+from tfopt.deploy.quantizer import map_output_layer, quantize_tflite
 
 
 _IDEAL_INT8_SNR_DB = 50.0
@@ -160,7 +160,8 @@ def quantize_selective(
     if _keras.is_keras_model(model):
         if not isinstance(calibration, CalibrationData):
             calibration = calibration_data(calibration, model=model)
-        model = convert(model, mode="float32")
+        keras_model, model = model, convert(model, mode="float32")
+        exclude = map_output_layer(keras_model, model, exclude)
     float_content = tflite_bytes(model)
     if not isinstance(calibration, CalibrationData):
         calibration = calibration_data(calibration)
