@@ -27,6 +27,7 @@ COMMANDS = {
     "decompose": "decompose",
     "export-micro": "export_micro",
     "quantize": "quantize",
+    "cluster": "cluster",
 }
 
 

@@ -310,6 +310,15 @@ def load_clustered(path: str):
     """Loads a clustered tf_keras model saved with `model.save(path)` (`.keras` or `.h5`).
 
     Fine-tuning can continue with a plain `fit`; `strip_clustering` works on the result.
+
+    Example:
+
+    >>> import keras, os, tempfile, tfopt
+    >>> layers = [keras.Input((16,)), keras.layers.Dense(64, name="a"), keras.layers.Dense(4, name="out")]
+    >>> path = os.path.join(tempfile.mkdtemp(), "clustered.keras")
+    >>> tfopt.cluster(keras.Sequential(layers), num_clusters=8, include=["a"]).save(path)
+    >>> [layer.name for layer in tfopt.strip(tfopt.load_clustered(path)).layers]
+    ['a', 'out']
     """
     tfmot = _keras.import_tfmot()
     tf_keras = _keras.keras_module(_keras.TF_KERAS)

@@ -173,6 +173,14 @@ def qat_summary(model: Any) -> QATSummary:
 
     Raises:
         ValueError: the model did not come from `quantize` in this session.
+
+    Example:
+
+    >>> import keras, tfopt
+    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="fc")])
+    >>> summary = tfopt.qat_summary(tfopt.quantize(model))
+    >>> isinstance(summary.summary(), str)
+    True
     """
     plan = _PLANS.get(model)
     if plan is None:
@@ -181,7 +189,19 @@ def qat_summary(model: Any) -> QATSummary:
 
 
 def load_qat(path: str):
-    """Loads a QAT model saved with `model.save(path)` as `.h5` (tfmot wrappers do not reload from `.keras`); training can continue."""
+    """Loads a QAT model saved with `model.save(path)` as `.h5` (tfmot wrappers do not reload from `.keras`).
+
+    Training can continue with a plain `fit`.
+
+    Example:
+
+    >>> import keras, os, tempfile, tfopt
+    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="fc")])
+    >>> path = os.path.join(tempfile.mkdtemp(), "qat.h5")
+    >>> tfopt.quantize(model).save(path)
+    >>> tfopt.load_qat(path).output_shape
+    (None, 4)
+    """
     tfmot = _keras.import_tfmot()
     tf_keras = _keras.keras_module(_keras.TF_KERAS)
     with tfmot.quantization.keras.quantize_scope():

@@ -362,7 +362,18 @@ def write_c_array(
     arena_bytes: int | None = None,
     ops: list[str] | None = None,
 ) -> tuple[str, str]:
-    """Writes `<name>_model_data.cc` and `.h` atomically (no TFLite Micro check); returns their paths."""
+    """Writes `<name>_model_data.cc` and `.h` atomically (no TFLite Micro check); returns their paths.
+
+    Use `export_micro` to check the model on TFLite Micro first; this only writes the arrays.
+
+    Example:
+
+    >>> import keras, os, tempfile, tfopt
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> source, header = tfopt.write_c_array(tfopt.convert(model), tempfile.mkdtemp(), name="tiny")
+    >>> os.path.basename(source), os.path.basename(header)
+    ('tiny_model_data.cc', 'tiny_model_data.h')
+    """
     content = tflite_bytes(tflite)
     if ops is None:
         ops = list(

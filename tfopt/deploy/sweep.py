@@ -422,6 +422,15 @@ def plot_tradeoffs(report, path: str | os.PathLike) -> str:
 
     Left: latency (x) against accuracy (y), marker area proportional to size.
     Right: size against accuracy. Without accuracy, size against latency.
+
+    Example:
+
+    >>> import keras, os, tempfile, tfopt
+    >>> model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(256)])
+    >>> runs = {m: tfopt.benchmark(tfopt.convert(model, mode=m), num_runs=5) for m in ("float32", "float16")}
+    >>> path = tfopt.plot_tradeoffs(tfopt.variant_report(runs), os.path.join(tempfile.mkdtemp(), "t.png"))
+    >>> os.path.getsize(path) > 0
+    True
     """
     rows = report.rows
     has_acc = all(r.accuracy is not None for r in rows)
