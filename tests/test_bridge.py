@@ -75,19 +75,54 @@ def test_same_flavour_is_returned_as_is():
     assert to_keras3(k3) is k3
 
 
-def test_subclassed_model_is_rejected():
-    class Tiny(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.dense = keras.layers.Dense(2)
+class _Tiny(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(2)
+
+    def call(self, x):
+        return self.dense(x) * 2.0
+
+
+def test_subclassed_model_is_traced_to_functional():
+    model = _Tiny()
+    model(np.ones((1, 3), "float32"))
+    converted = to_tf_keras(model)
+    x = np.random.default_rng(3).random((4, 3), dtype="float32")
+    assert max_output_difference(model, converted, x) < 1e-6
+    assert [type(l).__name__ for l in converted.layers][1] == "Dense"
+
+
+def test_unbuilt_subclassed_model_is_rejected():
+    with pytest.raises(NotImplementedError, match="Cannot trace subclassed model .* functional API"):
+        to_tf_keras(_Tiny())
+
+
+def test_keras3_ops_custom_layers_and_nested_models_cross_both_ways():
+    @keras.saving.register_keras_serializable(package="tfopt_test")
+    class Scale(keras.layers.Layer):
+        def build(self, input_shape):
+            self.gamma = self.add_weight(shape=(input_shape[-1],), initializer="ones")
 
         def call(self, x):
-            return self.dense(x)
+            return x * self.gamma
 
-    model = Tiny()
-    model(np.ones((1, 3), "float32"))
-    with pytest.raises(NotImplementedError, match="subclassed model"):
-        to_tf_keras(model)
+    keras.utils.set_random_seed(0)
+    stem = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, padding="same")], name="stem")
+    inputs = keras.Input((8, 8, 3))
+    x = stem(inputs)
+    x = keras.layers.Activation("hard_silu")(x + 3.0)  # a Keras 3 op and an activation tf_keras lacks
+    x = Scale(name="scale")(x)
+    outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    model.get_layer("scale").set_weights([np.arange(4, dtype="float32")])
+    converted = to_tf_keras(model)
+    x = np.random.default_rng(4).random((2, 8, 8, 3), dtype="float32")
+    assert max_output_difference(model, converted, x) < 1e-5
+    np.testing.assert_array_equal(converted.get_layer("scale").get_weights()[0], np.arange(4))
+    back = to_keras3(converted)
+    assert type(back.get_layer("scale")).__name__ == "Scale"
+    assert max_output_difference(model, back, x) < 1e-5
 
 
 def test_caller_model_unchanged():

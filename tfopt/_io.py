@@ -50,3 +50,20 @@ def _jsonable(obj: Any):
     if hasattr(obj, "to_dict"):
         return obj.to_dict()
     raise TypeError(f"Not JSON serializable: {type(obj).__name__}")
+
+
+def save_keras_model(model: Any, path: str | os.PathLike) -> str:
+    """Saves a Keras model (.keras / .h5) atomically: Keras writes a temporary file, then it is renamed."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from tfopt._io import save_keras_model
 from tfopt.datasets import load_dataset
 from tfopt.deploy.benchmark import benchmark
 from tfopt.deploy.calibration import calibration_data
@@ -128,7 +129,7 @@ def run_demo(
     model, keras_accuracy = train_cnn(data, epochs=epochs, seed=seed)
     say(f"[tfopt demo] Keras float accuracy on the test split: {100 * keras_accuracy:.2f}%")
     paths = {
-        "model": _save_model(model, os.path.join(output_dir, "model.keras")),
+        "model": save_keras_model(model, os.path.join(output_dir, "model.keras")),
         "data": data.to_npz(os.path.join(output_dir, "data.npz")),
     }
     calibration = calibration_data(data.x_train, model=model, num_samples=300, seed=seed)
@@ -153,11 +154,3 @@ def run_demo(
     )
     paths.update(report.write(output_dir))
     return DemoResult(report=report, paths=paths, seconds=time.perf_counter() - start)
-
-
-def _save_model(model, path: str) -> str:
-    """Saves a Keras model atomically (to a temporary name, then renamed)."""
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    model.save(tmp)
-    os.replace(tmp, path)
-    return path

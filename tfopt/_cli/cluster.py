@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 from absl import flags
 
 from tfopt import _keras
@@ -61,19 +60,19 @@ def main(args: list[str]) -> int:
         batchnorm_data=batchnorm_data,
     )
     summary = clustering_summary(clustered)
-    accuracy_before = _accuracy(model, x_test, y_test)
-    accuracy_clustered = _accuracy(clustered, x_test, y_test)
+    accuracy_before = common.keras_accuracy(model, x_test, y_test)
+    accuracy_clustered = common.keras_accuracy(clustered, x_test, y_test)
     if epochs:
         tf_keras = _keras.keras_module(_keras.TF_KERAS)
         clustered.compile(
             optimizer=tf_keras.optimizers.Adam(FLAGS.cluster_learning_rate),
-            loss=_loss(tf_keras, model, x_train[:64], y_train),
+            loss=common.classification_loss(tf_keras, model, x_train[:64], y_train),
             metrics=["accuracy"],
         )
         clustered.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, verbose=0)
     final = strip_clustering(clustered, batchnorm_data=batchnorm_data)
-    accuracy_after = _accuracy(final, x_test, y_test)
-    final.save(FLAGS.output)
+    accuracy_after = common.keras_accuracy(final, x_test, y_test)
+    common.save_model(final, FLAGS.output)
 
     names = {layer.name for layer in summary.layers}
     report = cluster_report(final, reference=model, num_clusters=FLAGS.num_clusters)
@@ -122,21 +121,3 @@ def _kernel_dict(kernel) -> dict:
         "num_unique": kernel.num_unique,
         "max_unique_per_channel": kernel.max_unique_per_channel,
     }
-
-
-def _predict(model, x: np.ndarray) -> np.ndarray:
-    return np.asarray(model.predict(x, batch_size=256, verbose=0))
-
-
-def _accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
-    predicted = np.argmax(_predict(model, x), axis=-1)
-    labels = np.argmax(y, axis=-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(-1)
-    return float(np.mean(predicted == labels))
-
-
-def _loss(keras, model, x_sample: np.ndarray, y: np.ndarray):
-    outputs = _predict(model, x_sample)
-    probabilities = bool(np.all(outputs >= 0) and np.allclose(outputs.sum(axis=-1), 1.0, atol=1e-3))
-    if y.ndim > 1 and y.shape[-1] > 1:
-        return keras.losses.CategoricalCrossentropy(from_logits=not probabilities)
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)

@@ -14,7 +14,7 @@ import os
 import numpy as np
 from absl import flags
 
-from tfopt._io import atomic_write, write_json  # noqa: F401 - re-exported for commands
+from tfopt._io import atomic_write, save_keras_model, write_json  # noqa: F401 - re-exported for commands
 
 FLAGS = flags.FLAGS
 
@@ -57,3 +57,34 @@ def load_npz(path: str, *, required: tuple[str, ...] = DATA_KEYS) -> dict[str, n
             "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)."
         )
     return data
+
+
+def labels_of(y: np.ndarray) -> np.ndarray:
+    """Class indices from integer labels or one-hot rows."""
+    return np.argmax(y, axis=-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(-1)
+
+
+def scores_of(model, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+    """Model outputs, computed eagerly in batches (no predict() retracing across models)."""
+    return np.concatenate([np.asarray(model(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)])
+
+
+def keras_accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy of a Keras model (either flavour) on labelled data."""
+    return float(np.mean(np.argmax(scores_of(model, x), axis=-1) == labels_of(y)))
+
+
+def classification_loss(keras, model, x_sample: np.ndarray, y: np.ndarray):
+    """Cross-entropy that matches the labels (one-hot or sparse) and the outputs (probabilities or logits)."""
+    outputs = scores_of(model, x_sample)
+    probabilities = bool(np.all(outputs >= 0) and np.allclose(outputs.sum(axis=-1), 1.0, atol=1e-3))
+    if y.ndim > 1 and y.shape[-1] > 1:
+        return keras.losses.CategoricalCrossentropy(from_logits=not probabilities)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)
+
+
+def save_model(model, path: str) -> str:
+    """Saves a Keras model to .keras / .h5 atomically; returns the path."""
+    if not path or not path.endswith((".keras", ".h5")):
+        raise CLIError(f"--output must end in .keras (or .h5). Received: {path!r}.")
+    return save_keras_model(model, path)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 from absl import flags
 
 from tfopt import _keras
@@ -50,14 +49,14 @@ def main(args: list[str]) -> int:
 
     plan = plan_decomposition(model, **rule)
     small = decompose(model, **rule)
-    accuracy_before = _accuracy(model, x_test, y_test)
-    accuracy_decomposed = _accuracy(small, x_test, y_test)
+    accuracy_before = common.keras_accuracy(model, x_test, y_test)
+    accuracy_decomposed = common.keras_accuracy(small, x_test, y_test)
     if epochs:
         small.compile(optimizer=keras.optimizers.Adam(FLAGS.decompose_learning_rate),
-                      loss=_loss(keras, model, x_train[:64], y_train), metrics=["accuracy"])
+                      loss=common.classification_loss(keras, model, x_train[:64], y_train), metrics=["accuracy"])
         small.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, verbose=0)
-    accuracy_after = _accuracy(small, x_test, y_test)
-    small.save(FLAGS.output)
+    accuracy_after = common.keras_accuracy(small, x_test, y_test)
+    common.save_model(small, FLAGS.output)
 
     result = {
         "model": os.path.abspath(args[0]),
@@ -83,22 +82,3 @@ def main(args: list[str]) -> int:
           f"({result['param_ratio']:.3f}x)")
     print(f"wrote {FLAGS.output}" + (f" and {FLAGS.json}" if FLAGS.json else ""))
     return 0
-
-
-def _predict(model, x: np.ndarray) -> np.ndarray:
-    return np.asarray(model.predict(x, batch_size=256, verbose=0))
-
-
-def _accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
-    predicted = np.argmax(_predict(model, x), axis=-1)
-    labels = np.argmax(y, axis=-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(-1)
-    return float(np.mean(predicted == labels))
-
-
-def _loss(keras, model, x_sample: np.ndarray, y: np.ndarray):
-    """Cross-entropy matching the labels (one-hot or sparse) and the outputs (probabilities or logits)."""
-    outputs = _predict(model, x_sample)
-    probabilities = bool(np.all(outputs >= 0) and np.allclose(outputs.sum(axis=-1), 1.0, atol=1e-3))
-    if y.ndim > 1 and y.shape[-1] > 1:
-        return keras.losses.CategoricalCrossentropy(from_logits=not probabilities)
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 
-import numpy as np
 from absl import flags
 
 from tfopt._cli import common
@@ -22,28 +19,8 @@ _DEFAULT_EPOCHS = 5
 _DEFAULT_BATCH = 64
 
 
-def _accuracy(model, x, y) -> float:
-    labels = np.argmax(y, axis=-1) if y.ndim == 2 and y.shape[-1] > 1 else y.reshape(-1)
-    # Eager calls in batches: predict() on several models in a row makes TF warn about retracing.
-    scores = np.concatenate([np.asarray(model(x[i : i + 256], training=False)) for i in range(0, len(x), 256)])
-    return float(np.mean(np.argmax(scores, axis=-1) == labels))
 
 
-def _save_atomically(model, path: str) -> str:
-    """Keras writes the file itself; save next to the target, then rename."""
-    if not path.endswith((".keras", ".h5")):
-        raise common.CLIError(f"--output must end in .keras (or .h5). Received: {path!r}.")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(fd)
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
 
 
 def main(args: list[str]) -> int:
@@ -60,20 +37,20 @@ def main(args: list[str]) -> int:
     teacher, student = load_model(args[0]), load_model(args[1])
     epochs = FLAGS.epochs or _DEFAULT_EPOCHS
     keras.utils.set_random_seed(FLAGS.seed)
-    before = _accuracy(student, data["x_test"], data["y_test"])
+    before = common.keras_accuracy(student, data["x_test"], data["y_test"])
     distiller = distill(student, teacher, temperature=FLAGS.temperature, alpha=FLAGS.alpha)
     distiller.compile(optimizer=keras_of(student).optimizers.Adam(FLAGS.distill_learning_rate), metrics=["accuracy"])
     distiller.fit(
         data["x_train"], data["y_train"], epochs=epochs, batch_size=FLAGS.batch_size or _DEFAULT_BATCH, verbose=2
     )
     trained = distiller.student
-    output = _save_atomically(trained, FLAGS.output)
+    output = common.save_model(trained, FLAGS.output)
     report = {
         "teacher": args[0],
         "student": args[1],
-        "teacher_accuracy": _accuracy(teacher, data["x_test"], data["y_test"]),
+        "teacher_accuracy": common.keras_accuracy(teacher, data["x_test"], data["y_test"]),
         "student_accuracy_before": before,
-        "student_accuracy_after": _accuracy(trained, data["x_test"], data["y_test"]),
+        "student_accuracy_after": common.keras_accuracy(trained, data["x_test"], data["y_test"]),
         "teacher_params": int(teacher.count_params()),
         "student_params": int(trained.count_params()),
         "epochs": epochs,

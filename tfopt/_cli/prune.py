@@ -44,7 +44,7 @@ def main(args: list[str]) -> int:
     x_train, y_train, x_test, y_test = (data[k] for k in common.DATA_KEYS)
     _keras.keras_module(_keras.keras_flavor(model)).utils.set_random_seed(FLAGS.seed)
 
-    accuracy_before = _accuracy(model, x_test, y_test)
+    accuracy_before = common.keras_accuracy(model, x_test, y_test)
     steps = epochs * math.ceil(len(x_train) / batch_size)
     pruning = None
     if FLAGS.structure == "channels":
@@ -71,7 +71,12 @@ def main(args: list[str]) -> int:
             m_by_n=(2, 4) if FLAGS.structure == "2:4" else None,
         )
         pruning = trainable
-    _compile(trainable, x_train[:64], y_train, FLAGS.prune_learning_rate)
+    keras = _keras.keras_of(trainable)
+    trainable.compile(
+        optimizer=keras.optimizers.Adam(FLAGS.prune_learning_rate),
+        loss=common.classification_loss(keras, trainable, x_train[:64], y_train),
+        metrics=["accuracy"],
+    )
     trainable.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, verbose=0)
     if pruning is not None:
         from tfopt.compress.prune import pruning_summary, strip
@@ -80,8 +85,8 @@ def main(args: list[str]) -> int:
         final = strip(pruning)
     else:
         skipped, final = skipped_channels, trainable
-    accuracy_after = _accuracy(final, x_test, y_test)
-    final.save(FLAGS.output)
+    accuracy_after = common.keras_accuracy(final, x_test, y_test)
+    common.save_model(final, FLAGS.output)
 
     result = {
         "model": os.path.abspath(args[0]),
@@ -113,25 +118,10 @@ def main(args: list[str]) -> int:
     return 0
 
 
-def _predict(model, x: np.ndarray) -> np.ndarray:
-    return np.asarray(model.predict(x, batch_size=256, verbose=0))
 
 
-def _accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
-    predicted = np.argmax(_predict(model, x), axis=-1)
-    labels = np.argmax(y, axis=-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(-1)
-    return float(np.mean(predicted == labels))
 
 
-def _compile(model, x_sample: np.ndarray, y: np.ndarray, learning_rate: float) -> None:
-    keras = _keras.keras_of(model)
-    outputs = _predict(model, x_sample)
-    probabilities = bool(np.all(outputs >= 0) and np.allclose(outputs.sum(axis=-1), 1.0, atol=1e-3))
-    if y.ndim > 1 and y.shape[-1] > 1:
-        loss = keras.losses.CategoricalCrossentropy(from_logits=not probabilities)
-    else:
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=["accuracy"])
 
 
 def _kernel_sparsity(model) -> list[dict]:
