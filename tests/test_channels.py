@@ -335,7 +335,7 @@ def test_prune_channels_include_and_exclude():
     assert rows["c2"].channels_after == 6
     by_callable = prune_channels(model, ratio=0.5, exclude=lambda layer: layer.name.startswith("d"))
     assert {row.name for row in by_callable.layers if row.reason} == {"d1", "out"}
-    with pytest.raises(ValueError, match="matches no layer"):
+    with pytest.raises(ValueError, match="matched no layer"):
         prune_channels(model, include=["nope"])
 
 

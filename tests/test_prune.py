@@ -220,3 +220,117 @@ def test_cli_prune_writes_model_and_json(tmp_path):
     assert sparsities["conv_mid"] >= 0.74 and sparsities["conv_in"] == 0.0
     assert 0.0 <= payload["accuracy_after"] <= 1.0 and payload["paths"]["output"].endswith("out.keras")
     assert _keras.keras_flavor(_keras.load_model(out)) == _keras.KERAS3
+
+
+# ------------------------------------------------------------------ coverage: what plain tfmot stops on
+def _fit_random(pruned, shape, steps=3):
+    rng = np.random.default_rng(0)
+    pruned.compile("adam", "sparse_categorical_crossentropy")
+    pruned.fit(rng.random((2 * steps, *shape), dtype="float32"), rng.integers(0, 10, 2 * steps),
+               batch_size=2, epochs=1, verbose=0)
+
+
+@pytest.mark.slow
+def test_prune_mobilenetv3small_keras3_ops_and_hard_silu():
+    """Plain tfmot stops on this model (Keras 3 ops `x + 3.0`, Rescaling); the full run is bench_prune_coverage."""
+    model = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), alpha=0.75, weights=None, classes=10)
+    before = [w.copy() for w in model.get_weights()]
+    pruned = prune(model, target_sparsity=0.8, end_step=2)
+    _fit_random(pruned, (32, 32, 3))
+    summary = pruning_summary(pruned)
+    assert len(summary.layers) >= 30
+    assert {s.class_name for s in summary.skipped} >= {"DepthwiseConv2D", "BatchNormalization"}
+    assert len(summary.layers) + len(summary.skipped) == len([l for l in pruned.layers if l.weights])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stripped = strip(pruned)
+    assert _keras.keras_flavor(stripped) == _keras.KERAS3
+    assert type(stripped.get_layer("re_lu")).__name__ == "ReLU"  # Keras 3 layers come back as themselves
+    for layer in summary.layers:
+        assert schedules.sparsity_of(_kernel(stripped, layer.name)) >= 0.79
+    x = np.random.default_rng(1).random((2, 32, 32, 3), dtype="float32")
+    np.testing.assert_allclose(pruned.predict(x, verbose=0), stripped.predict(x, verbose=0), atol=1e-5)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+@keras.saving.register_keras_serializable(package="tfopt_test")
+class _LayerScale(keras.layers.Layer):
+    def build(self, input_shape):
+        self.gamma = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="gamma")
+
+    def call(self, x):
+        return x * self.gamma
+
+
+def _tfmot_stoppers():
+    """What stops plain tfmot, in one small Keras 3 model: Rescaling, Normalization, a Keras 3 op,
+    an activation tf_keras lacks, a custom layer with weights, a nested Sequential, DepthwiseConv2D."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Normalization(mean=[0.5, 0.5, 0.5], variance=[0.1, 0.1, 0.1])(x)
+    x = keras.Sequential([keras.Input((12, 12, 3)), keras.layers.Conv2D(8, 3, strides=2, name="stem_conv")],
+                         name="stem")(x)
+    x = keras.layers.Conv2D(16, 1, name="expand")(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    x = keras.layers.Activation("hard_silu", name="hard_silu")(x + 3.0)
+    x = _LayerScale(name="scale")(keras.layers.Conv2D(16, 1, name="project")(x))
+    x = keras.layers.Dense(24, name="mlp")(keras.layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inputs, keras.layers.Dense(10, name="classifier")(x))
+
+
+def test_prune_model_with_everything_plain_tfmot_stops_on(tmp_path):
+    model = _tfmot_stoppers()
+    before = [w.copy() for w in model.get_weights()]
+    pruned = prune(model, target_sparsity=0.8, end_step=2)
+    _fit_random(pruned, (12, 12, 3))
+    summary = pruning_summary(pruned)
+    assert [l.name for l in summary.layers] == ["expand", "project", "mlp"]
+    reasons = {s.name: s.reason for s in summary.skipped}
+    assert "nested model" in reasons["stem"] and "depthwise" in reasons["dw"]
+    assert "Keras 3 layer" in reasons["scale"] and "preprocessing" in reasons["normalization"]
+    assert len(summary.layers) + len(summary.skipped) == len([l for l in pruned.layers if l.weights])
+    path = str(tmp_path / "pruned.keras")
+    pruned.save(path)
+    assert [l.name for l in pruning_summary(load_pruned(path)).layers] == ["expand", "project", "mlp"]
+    stripped = strip(pruned)
+    assert type(stripped.get_layer("scale")) is _LayerScale and _keras.keras_flavor(stripped) == _keras.KERAS3
+    for name in ("expand", "project", "mlp"):
+        assert schedules.sparsity_of(_kernel(stripped, name)) >= 0.79
+    x = np.random.default_rng(1).random((2, 12, 12, 3), dtype="float32") * 255
+    np.testing.assert_allclose(pruned.predict(x, verbose=0), stripped.predict(x, verbose=0), atol=1e-4)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    report = tflite_sparsity(tf.lite.TFLiteConverter.from_keras_model(stripped).convert())
+    assert sum(t.sparsity >= 0.79 for t in report.tensors) == 3
+
+
+class _Residual(keras.Model):
+    def __init__(self):
+        super().__init__(name="residual")
+        self.stem = keras.layers.Conv2D(8, 3, padding="same", name="stem")
+        self.body = keras.layers.Conv2D(8, 3, padding="same", name="body")
+        self.hidden = keras.layers.Dense(16, activation="relu", name="hidden")
+        self.head = keras.layers.Dense(4, name="head")
+
+    def call(self, x):
+        x = keras.activations.relu(self.stem(x))
+        x = x + self.body(x)
+        return self.head(self.hidden(keras.layers.Flatten()(x)))
+
+
+def test_prune_subclassed_model_is_traced_and_pruned():
+    model = _Residual()
+    model(np.zeros((1, 10, 10, 1), "float32"))
+    before = [w.copy() for w in model.get_weights()]
+    pruned = prune(model, target_sparsity=0.75, end_step=4)
+    _fit(pruned)
+    assert [l.name for l in pruning_summary(pruned).layers] == ["body", "hidden"]
+    stripped = strip(pruned)
+    assert schedules.sparsity_of(_kernel(stripped, "hidden")) == pytest.approx(0.75, abs=0.01)
+    np.testing.assert_allclose(pruned.predict(X, verbose=0), stripped.predict(X, verbose=0), atol=1e-5)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+def test_prune_unbuilt_subclassed_model_names_the_alternative():
+    with pytest.raises(NotImplementedError, match="functional API"):
+        prune(_Residual())

@@ -15,13 +15,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import re
 from typing import Any, Iterable
 
 import numpy as np
 
 from tfopt._keras import keras_of
 from tfopt.compress.channel_graph import ChannelGraph, build_graph, weight_name
+from tfopt.compress.select import selected_names
 
 IMPORTANCES = ("l1", "l2", "bn", "activation")
 _EPS = 1e-12
@@ -152,28 +152,6 @@ def _normalized(scores: np.ndarray) -> np.ndarray:
     return scores / (float(np.mean(scores)) + _EPS)
 
 
-def _select(rule: Any, names: list[str], layers: dict, what: str) -> set[str] | None:
-    """Layer names matched by `include` / `exclude` (names, "re:<regex>", callables, or a list)."""
-    if rule is None:
-        return None
-    rules = list(rule) if isinstance(rule, (list, tuple, set)) else [rule]
-    matched: set[str] = set()
-    for item in rules:
-        if callable(item):
-            hits = {n for n in names if item(layers[n])}
-        elif isinstance(item, str) and item.startswith("re:"):
-            hits = {n for n in names if re.fullmatch(item[3:], n)}
-        elif isinstance(item, str):
-            hits = {item} & set(names)
-        else:
-            raise TypeError(f"{what} items must be layer names, 're:<regex>' strings or callables. Received: {item!r}.")
-        if not hits:
-            raise ValueError(
-                f"{what} rule {item!r} matches no layer of the model. Layer names include "
-                f"{names[:6]}...; check the spelling, or use 're:<regex>' for a pattern."
-            )
-        matched |= hits
-    return matched
 
 
 def _validate(ratio, importance, data, round_to, min_channels) -> None:
@@ -443,8 +421,8 @@ def prune_channels(
     graph = build_graph(model)
     layers = {layer.name: layer for layer in model.layers}
     names = list(layers)
-    included = _select(include, names, layers, "include")
-    excluded = _select(exclude, names, layers, "exclude") or set()
+    included = selected_names(include, [layers[n] for n in names], "include")
+    excluded = selected_names(exclude, [layers[n] for n in names], "exclude") or set()
     activation = _activation_scores(model, graph, data) if importance == "activation" else {}
     options = dict(ratio=ratio, round_to=round_to, min_channels=min_channels)
     kept: dict[int, np.ndarray] = {}

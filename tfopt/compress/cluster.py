@@ -27,7 +27,8 @@ import numpy as np
 from tfopt import _keras
 from tfopt.compress import bridge, kmeans
 from tfopt.compress.batchnorm import reestimate_inplace
-from tfopt.compress.prune import LayerRule, SkippedLayer, _rule
+from tfopt.compress.prune import SkippedLayer
+from tfopt.compress.select import LayerRule, layer_predicate
 
 INITS = kmeans.INITS
 _TFMOT_INIT = {"kmeans++": "KMEANS_PLUS_PLUS", "linear": "LINEAR", "density": "DENSITY_BASED", "random": "RANDOM"}
@@ -332,8 +333,8 @@ def load_clustered(path: str):
 
 def _select_layers(model, include: LayerRule, exclude: LayerRule, num_clusters: int, per_channel: bool):
     layers = [layer for layer in model.layers if layer.weights]
-    include_rule = _rule(include, "include", model)
-    exclude_rule = _rule(exclude, "exclude", model)
+    include_rule = layer_predicate(include, model.layers, "include")
+    exclude_rule = layer_predicate(exclude, model.layers, "exclude")
     supported = [layer for layer in layers if _unsupported_reason(layer) is None]
     protected = {supported[0].name, supported[-1].name} if include is None and len(supported) >= 3 else set()
     chosen, skipped = set(), []

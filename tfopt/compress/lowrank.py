@@ -20,12 +20,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import re
 from typing import Any, Sequence
 
 import numpy as np
 
 from tfopt import _keras
+from tfopt.compress.select import LayerRule, selected_names
 
 __all__ = [
     "decompose",
@@ -38,7 +38,6 @@ __all__ = [
     "factorize",
 ]
 
-LayerRule = Any  # a layer name, "re:<regex>", a callable layer -> bool, or a list of those
 _KINDS = ("Dense", "Conv2D")
 DEFAULT_ENERGY = 0.9
 
@@ -250,39 +249,13 @@ def _rule(rank, energy, param_ratio) -> dict[str, float]:
     return given
 
 
-def _select(rule: LayerRule, layers: list, what: str) -> set[str] | None:
-    """Names of `layers` matched by an include / exclude rule; every item must match something."""
-    if rule is None:
-        return None
-    items = list(rule) if isinstance(rule, (list, tuple, set)) else [rule]
-    names = [layer.name for layer in layers]
-    chosen: set[str] = set()
-    for item in items:
-        if callable(item):
-            hits = {layer.name for layer in layers if item(layer)}
-        elif isinstance(item, str) and item.startswith("re:"):
-            hits = {name for name in names if re.fullmatch(item[3:], name)}
-        elif isinstance(item, str):
-            hits = {item} & set(names)
-        else:
-            raise TypeError(
-                f"{what} items must be layer names, 're:<regex>' strings or callables. "
-                f"Received: {item!r} ({type(item).__name__})."
-            )
-        if not hits:
-            raise ValueError(
-                f"{what} rule {item!r} matches no layer of the model. Layer names include "
-                f"{names[:8]}; check the spelling, or use 're:<regex>' for a pattern."
-            )
-        chosen |= hits
-    return chosen
 
 
 def _plan(model, rank, energy, param_ratio, include, exclude):
     rule = _rule(rank, energy, param_ratio)
     layers = list(model.layers)
-    included = _select(include, layers, "include")
-    excluded = _select(exclude, layers, "exclude") or set()
+    included = selected_names(include, layers, "include")
+    excluded = selected_names(exclude, layers, "exclude") or set()
     entries: dict[str, LayerDecomposition] = {}
     candidates = []  # (layer, weights, matrix, singular values)
     for layer in layers:

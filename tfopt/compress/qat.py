@@ -19,12 +19,12 @@ from __future__ import annotations
 import dataclasses
 import re
 import weakref
-from typing import Any, Callable, Sequence, Union
+from typing import Any
 
 from tfopt import _keras
 from tfopt.compress import bridge, qat_prepare
+from tfopt.compress.select import LayerRule, layer_predicate
 
-LayerRule = Union[str, Sequence[str], Callable[[Any], bool], None]
 PRESERVE = (None, "sparsity", "clusters")
 _FOLDABLE = ("Conv2D", "DepthwiseConv2D", "Dense")
 _REASONS = {
@@ -269,7 +269,7 @@ def _inbound_names(model) -> dict[str, list[str]]:
 def _select(model, exclude: LayerRule) -> tuple[set, list]:
     tfmot = _keras.import_tfmot()
     registry = _registry(tfmot)
-    rule = _rule(exclude, model)
+    rule = layer_predicate(exclude, model.layers, "exclude")
     inbound = _inbound_names(model)
     consumers: dict[str, int] = {}
     for names in inbound.values():
@@ -297,26 +297,3 @@ def _select(model, exclude: LayerRule) -> tuple[set, list]:
             kept.append(FloatLayer(layer.name, class_name, reason))
     return chosen, kept
 
-
-def _rule(rule: LayerRule, model) -> Callable[[Any], bool] | None:
-    if rule is None:
-        return None
-    if callable(rule):
-        if not any(rule(layer) for layer in model.layers):
-            raise ValueError(f"exclude={rule!r} matched no layer of {model.name!r}.")
-        return rule
-    items = [rule] if isinstance(rule, str) else list(rule)
-    predicates = []
-    for item in items:
-        if not isinstance(item, str):
-            raise TypeError(f"exclude items must be layer names or 're:<regex>' strings. Received: {item!r}.")
-        if item.startswith("re:"):
-            pattern = re.compile(item[3:])
-            predicate = lambda layer, p=pattern: p.fullmatch(layer.name) is not None  # noqa: E731
-        else:
-            predicate = lambda layer, n=item: layer.name == n  # noqa: E731
-        if not any(predicate(layer) for layer in model.layers):
-            names = ", ".join(layer.name for layer in model.layers[:20])
-            raise ValueError(f"exclude rule {item!r} matched no layer of {model.name!r}. Layers: {names}.")
-        predicates.append(predicate)
-    return lambda layer: any(p(layer) for p in predicates)

@@ -308,7 +308,8 @@ def _verdict(target: str, possible: bool, rules: list[SparsityRule], pruned, den
     failed = [r.name for r in rules if r.passed is False]
     unknown = [r.name for r in rules if r.passed is None]
     if possible:
-        text = "the runtime's sparse kernels can engage for this model"
+        text = ("the model meets the runtime's sparse rules, so XNNPACK may use its sparse kernels; "
+                "only a measurement on the device shows the gain")
     elif failed:
         text = f"sparsity cannot become speed here (not met: {'; '.join(failed)})"
     else:
