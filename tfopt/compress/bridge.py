@@ -390,6 +390,8 @@ def _fit_config(class_name: str, config: dict, target, *, to_legacy: bool) -> di
             key in _KNOWN_DEFAULTS and _KNOWN_DEFAULTS[key] == value
         ):
             continue
+        if class_name.startswith("Separable") and key.startswith("kernel_"):
+            continue  # tf_keras separable convs inherit kernel_* arguments they never use (no single kernel)
         raise NotImplementedError(
             f"{class_name} argument {key}={value!r} has no equivalent in "
             f"{'tf_keras' if to_legacy else 'Keras 3'}; set it to its default or build the model "
