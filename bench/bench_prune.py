@@ -139,13 +139,85 @@ def run_pruning(name, model, train, test, *, epochs, batch_size, learning_rate, 
     return row
 
 
+def defaults_check(dataset: str, *, momentum: float, num_train: int, epochs: int) -> dict:
+    """Issue item 8: tutorial settings (80%, 2 epochs, Adam 1e-4) on a real-data CNN with BatchNorm.
+
+    Compares pruning every layer (what the tutorial does), tfopt's defaults
+    (first and last layer dense) and sensitivity-aware per-layer targets with
+    the same global 80%, each evaluated as trained and with BatchNorm statistics
+    re-estimated in `strip(..., batchnorm_data=...)`.
+    """
+    import tf_keras
+
+    from tfopt.compress.batchnorm import reestimate_batchnorm
+    from tfopt.compress.sensitivity import prune_sensitivity
+    from tfopt.datasets import load_dataset
+    from tfopt.demo import build_cnn
+
+    data = load_dataset(dataset)
+    x_train, y_train = data.x_train[:num_train], data.y_train[:num_train]
+    x_test, y_test = data.x_test[:5000], data.y_test[:5000]
+    keras.utils.set_random_seed(0)
+    model = build_cnn(x_train.shape[1:], data.num_classes)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
+    compile_for(model, 1e-3)
+    model.fit(x_train, y_train, epochs=epochs, batch_size=64, verbose=0)
+    bn_x = x_train[:4096]
+    out = {
+        "dataset": dataset, "num_train": len(x_train), "num_test": len(x_test), "bn_momentum": momentum,
+        "dense": accuracy(model, x_test, y_test),
+        "dense_bn_reestimated": accuracy(reestimate_batchnorm(model, bn_x), x_test, y_test),
+    }
+    start = time.time()
+    sensitivity = prune_sensitivity(model, (x_train[-2000:], y_train[-2000:]), batchnorm_data=bn_x[:2048])
+    out["sensitivity_seconds"] = time.time() - start
+    targets = sensitivity.per_layer_targets(0.8)
+    out["sensitivity_targets"] = targets
+    variants = {
+        "every_layer_80": dict(target_sparsity=0.8, include=lambda layer: True),
+        "tfopt_defaults_80": dict(target_sparsity=0.8),
+        "sensitivity_targets_80": dict(target_sparsity=targets),
+    }
+    for name, kwargs in variants.items():
+        keras.utils.set_random_seed(1)
+        pruned = prune(model, **kwargs)  # end_step=None: the default ramp
+        pruned.compile(tf_keras.optimizers.Adam(1e-4), tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        pruned.fit(x_train, y_train, epochs=2, batch_size=32, verbose=0)
+        out[name] = {
+            "sparsity": pruning_summary(pruned).sparsity,
+            "accuracy": accuracy(strip(pruned), x_test, y_test),
+            "accuracy_bn_reestimated": accuracy(strip(pruned, batchnorm_data=bn_x), x_test, y_test),
+        }
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results", "bench_prune.json"))
     parser.add_argument("--epochs", type=int, default=6, help="dense training epochs")
     parser.add_argument("--finetune_epochs", type=int, default=4)
     parser.add_argument("--learning_rate", type=float, default=1e-3, help="fine-tune learning rate")
+    parser.add_argument("--defaults_check", default="mnist5k:4000,fashion_mnist:20000",
+                        help="dataset:num_train pairs for the item-8 defaults check ('' to skip)")
+    parser.add_argument("--defaults_only", action="store_true", help="run only the defaults check")
     args = parser.parse_args()
+    checks = []
+    for item in filter(None, args.defaults_check.split(",")):
+        name, count = item.split(":")
+        for momentum in (0.99, 0.9):
+            row = defaults_check(name, momentum=momentum, num_train=int(count), epochs=4)
+            checks.append(row)
+            print(f"defaults check {name} (train {row['num_train']}, BN momentum {momentum}): dense "
+                  f"{row['dense']:.4f} (BN re-estimated {row['dense_bn_reestimated']:.4f}); targets {row['sensitivity_targets']}")
+            for key in ("every_layer_80", "tfopt_defaults_80", "sensitivity_targets_80"):
+                print(f"    {key:<24} sparsity {row[key]['sparsity']:.3f}  accuracy {row[key]['accuracy']:.4f}  "
+                      f"with BN re-estimated {row[key]['accuracy_bn_reestimated']:.4f}", flush=True)
+    if args.defaults_only:
+        write_json(args.json, {"defaults_check": checks, "args": vars(args)})
+        print(f"wrote {args.json}")
+        return 0
     keras.utils.set_random_seed(0)
     train, test = load_digits()
     model = build_cnn()
@@ -196,7 +268,7 @@ def main() -> int:
         "save_load_ok": all(r["save_load_max_diff"] < 1e-4 for r in rows),
     }
     print("done when:", done)
-    write_json(args.json, {"dense": dense, "runs": rows, "done_when": done, "args": vars(args)})
+    write_json(args.json, {"dense": dense, "runs": rows, "done_when": done, "defaults_check": checks, "args": vars(args)})
     print(f"wrote {args.json}")
     return 0 if all(done.values()) else 1
 

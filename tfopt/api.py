@@ -42,11 +42,7 @@ def strip(model: Any, *, flavor: str | None = None, batchnorm_data: Any = None):
     if cluster._cluster_wrappers(model):
         return cluster.strip_clustering(model, flavor=flavor, batchnorm_data=batchnorm_data)
     if prune._wrappers(model):
-        if batchnorm_data is not None:
-            from tfopt.compress.batchnorm import reestimate_batchnorm
-
-            return reestimate_batchnorm(prune.strip(model, flavor=flavor), batchnorm_data)
-        return prune.strip(model, flavor=flavor)
+        return prune.strip(model, flavor=flavor, batchnorm_data=batchnorm_data)
     raise ValueError(
         f"Model {getattr(model, 'name', model)!r} carries no pruning or clustering wrappers, so there is nothing "
         "to strip. Pass the model returned by tfopt.prune or tfopt.cluster (QAT models are converted as they are)."

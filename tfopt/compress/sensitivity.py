@@ -23,6 +23,7 @@ import numpy as np
 
 from tfopt import _keras
 from tfopt.compress import schedules
+from tfopt.compress.select import layer_predicate
 
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
 # Weights tfmot prunes in each prunable layer, by variable name.
@@ -111,6 +112,7 @@ def prune_sensitivity(
     sparsities: Sequence[float] = DEFAULT_SPARSITIES,
     include: Any = None,
     exclude: Any = None,
+    batchnorm_data: Any = None,
     batch_size: int = 256,
 ) -> SensitivityResult:
     """Measures the accuracy drop when each prunable layer alone is magnitude-pruned.
@@ -133,6 +135,10 @@ def prune_sensitivity(
             a callable `layer -> bool`. Defaults to `None` (every prunable
             layer, the first and last included).
         exclude: layers to leave out, same forms. Defaults to `None`.
+        batchnorm_data: inputs to re-estimate BatchNorm statistics from after
+            each layer is pruned (and for the baseline), so the drop measures the
+            lost weights and not stale statistics; recommended for models with
+            BatchNorm. Defaults to `None` (statistics kept as trained).
         batch_size: evaluation batch size. Defaults to `256`.
 
     Returns:
@@ -152,12 +158,12 @@ def prune_sensitivity(
     >>> [layer.name for layer in result.layers], result.baseline_accuracy
     (['a', 'b'], 1.0)
     """
-    from tfopt.compress.prune import _rule, _unsupported_reason
+    from tfopt.compress.prune import _unsupported_reason
 
     grid = _check_sparsities(sparsities)
     x, labels = _check_data(data)
     work = _keras.clone_model(model)
-    include_rule, exclude_rule = _rule(include, "include", work), _rule(exclude, "exclude", work)
+    include_rule, exclude_rule = layer_predicate(include, work.layers, "include"), layer_predicate(exclude, work.layers, "exclude")
     chosen = [
         layer
         for layer in work.layers
@@ -173,9 +179,19 @@ def prune_sensitivity(
             f"exclude={exclude!r}). Check the layer names with model.summary()."
         )
     predict = _predictor(work, batch_size)
-    baseline = _accuracy(predict(x), labels)
+    saved = work.get_weights()
+
+    def measure() -> float:
+        if batchnorm_data is not None:
+            from tfopt.compress.batchnorm import reestimate_inplace
+
+            reestimate_inplace(work, batchnorm_data, batch_size=batch_size)
+        return _accuracy(predict(x), labels)
+
+    baseline = measure()
     layers = []
     for layer in chosen:
+        work.set_weights(saved)
         original = layer.get_weights()
         indices = _pruned_indices(layer)
         accuracies = []
@@ -183,9 +199,10 @@ def prune_sensitivity(
             values = list(original)
             for i in indices:
                 values[i] = original[i] * schedules.magnitude_mask(original[i], sparsity)
+            work.set_weights(saved)
             layer.set_weights(values)
-            accuracies.append(_accuracy(predict(x), labels))
-        layer.set_weights(original)
+            accuracies.append(measure())
+        work.set_weights(saved)
         layers.append(
             LayerSensitivity(
                 name=layer.name,

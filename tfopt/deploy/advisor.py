@@ -13,7 +13,6 @@ so the advice rests on numbers rather than promises.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import numpy as np
