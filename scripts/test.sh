@@ -6,4 +6,4 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/venv.sh"
 cd "$ROOT"
 export TF_CPP_MIN_LOG_LEVEL=2
-exec "$ROOT/.venv/bin/python" -m pytest -m "not slow" -p no:cacheprovider "$@"
+exec "$ROOT/.venv/bin/python" -m pytest -m "not slow" -n 2 -p no:cacheprovider "$@"
