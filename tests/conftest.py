@@ -60,6 +60,21 @@ def two_input_model():
     return keras.Model([image, meta], out, name="two_inputs")
 
 
+def bn_cnn(k):
+    """A seeded 10x10x1 CNN with BatchNorm in either Keras (`keras` or `tf_keras` module), 4 classes."""
+    k.utils.set_random_seed(0)
+    inputs = k.Input((10, 10, 1))
+    x = k.layers.Conv2D(8, 3, name="conv_in")(inputs)
+    x = k.layers.BatchNormalization(name="bn")(x)
+    x = k.layers.ReLU()(x)
+    x = k.layers.Conv2D(16, 3, name="conv_mid")(x)
+    x = k.layers.ReLU()(x)
+    x = k.layers.Flatten()(x)
+    x = k.layers.Dense(32, activation="relu", name="dense_mid")(x)
+    outputs = k.layers.Dense(4, name="classifier")(x)
+    return k.Model(inputs, outputs)
+
+
 @pytest.fixture()
 def rng():
     return np.random.default_rng(0)

@@ -21,23 +21,15 @@ from tfopt.compress.prune import (
 )
 from tfopt.deploy.sparsity import tflite_sparsity
 
+from conftest import bn_cnn  # noqa: E402
+
 RNG = np.random.default_rng(0)
 X = RNG.random((64, 10, 10, 1), dtype="float32")
 Y = RNG.integers(0, 4, 64)
 
 
 def _cnn(k=keras):
-    k.utils.set_random_seed(0)
-    inputs = k.Input((10, 10, 1))
-    x = k.layers.Conv2D(8, 3, name="conv_in")(inputs)
-    x = k.layers.BatchNormalization(name="bn")(x)
-    x = k.layers.ReLU()(x)
-    x = k.layers.Conv2D(16, 3, name="conv_mid")(x)
-    x = k.layers.ReLU()(x)
-    x = k.layers.Flatten()(x)
-    x = k.layers.Dense(32, activation="relu", name="dense_mid")(x)
-    outputs = k.layers.Dense(4, name="classifier")(x)
-    return k.Model(inputs, outputs)
+    return bn_cnn(k)
 
 
 def _fit(model, epochs=2, **kwargs):

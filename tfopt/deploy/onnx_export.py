@@ -49,7 +49,7 @@ class OnnxExportResult:
 
     ```python
     result = tfopt.export_onnx(model, "model.onnx", data=x_test)
-    assert result.max_abs_diff <= 1e-4
+    print(result.summary())  # max_abs_diff vs Keras on x_test
     json.dump(result.to_dict(), open("onnx.json", "w"))
     ```
     """
