@@ -140,7 +140,10 @@ def measure(request: dict[str, Any]) -> dict[str, Any]:
     stage("resize")
     result["notes"] += resize_inputs(interpreter, request.get("input_shapes"))
     stage("allocate")
-    interpreter.allocate_tensors()
+    try:
+        interpreter.allocate_tensors()
+    except RuntimeError as err:
+        raise ValueError(_explain_load_error(str(err))) from err
     result["init_ms"] = (time.perf_counter() - start) * 1e3
     result["xnnpack"] = delegated_ops(interpreter) if request["use_xnnpack"] else None
     if request.get("coverage_only"):
@@ -219,8 +222,8 @@ def _accuracy(interpreter, xs, y, inputs, outputs, order) -> dict[str, Any]:
 def _explain_load_error(message: str) -> str:
     if "custom op" in message.lower() or "unresolved" in message.lower():
         return (
-            f"the model uses ops this LiteRT build does not have ({message.strip()}). Custom ops need their "
-            "kernels registered (InterpreterWithCustomOps); convert without custom ops to benchmark it here."
+            f"the model uses ops this LiteRT build does not have ({message.strip().splitlines()[0]}). Custom ops "
+            "need their kernels registered (InterpreterWithCustomOps); convert without custom ops to benchmark it here."
         )
     return f"the LiteRT interpreter could not load the model: {message.strip()}"
 
