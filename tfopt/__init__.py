@@ -59,6 +59,14 @@ _EXPORTS = {
     "tflite_sparsity": "tfopt.deploy.sparsity",
     "TFLiteSparsity": "tfopt.deploy.sparsity",
     "TensorSparsity": "tfopt.deploy.sparsity",
+    # configs in, new model out
+    "apply": "tfopt.config",
+    "Config": "tfopt.config",
+    "PruneConfig": "tfopt.config",
+    "ChannelPruneConfig": "tfopt.config",
+    "ClusterConfig": "tfopt.config",
+    "QATConfig": "tfopt.config",
+    "LowRankConfig": "tfopt.config",
     # compress: model -> model
     "prune": "tfopt.compress.prune",
     "strip": "tfopt.api",
