@@ -35,18 +35,9 @@ def main(args: list[str]) -> int:
     from tfopt.compress.cluster import cluster, clustering_summary, strip_clustering
     from tfopt.compress.cluster_report import cluster_report
 
-    if len(args) != 1:
-        raise common.CLIError(f"cluster takes one MODEL path (.keras / .h5). Received: {args!r}.")
-    if not FLAGS.output or not FLAGS.output.endswith((".keras", ".h5")):
-        raise common.CLIError(f"pass --output OUT.keras (or .h5). Received: --output={FLAGS.output!r}.")
-    data = common.load_npz(FLAGS.data)
-    epochs = FLAGS.epochs if FLAGS.epochs is not None else DEFAULT_EPOCHS
-    if epochs < 0:
-        raise common.CLIError(f"--epochs must be >= 0. Received: {epochs}.")
-    batch_size = FLAGS.batch_size or DEFAULT_BATCH_SIZE
-    model = _keras.load_model(args[0])
-    _keras.keras_of(model).utils.set_random_seed(FLAGS.seed)
-    x_train, y_train, x_test, y_test = (data[k] for k in common.DATA_KEYS)
+    run = common.training_run(args, "cluster", default_epochs=DEFAULT_EPOCHS, default_batch_size=DEFAULT_BATCH_SIZE)
+    model, epochs, batch_size = run.model, run.epochs, run.batch_size
+    x_train, y_train, x_test, y_test = run.x_train, run.y_train, run.x_test, run.y_test
     batchnorm_data = x_train[:BATCHNORM_EXAMPLES]
 
     clustered = cluster(

@@ -9,7 +9,9 @@ message and exits non-zero, never a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Any
 
 import numpy as np
 from absl import flags
@@ -88,3 +90,35 @@ def save_model(model, path: str) -> str:
     if not path or not path.endswith((".keras", ".h5")):
         raise CLIError(f"--output must end in .keras (or .h5). Received: {path!r}.")
     return save_keras_model(model, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingRun:
+    """What a model-to-model command needs: the loaded model, the data, epochs and batch size."""
+
+    model: Any
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    epochs: int
+    batch_size: int
+
+
+def training_run(args: list[str], command: str, *, default_epochs: int, default_batch_size: int = 64,
+                 min_epochs: int = 0) -> TrainingRun:
+    """Checks `MODEL --data --output` of a training command, loads the model and data, seeds Keras."""
+    from tfopt import _keras
+
+    if len(args) != 1:
+        raise CLIError(f"{command} takes one MODEL path (.keras / .h5). Received: {args!r}.")
+    if not FLAGS.output or not FLAGS.output.endswith((".keras", ".h5")):
+        raise CLIError(f"pass --output OUT.keras (or .h5). Received: --output={FLAGS.output!r}.")
+    data = load_npz(FLAGS.data)
+    epochs = FLAGS.epochs if FLAGS.epochs is not None else default_epochs
+    if epochs < min_epochs:
+        raise CLIError(f"--epochs must be >= {min_epochs} for {command}. Received: {epochs}.")
+    model = _keras.load_model(args[0])
+    _keras.keras_of(model).utils.set_random_seed(FLAGS.seed)
+    return TrainingRun(model, *(data[k] for k in DATA_KEYS), epochs=epochs,
+                       batch_size=FLAGS.batch_size or default_batch_size)

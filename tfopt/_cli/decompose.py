@@ -31,19 +31,10 @@ DEFAULT_BATCH_SIZE = 64
 def main(args: list[str]) -> int:
     from tfopt.compress.lowrank import decompose, plan_decomposition
 
-    if len(args) != 1:
-        raise common.CLIError(f"decompose takes one MODEL path (.keras / .h5). Received: {args!r}.")
-    if not FLAGS.output or not FLAGS.output.endswith((".keras", ".h5")):
-        raise common.CLIError(f"pass --output OUT.keras (or .h5). Received: --output={FLAGS.output!r}.")
-    data = common.load_npz(FLAGS.data)
-    epochs = FLAGS.epochs if FLAGS.epochs is not None else DEFAULT_EPOCHS
-    if epochs < 0:
-        raise common.CLIError(f"--epochs must be >= 0. Received: {epochs}.")
-    batch_size = FLAGS.batch_size or DEFAULT_BATCH_SIZE
-    model = _keras.load_model(args[0])
+    run = common.training_run(args, "decompose", default_epochs=DEFAULT_EPOCHS, default_batch_size=DEFAULT_BATCH_SIZE)
+    model, epochs, batch_size = run.model, run.epochs, run.batch_size
+    x_train, y_train, x_test, y_test = run.x_train, run.y_train, run.x_test, run.y_test
     keras = _keras.keras_of(model)
-    keras.utils.set_random_seed(FLAGS.seed)
-    x_train, y_train, x_test, y_test = (data[k] for k in common.DATA_KEYS)
     rule = dict(rank=FLAGS.rank, energy=FLAGS.energy, param_ratio=FLAGS.param_ratio,
                 include=FLAGS.include, exclude=FLAGS.exclude)
 

@@ -29,20 +29,10 @@ DEFAULT_BATCH_SIZE = 32
 
 
 def main(args: list[str]) -> int:
-    if len(args) != 1:
-        raise common.CLIError(f"Expected one MODEL path (.keras / .h5). Received: {args!r}.")
-    if not FLAGS.output:
-        raise common.CLIError("No output given: pass --output OUT.keras.")
-    if not FLAGS.output.endswith((".keras", ".h5")):
-        raise common.CLIError(f"--output must end with .keras or .h5. Received: {FLAGS.output!r}.")
-    data = common.load_npz(FLAGS.data)
-    model = _keras.load_model(args[0])
-    epochs = FLAGS.epochs if FLAGS.epochs is not None else DEFAULT_EPOCHS
-    batch_size = FLAGS.batch_size or DEFAULT_BATCH_SIZE
-    if epochs < 1:
-        raise common.CLIError(f"--epochs must be >= 1 for a fine-tune. Received: {epochs}.")
-    x_train, y_train, x_test, y_test = (data[k] for k in common.DATA_KEYS)
-    _keras.keras_module(_keras.keras_flavor(model)).utils.set_random_seed(FLAGS.seed)
+    run = common.training_run(args, "prune", default_epochs=DEFAULT_EPOCHS, default_batch_size=DEFAULT_BATCH_SIZE,
+                              min_epochs=1)
+    model, epochs, batch_size = run.model, run.epochs, run.batch_size
+    x_train, y_train, x_test, y_test = run.x_train, run.y_train, run.x_test, run.y_test
 
     accuracy_before = common.keras_accuracy(model, x_test, y_test)
     steps = epochs * math.ceil(len(x_train) / batch_size)
