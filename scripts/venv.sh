@@ -20,6 +20,8 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   echo "[tfopt] installing tfopt and its dependencies into $VENV (first run takes a minute or two)"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   "$VENV/bin/python" -m pip install --quiet -c "$ROOT/constraints/ci.txt" -e "$ROOT[all,test]"
-  "$VENV/bin/python" -m ipykernel install --user --name python3 --display-name "Python 3 (tfopt)" >/dev/null
   echo "$WANT" > "$STAMP"
 fi
+# The notebooks run on the "python3" kernel: point it at this checkout's .venv every time (another
+# checkout may have registered its own, since removed).
+"$VENV/bin/python" -m ipykernel install --user --name python3 --display-name "Python 3 (tfopt)" >/dev/null 2>&1
