@@ -75,6 +75,39 @@ def bn_cnn(k):
     return k.Model(inputs, outputs)
 
 
+def small_classifier():
+    """A seeded Keras 3 8x8x1 -> 4-class CNN with named layers (image, conv, flatten, hidden, logits)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1), name="image"),
+            keras.layers.Conv2D(8, 3, activation="relu", name="conv"),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(16, activation="relu", name="hidden"),
+            keras.layers.Dense(4, name="logits"),
+        ]
+    )
+
+
+def subclassed_dense():
+    """A called (built) subclassed Keras 3 model: one Dense(2) on 3 features."""
+    import keras
+
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    sub = Sub()
+    sub(np.zeros((1, 3), "float32"))
+    return sub
+
+
 @pytest.fixture()
 def rng():
     return np.random.default_rng(0)

@@ -10,6 +10,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 import pytest
+from conftest import subclassed_dense
 
 from tfopt.compress.channel_graph import weight_name
 from tfopt.compress.channels import (
@@ -355,16 +356,7 @@ def test_prune_channels_rejects_non_models_and_subclassed():
     with pytest.raises(TypeError, match="Expected a Keras model"):
         prune_channels("model.keras")
 
-    class Sub(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.dense = keras.layers.Dense(2)
-
-        def call(self, x):
-            return self.dense(x)
-
-    sub = Sub()
-    sub(np.zeros((1, 3), "float32"))
+    sub = subclassed_dense()
     with pytest.raises(NotImplementedError, match="functional or Sequential"):
         prune_channels(sub)
 

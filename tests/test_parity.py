@@ -3,7 +3,6 @@
 import json
 import math
 
-import keras
 import numpy as np
 import pytest
 
@@ -11,21 +10,14 @@ from tfopt.deploy.calibration import calibration_data
 from tfopt.deploy.convert import convert
 from tfopt.deploy.parity import compare, cosine_similarity, snr_db, top1_agreement
 
+from conftest import small_classifier  # noqa: E402
+
 RNG = np.random.default_rng(0)
 X = RNG.random((40, 8, 8, 1), dtype="float32")
 
 
 def _cnn():
-    keras.utils.set_random_seed(0)
-    return keras.Sequential(
-        [
-            keras.Input((8, 8, 1), name="image"),
-            keras.layers.Conv2D(8, 3, activation="relu", name="conv"),
-            keras.layers.Flatten(name="flatten"),
-            keras.layers.Dense(16, activation="relu", name="hidden"),
-            keras.layers.Dense(4, name="logits"),
-        ]
-    )
+    return small_classifier()
 
 
 def test_parity_metrics_plain_numpy():

@@ -9,6 +9,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import pytest
+from conftest import subclassed_dense
 
 from tfopt.deploy import flops as F
 from tfopt.deploy.profile import Profile, profile
@@ -283,16 +284,7 @@ def test_profile_errors_say_what_to_do(tmp_path):
     with pytest.raises(ValueError, match="unknown dimension"):
         profile(dynamic)
 
-    class Sub(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.dense = keras.layers.Dense(2)
-
-        def call(self, x):
-            return self.dense(x)
-
-    sub = Sub()
-    sub(np.zeros((1, 3), "float32"))
+    sub = subclassed_dense()
     with pytest.raises(NotImplementedError, match="subclassed models"):
         profile(sub)
 

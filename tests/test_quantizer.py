@@ -1,6 +1,5 @@
 """LiteRT Quantizer recipes: static int8, 16x8, int4, exclusions, errors."""
 
-import keras
 import numpy as np
 import pytest
 
@@ -9,22 +8,15 @@ from tfopt.deploy.convert import convert
 from tfopt.deploy.parity import compare
 from tfopt.deploy.quantizer import layer_regex, quantize_tflite
 
+from conftest import small_classifier  # noqa: E402
+
 RNG = np.random.default_rng(0)
 X = RNG.random((40, 8, 8, 1), dtype="float32")
 
 
 @pytest.fixture(scope="module")
 def model():
-    keras.utils.set_random_seed(0)
-    return keras.Sequential(
-        [
-            keras.Input((8, 8, 1), name="image"),
-            keras.layers.Conv2D(8, 3, activation="relu", name="conv"),
-            keras.layers.Flatten(name="flatten"),
-            keras.layers.Dense(16, activation="relu", name="hidden"),
-            keras.layers.Dense(4, name="logits"),
-        ]
-    )
+    return small_classifier()
 
 
 def test_quantizer_static_int8_is_full_integer(model):
