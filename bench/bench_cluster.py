@@ -40,18 +40,18 @@ import numpy as np
 
 from tfopt import _keras
 from tfopt._io import write_json
-from tfopt.compress.bridge import to_tf_keras
+from tfopt._legacy.bridge import to_tf_keras
 from tfopt.compress.cluster import (
     cluster,
     clustering_summary,
     load_clustered,
     strip_clustering,
 )
-from tfopt.compress.cluster_report import cluster_report
+from tfopt.analyze.cluster_report import cluster_report
 from tfopt.datasets import load_dataset
 from tfopt.demo import train_cnn
-from tfopt.deploy.benchmark import evaluate_tflite
-from tfopt.deploy.convert import convert
+from tfopt.measure.benchmark import evaluate_tflite
+from tfopt.export.convert import convert
 
 NUM_CLUSTERS = 16
 FINE_TUNE_EPOCHS = 2

@@ -71,7 +71,7 @@ def run_one(name: str, flavor: str) -> dict:
     from tfopt import _keras
     from tfopt.compress import kmeans
     from tfopt.compress.cluster import cluster, clustering_summary, strip_clustering
-    from tfopt.deploy.convert import convert
+    from tfopt.export.convert import convert
 
     row = {"architecture": name, "flavor": flavor, "stage": "build"}
     start = time.perf_counter()

@@ -44,7 +44,7 @@ def unsupported_model():
 
 def main() -> int:
     from tfopt.demo import train_cnn
-    from tfopt.deploy.micro import export_micro
+    from tfopt.export.micro import export_micro
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--epochs", type=int, default=5)

@@ -26,7 +26,7 @@ def profiler_checks() -> dict:
     import keras
     import tensorflow as tf
 
-    from tfopt.deploy.profile import profile
+    from tfopt.analyze.profile import profile
 
     out = {}
     conv = keras.Sequential([keras.Input((25, 25, 9)), keras.layers.Conv2D(64, 7, padding="valid")])

@@ -29,9 +29,9 @@ import tensorflow as tf  # noqa: E402
 
 from tfopt._io import write_json  # noqa: E402
 from tfopt.compress import schedules  # noqa: E402
-from tfopt.compress.bridge import to_tf_keras  # noqa: E402
+from tfopt._legacy.bridge import to_tf_keras  # noqa: E402
 from tfopt.compress.prune import load_pruned, prune, pruning_summary, strip  # noqa: E402
-from tfopt.deploy.sparsity import tflite_sparsity  # noqa: E402
+from tfopt.analyze.sparsity import tflite_sparsity  # noqa: E402
 
 
 def load_digits(seed: int = 0):

@@ -92,8 +92,8 @@ def run_one(name: str) -> dict:
     from tfopt import _keras
     from tfopt.compress import schedules
     from tfopt.compress.prune import prune, pruning_summary, strip
-    from tfopt.deploy.convert import convert
-    from tfopt.deploy.sparsity import tflite_sparsity
+    from tfopt.export.convert import convert
+    from tfopt.analyze.sparsity import tflite_sparsity
 
     row: dict = {"model": name, "stage": "build"}
     start = time.time()

@@ -90,8 +90,8 @@ def run_one(name: str, baseline: bool) -> dict:
 
     from tfopt import _keras
     from tfopt.compress.qat import qat_summary, quantize
-    from tfopt.deploy.convert import convert
-    from tfopt.deploy.parity import _TFLiteRunner
+    from tfopt.export.convert import convert
+    from tfopt.measure.parity import _TFLiteRunner
 
     record: dict = {"model": name}
     model, shape = build(name)
@@ -100,7 +100,7 @@ def run_one(name: str, baseline: bool) -> dict:
     if baseline:
         tfmot = _keras.import_tfmot()
         try:
-            from tfopt.compress.bridge import to_tf_keras
+            from tfopt._legacy.bridge import to_tf_keras
 
             tfmot.quantization.keras.quantize_model(to_tf_keras(model) if _keras.keras_flavor(model) == "keras3" else model)
             record["plain_tfmot"] = "ok"

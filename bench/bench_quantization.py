@@ -60,12 +60,12 @@ def main() -> int:
     from tfopt.compress.prune import prune, strip
     from tfopt.compress.qat import qat_summary, quantize
     from tfopt.datasets import load_dataset
-    from tfopt.deploy.benchmark import benchmark
-    from tfopt.deploy.calibration import calibration_data
-    from tfopt.deploy.convert import convert
-    from tfopt.deploy.parity import compare
-    from tfopt.deploy.quantizer import quantize_tflite
-    from tfopt.deploy.sparsity import tflite_sparsity
+    from tfopt.measure.benchmark import benchmark
+    from tfopt.export.calibration import calibration_data
+    from tfopt.export.convert import convert
+    from tfopt.measure.parity import compare
+    from tfopt.export.quantizer import quantize_tflite
+    from tfopt.analyze.sparsity import tflite_sparsity
 
     start = time.perf_counter()
     data = load_dataset("mnist5k")

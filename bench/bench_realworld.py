@@ -48,7 +48,7 @@ def build_models(folder: str) -> list[dict]:
     import keras
     import tensorflow as tf
 
-    from tfopt.deploy.convert import convert
+    from tfopt.export.convert import convert
 
     made = []
 
@@ -315,10 +315,10 @@ def main() -> int:
         "--output", default=os.path.join(HERE, "results", "bench_realworld.json")
     )
     args = parser.parse_args()
-    from tfopt.deploy.benchmark import BenchmarkError
-    from tfopt.deploy.delegates import delegate_report
-    from tfopt.deploy.micro import export_micro
-    from tfopt.deploy.sweep import benchmark_sweep
+    from tfopt.measure.benchmark import BenchmarkError
+    from tfopt.measure.delegates import delegate_report
+    from tfopt.export.micro import export_micro
+    from tfopt.measure.sweep import benchmark_sweep
 
     folder = args.keep or tempfile.mkdtemp(prefix="tfopt-realworld-")
     os.makedirs(folder, exist_ok=True)

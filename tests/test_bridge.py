@@ -10,7 +10,7 @@ import pytest
 import tf_keras
 
 from tfopt import _keras
-from tfopt.compress.bridge import max_output_difference, to_keras3, to_tf_keras
+from tfopt._legacy.bridge import max_output_difference, to_keras3, to_tf_keras
 
 
 def _cnn_with_batchnorm():

@@ -17,7 +17,7 @@ from tfopt.compress.cluster import (
     load_clustered,
     strip_clustering,
 )
-from tfopt.compress.cluster_report import cluster_report
+from tfopt.analyze.cluster_report import cluster_report
 
 from conftest import bn_cnn  # noqa: E402
 
@@ -173,7 +173,7 @@ def test_batchnorm_data_reestimates_statistics_without_touching_weights():
 
 
 def test_cluster_report_keras_and_int8_tflite():
-    from tfopt.deploy.convert import convert
+    from tfopt.export.convert import convert
 
     model = _cnn()
     clustered = cluster(model, num_clusters=8, include=["conv_mid", "dense_mid"])
@@ -277,7 +277,7 @@ def test_cli_cluster_writes_model_and_json(tmp_path):
     ids=["keras3-MobileNet", "tf_keras-MobileNetV3Small"],
 )
 def test_applications_wrap_train_strip_convert(build):
-    from tfopt.deploy.convert import convert
+    from tfopt.export.convert import convert
 
     model = build()
     x = RNG.random((4, 32, 32, 3), dtype="float32")

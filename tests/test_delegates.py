@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tfopt.deploy.convert import convert
-from tfopt.deploy.delegates import GPU_OPS, delegate_report
+from tfopt.export.convert import convert
+from tfopt.measure.delegates import GPU_OPS, delegate_report
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from tfopt.deploy.convert import convert
-from tfopt.deploy.micro import c_source, export_micro, resolver_method
+from tfopt.export.convert import convert
+from tfopt.export.micro import c_source, export_micro, resolver_method
 
 
 @pytest.fixture(scope="module")

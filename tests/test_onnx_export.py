@@ -1,4 +1,4 @@
-"""Tests for tfopt.deploy.onnx_export: tf2onnx export with an onnxruntime parity check."""
+"""Tests for tfopt.export.onnx_export: tf2onnx export with an onnxruntime parity check."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
-from tfopt.deploy.onnx_export import OnnxExportResult, export_onnx  # noqa: E402
+from tfopt.export.onnx_export import OnnxExportResult, export_onnx  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from tfopt.deploy.calibration import calibration_data
-from tfopt.deploy.convert import convert
-from tfopt.deploy.parity import compare, cosine_similarity, snr_db, top1_agreement
+from tfopt.export.calibration import calibration_data
+from tfopt.export.convert import convert
+from tfopt.measure.parity import compare, cosine_similarity, snr_db, top1_agreement
 
 from conftest import small_classifier  # noqa: E402
 

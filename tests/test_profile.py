@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from conftest import subclassed_dense
 
-from tfopt.deploy import flops as F
-from tfopt.deploy.profile import Profile, profile
+from tfopt.analyze import flops as F
+from tfopt.analyze.profile import Profile, profile
 
 
 # ------------------------------------------------------------------ pure formulas (no Keras)

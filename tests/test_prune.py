@@ -19,7 +19,7 @@ from tfopt.compress.prune import (
     sparsity_logger,
     strip,
 )
-from tfopt.deploy.sparsity import tflite_sparsity
+from tfopt.analyze.sparsity import tflite_sparsity
 
 from conftest import bn_cnn  # noqa: E402
 

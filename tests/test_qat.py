@@ -12,9 +12,9 @@ from conftest import assert_weights_unchanged, weights_snapshot
 from tfopt import _keras
 from tfopt.compress.qat import load_qat, qat_summary, quantize
 from tfopt.compress.qat_prepare import prepare
-from tfopt.deploy.calibration import calibration_data
-from tfopt.deploy.convert import convert
-from tfopt.deploy.parity import compare
+from tfopt.export.calibration import calibration_data
+from tfopt.export.convert import convert
+from tfopt.measure.parity import compare
 
 RNG = np.random.default_rng(0)
 X = RNG.random((48, 8, 8, 1), dtype="float32")
@@ -136,7 +136,7 @@ def test_qat_exclude_save_load_and_errors(tmp_path):
 
 
 def test_qat_preserve_sparsity_keeps_zeros_in_int8_tflite():
-    from tfopt.deploy.sparsity import tflite_sparsity
+    from tfopt.analyze.sparsity import tflite_sparsity
 
     model = _cnn(keras)
     weights = model.get_weights()

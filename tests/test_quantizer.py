@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from tfopt.deploy.calibration import calibration_data
-from tfopt.deploy.convert import convert
-from tfopt.deploy.parity import compare
-from tfopt.deploy.quantizer import layer_regex, quantize_tflite
+from tfopt.export.calibration import calibration_data
+from tfopt.export.convert import convert
+from tfopt.measure.parity import compare
+from tfopt.export.quantizer import layer_regex, quantize_tflite
 
 from conftest import small_classifier  # noqa: E402
 

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from tfopt.deploy.selective import quantize_selective, rank_by_error_added
+from tfopt.export.selective import quantize_selective, rank_by_error_added
 
 
 def test_selective_rank_blames_the_op_that_adds_the_error():

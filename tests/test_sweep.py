@@ -10,14 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from tfopt.deploy.benchmark import BenchmarkError
-from tfopt.deploy.convert import convert
-from tfopt.deploy.sweep import (
-    benchmark_sweep,
-    compare_variants,
-    one_op_model,
-    plot_tradeoffs,
-)
+from tfopt.measure.benchmark import BenchmarkError
+from tfopt.export.convert import convert
+from tfopt.measure.sweep import benchmark_sweep, one_op_model
+from tfopt.report import compare_variants, plot_tradeoffs
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

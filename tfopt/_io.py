@@ -8,6 +8,7 @@ import tempfile
 from typing import Any
 
 import numpy as np
+from tfopt.errors import InvalidTypeError
 
 
 def atomic_write(path: str | os.PathLike, content: bytes) -> str:
@@ -49,7 +50,7 @@ def _jsonable(obj: Any):
         return obj.tolist()
     if hasattr(obj, "to_dict"):
         return obj.to_dict()
-    raise TypeError(f"Not JSON serializable: {type(obj).__name__}")
+    raise InvalidTypeError(f"Not JSON serializable: {type(obj).__name__}")
 
 
 def save_keras_model(model: Any, path: str | os.PathLike) -> str:

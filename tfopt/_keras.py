@@ -8,10 +8,10 @@ package never imports `tf_keras` or tfmot at module level.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 from typing import Any
+from tfopt.errors import InvalidArgumentError, InvalidTypeError, MissingFileError, UnsupportedModelError
 
 KERAS3 = "keras3"
 TF_KERAS = "tf_keras"
@@ -30,7 +30,7 @@ def keras_flavor(model: Any) -> str:
             return TF_KERAS
         if name == "Model" and module.startswith("keras"):
             return KERAS3
-    raise TypeError(
+    raise InvalidTypeError(
         "Expected a Keras model (keras.Model from Keras 3, or tf_keras.Model). "
         f"Received: an object of type {type(model).__module__}.{type(model).__qualname__}. "
         "Pass a built keras.Model, or a path to a .keras / .h5 file or SavedModel folder."
@@ -51,8 +51,10 @@ def keras_module(flavor: str):
     if flavor == KERAS3:
         return importlib.import_module("keras")
     if flavor == TF_KERAS:
-        return importlib.import_module("tf_keras")
-    raise ValueError(f"Unknown Keras flavour {flavor!r}; expected 'keras3' or 'tf_keras'.")
+        from tfopt import _legacy
+
+        return _legacy.tf_keras_module()
+    raise InvalidArgumentError(f"Unknown Keras flavour {flavor!r}; expected 'keras3' or 'tf_keras'.")
 
 
 def keras_of(model: Any):
@@ -71,7 +73,7 @@ def clone_model(model: Any):
     try:
         clone = keras.models.clone_model(model)
     except (ValueError, TypeError, NotImplementedError) as err:
-        raise NotImplementedError(
+        raise UnsupportedModelError(
             f"Cannot copy model {model.name!r} of type {type(model).__name__}: {err}. "
             "tfopt works on a copy so it never changes your model; give the subclassed "
             "model get_config/from_config, or build it with the functional API."
@@ -94,16 +96,16 @@ def load_model(path: str | os.PathLike, *, safe_mode: bool = True):
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"Model file not found: {path!r}. Pass the path of a .keras or .h5 file, or a SavedModel folder."
         )
     if os.path.isdir(path):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{path!r} is a folder. A SavedModel folder is converted directly by tfopt.convert; "
             "to load a Keras model pass a .keras or .h5 file."
         )
     if not path.endswith((".keras", ".h5", ".hdf5")):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Unsupported model file {path!r}: expected a .keras or .h5 file "
             "(or a .tflite file where a flatbuffer is accepted)."
         )
@@ -113,46 +115,23 @@ def load_model(path: str | os.PathLike, *, safe_mode: bool = True):
         return keras.models.load_model(path, safe_mode=safe_mode, compile=False)
     except Exception as keras3_error:  # noqa: BLE001 - retried with tf_keras, then re-raised
         if path.endswith(".keras"):
-            raise ValueError(f"Could not load {path!r} as a Keras model: {keras3_error}") from keras3_error
-        tf_keras = importlib.import_module("tf_keras")
+            raise InvalidArgumentError(f"Could not load {path!r} as a Keras model: {keras3_error}") from keras3_error
+        from tfopt import _legacy
+
+        tf_keras = _legacy.tf_keras_module()
         try:
             return tf_keras.models.load_model(path, compile=False, safe_mode=safe_mode)
         except Exception as err:  # noqa: BLE001
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Could not load {path!r} with Keras 3 ({keras3_error}) or tf_keras ({err})."
             ) from err
 
 
-@contextlib.contextmanager
-def _restore_env(name: str):
-    before = os.environ.get(name)
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
-
-
 def import_tfmot():
-    """Imports tensorflow_model_optimization without leaking its global side effects.
+    """Imports tensorflow_model_optimization (via `tfopt._legacy`, the one place that may)."""
+    from tfopt import _legacy
 
-    tfmot sets `TF_USE_LEGACY_KERAS=1` when imported, which would make a later
-    first touch of `tf.keras` resolve to Keras 2. tfopt restores the variable.
-    """
-    import tensorflow as tf
-
-    # Resolve tf.keras now, under the user's own setting, so the variable tfmot sets
-    # while it imports cannot flip it to Keras 2 (tfmot itself then picks tf_keras).
-    getattr(tf.keras, "Model", None)
-    with _restore_env("TF_USE_LEGACY_KERAS"):
-        try:
-            return importlib.import_module("tensorflow_model_optimization")
-        except ImportError as err:
-            raise ImportError(
-                "This feature needs TensorFlow Model Optimization: pip install 'tensorflow-model-optimization>=0.8.1'"
-            ) from err
+    return _legacy.import_tfmot()
 
 
 def optional_import(module: str, pip_name: str):

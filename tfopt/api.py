@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from tfopt.errors import InvalidArgumentError
 
 
 def strip(model: Any, *, flavor: str | None = None, batchnorm_data: Any = None):
@@ -43,7 +44,7 @@ def strip(model: Any, *, flavor: str | None = None, batchnorm_data: Any = None):
         return cluster.strip_clustering(model, flavor=flavor, batchnorm_data=batchnorm_data)
     if prune._wrappers(model):
         return prune.strip(model, flavor=flavor, batchnorm_data=batchnorm_data)
-    raise ValueError(
+    raise InvalidArgumentError(
         f"Model {getattr(model, 'name', model)!r} carries no pruning or clustering wrappers, so there is nothing "
         "to strip. Pass the model returned by tfopt.prune or tfopt.cluster (QAT models are converted as they are)."
     )

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any, ClassVar
+from tfopt.errors import InvalidArgumentError, InvalidTypeError
 
 def _names(value: Any, field: str) -> str | tuple[str, ...] | None:
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return tuple(value)
-    raise TypeError(
+    raise InvalidTypeError(
         f"{field} in a config must be a layer name, 're:<regex>', or a list of those (plain values, so the "
         f"config can be saved). Received: {value!r}. Use the verb (e.g. tfopt.prune) to pass a callable."
     )
@@ -25,17 +26,17 @@ def _names(value: Any, field: str) -> str | tuple[str, ...] | None:
 
 def _fraction(value: Any, field: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{field} must be a number in [0, 1). Received: {field}={value!r}.")
+        raise InvalidArgumentError(f"{field} must be a number in [0, 1). Received: {field}={value!r}.")
 
 
 def _choice(value: Any, field: str, choices: tuple) -> None:
     if value not in choices:
-        raise ValueError(f"{field} must be one of {choices}. Received: {field}={value!r}.")
+        raise InvalidArgumentError(f"{field} must be one of {choices}. Received: {field}={value!r}.")
 
 
 def _positive_int(value: Any, field: str, low: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{field} must be an integer >= {low}. Received: {field}={value!r}.")
+        raise InvalidArgumentError(f"{field} must be an integer >= {low}. Received: {field}={value!r}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,13 +77,13 @@ class Config:
         if cls is Config:
             klass = CONFIGS.get(technique)
             if klass is None:
-                raise ValueError(f"Unknown technique {technique!r}. Expected one of {sorted(CONFIGS)}.")
+                raise InvalidArgumentError(f"Unknown technique {technique!r}. Expected one of {sorted(CONFIGS)}.")
         elif technique not in (None, klass.technique):
-            raise ValueError(f"{klass.__name__} cannot be built from a {technique!r} config.")
+            raise InvalidArgumentError(f"{klass.__name__} cannot be built from a {technique!r} config.")
         allowed = {f.name for f in dataclasses.fields(klass)}
         unknown = sorted(set(payload) - allowed)
         if unknown:
-            raise ValueError(f"Unknown {klass.__name__} key(s) {unknown}. Allowed: {sorted(allowed)}.")
+            raise InvalidArgumentError(f"Unknown {klass.__name__} key(s) {unknown}. Allowed: {sorted(allowed)}.")
         values = {k: tuple(v) if isinstance(v, list) and k == "m_by_n" else v for k, v in payload.items()}
         return klass(**values)
 
@@ -175,13 +176,13 @@ class LowRankConfig(Config):
     def validate(self) -> None:
         given = [k for k in ("rank", "energy", "param_ratio") if getattr(self, k) is not None]
         if len(given) > 1:
-            raise ValueError(f"Give at most one of rank, energy, param_ratio. Received: {given}.")
+            raise InvalidArgumentError(f"Give at most one of rank, energy, param_ratio. Received: {given}.")
         if self.rank is not None:
             _positive_int(self.rank, "rank")
         for field in ("energy", "param_ratio"):
             value = getattr(self, field)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1):
-                raise ValueError(f"{field} must be in (0, 1). Received: {field}={value!r}.")
+                raise InvalidArgumentError(f"{field} must be in (0, 1). Received: {field}={value!r}.")
 
 
 CONFIGS: dict[str, type[Config]] = {
@@ -217,7 +218,7 @@ def apply(model: Any, config: Config):
     True
     """
     if not isinstance(config, Config) or type(config) is Config:
-        raise TypeError(
+        raise InvalidTypeError(
             f"apply() takes a tfopt config ({', '.join(k.__name__ for k in CONFIGS.values())}). "
             f"Received: {type(config).__name__}."
         )

@@ -19,6 +19,7 @@ import os
 import numpy as np
 
 from tfopt._keras import optional_import
+from tfopt.errors import InvalidArgumentError, MissingFileError
 
 DATASETS = ("mnist5k", "digits", "fashion_mnist")
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
@@ -94,7 +95,7 @@ def load_dataset(name: str = "mnist5k", *, seed: int = 0, data_dir: str | None =
         return _split(name, digits.images[..., None] / 16.0, digits.target, test_size=360, seed=seed)
     if name == "fashion_mnist":
         return _fashion_mnist(data_dir)
-    raise ValueError(f"Unknown dataset {name!r}. Expected one of {DATASETS}.")
+    raise InvalidArgumentError(f"Unknown dataset {name!r}. Expected one of {DATASETS}.")
 
 
 def _split(name: str, x: np.ndarray, y: np.ndarray, *, test_size: int, seed: int) -> Dataset:
@@ -117,7 +118,7 @@ def _read_idx(path: str) -> np.ndarray:
     with gzip.open(path, "rb") as handle:
         content = handle.read()
     if len(content) < 8 or content[:2] != b"\x00\x00":
-        raise ValueError(f"{path!r} is not an IDX file.")
+        raise InvalidArgumentError(f"{path!r} is not an IDX file.")
     ndim = content[3]
     dims = [int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(content, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
@@ -137,7 +138,7 @@ def _fashion_mnist(data_dir: str | None) -> Dataset:
                 arrays["y_test"].astype(np.int64),
             )
     if data_dir:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{data_dir!r} does not hold the four Fashion-MNIST files {sorted(_FASHION_FILES.values())}."
         )
     import keras  # falls back to Keras' cache (may download where a network is available)
@@ -145,7 +146,7 @@ def _fashion_mnist(data_dir: str | None) -> Dataset:
     try:
         (x_train, y_train), (x_test, y_test) = keras.datasets.fashion_mnist.load_data()
     except Exception as err:  # noqa: BLE001 - no network, no cache
-        raise FileNotFoundError(
+        raise MissingFileError(
             "Fashion-MNIST files not found. Install them offline with `apt-get install dataset-fashion-mnist` "
             f"(files land in {FASHION_MNIST_DIRS[0]}) or pass data_dir=. ({err})"
         ) from err

@@ -14,9 +14,9 @@ import numpy as np
 
 from tfopt._io import save_keras_model
 from tfopt.datasets import load_dataset
-from tfopt.deploy.benchmark import benchmark
-from tfopt.deploy.calibration import calibration_data
-from tfopt.deploy.convert import convert
+from tfopt.measure.benchmark import benchmark
+from tfopt.export.calibration import calibration_data
+from tfopt.export.convert import convert
 from tfopt.report import VariantReport, variant_report
 
 DEMO_VARIANTS = ("float32", "float16", "dynamic", "int8")

@@ -87,8 +87,9 @@ def _plot_path(first_model: str, suffix: str) -> str:
 
 
 def main(args: list[str]) -> int:
-    from tfopt.deploy.benchmark import benchmark
-    from tfopt.deploy.sweep import benchmark_sweep, compare_variants, plot_tradeoffs
+    from tfopt.measure.benchmark import benchmark
+    from tfopt.measure.sweep import benchmark_sweep
+    from tfopt.report import compare_variants, plot_tradeoffs
 
     if not args:
         raise CLIError(

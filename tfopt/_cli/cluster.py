@@ -33,7 +33,7 @@ BATCHNORM_EXAMPLES = 1024
 
 def main(args: list[str]) -> int:
     from tfopt.compress.cluster import cluster, clustering_summary, strip_clustering
-    from tfopt.compress.cluster_report import cluster_report
+    from tfopt.analyze.cluster_report import cluster_report
 
     run = common.training_run(args, "cluster", default_epochs=DEFAULT_EPOCHS, default_batch_size=DEFAULT_BATCH_SIZE)
     model, epochs, batch_size = run.model, run.epochs, run.batch_size

@@ -19,8 +19,8 @@ flags.DEFINE_string("output_type", "float32", "Model output dtype: float32, int8
 
 def main(args: list[str]) -> int:
     from tfopt import _keras
-    from tfopt.deploy.calibration import calibration_data
-    from tfopt.deploy.convert import CONVERT_MODES, convert
+    from tfopt.export.calibration import calibration_data
+    from tfopt.export.convert import CONVERT_MODES, convert
 
     if len(args) != 1:
         raise CLIError(f"convert takes one MODEL path; received {args}. Usage: tfopt convert MODEL --output OUT.tflite")

@@ -41,7 +41,7 @@ def default_name(path: str) -> str:
 
 
 def main(args: list[str]) -> int:
-    from tfopt.deploy.micro import export_micro
+    from tfopt.export.micro import export_micro
 
     if len(args) != 1:
         raise CLIError(

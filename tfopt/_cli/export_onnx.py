@@ -15,7 +15,7 @@ flags.DEFINE_integer("onnx_samples", 256, "export-onnx: test inputs compared in 
 
 
 def main(args: list[str]) -> int:
-    from tfopt.deploy.onnx_export import export_onnx
+    from tfopt.export.onnx_export import export_onnx
 
     if len(args) != 1:
         raise common.CLIError(f"expected one MODEL (.keras or .h5 file); received {len(args)} arguments: {args}.")

@@ -21,7 +21,7 @@ flags.DEFINE_integer("profile_rows", 60, "Table rows to print (the costliest lay
 
 def main(args: list[str]) -> int:
     from tfopt import _keras
-    from tfopt.deploy.profile import profile
+    from tfopt.analyze.profile import profile
 
     if len(args) != 1:
         raise common.CLIError(

@@ -44,9 +44,9 @@ def main(args: list[str]) -> int:
     data = common.load_npz(FLAGS.data)
     x_train, y_train, x_test, y_test = (data[k] for k in common.DATA_KEYS)
     model = _keras.load_model(args[0])
-    from tfopt.deploy.calibration import calibration_data
-    from tfopt.deploy.convert import convert
-    from tfopt.deploy.parity import compare
+    from tfopt.export.calibration import calibration_data
+    from tfopt.export.convert import convert
+    from tfopt.measure.parity import compare
 
     calibration = calibration_data(x_train, model=model, num_samples=FLAGS.num_calibration, seed=FLAGS.seed)
     kept_float: list[dict] = []
@@ -70,7 +70,7 @@ def main(args: list[str]) -> int:
         kept_float = [{"name": f.name, "class_name": f.class_name, "reason": f.reason} for f in qat_summary(qat).kept_float]
         reference = qat
     elif FLAGS.max_accuracy_drop is not None:
-        from tfopt.deploy.selective import quantize_selective
+        from tfopt.export.selective import quantize_selective
 
         selective = quantize_selective(
             model, calibration=calibration, validation=(x_test, y_test), max_accuracy_drop=FLAGS.max_accuracy_drop,
@@ -80,7 +80,7 @@ def main(args: list[str]) -> int:
         kept_float = [{"name": name, "reason": "kept float to meet --max_accuracy_drop" if name not in (FLAGS.exclude or []) else "--exclude"}
                       for name in selective.kept_float]
     else:
-        from tfopt.deploy.quantizer import quantize_tflite
+        from tfopt.export.quantizer import quantize_tflite
 
         result = quantize_tflite(model, recipe=mode, calibration=calibration, exclude=FLAGS.exclude)
         kept_float = [{"name": name, "reason": "--exclude"} for name in FLAGS.exclude or []]

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from tfopt import _keras
+from tfopt.errors import InvalidArgumentError, InvalidTypeError
 
 _NORMS = ("BatchNormalization", "SyncBatchNormalization")
 _DROPOUT = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D")
@@ -78,7 +79,7 @@ def reestimate_inplace(model, data: Any, *, batch_size: int = 64, num_batches: i
 
 def _batches(data: Any, batch_size: int, num_batches: int | None):
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}.")
+        raise InvalidArgumentError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}.")
     if hasattr(data, "element_spec") and hasattr(data, "take"):  # tf.data.Dataset
         iterator = (element[0] if isinstance(element, tuple) else element for element in data)
     elif isinstance(data, np.ndarray) or (isinstance(data, (list, tuple)) and all(isinstance(a, np.ndarray) for a in data)):
@@ -89,7 +90,7 @@ def _batches(data: Any, batch_size: int, num_batches: int | None):
             for i in range(0, count, batch_size)
         )
     else:
-        raise TypeError(
+        raise InvalidTypeError(
             "BatchNorm data must be a numpy array, a list of arrays (one per input) or a batched tf.data.Dataset. "
             f"Received: an object of type {type(data).__name__}."
         )

@@ -25,6 +25,7 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+from tfopt.errors import InvalidArgumentError, UnsupportedModelError
 
 TensorId = tuple  # (layer name, node index, tensor index), as in Keras' keras_history
 
@@ -225,7 +226,7 @@ def build_graph(model: Any) -> ChannelGraph:
     """
     config = model.get_config()
     if not isinstance(config, dict) or "layers" not in config:
-        raise NotImplementedError(
+        raise UnsupportedModelError(
             f"Channel pruning needs a functional or Sequential Keras model; received {type(model).__name__} "
             "whose config has no layer graph. Rebuild it with keras.Input and the functional API."
         )
@@ -256,7 +257,7 @@ def build_graph(model: Any) -> ChannelGraph:
         else:
             first = "__input__"
         if not getattr(model, "inputs", None):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Sequential model {model.name!r} is not built. Build it first, e.g. "
                 "keras.Sequential([keras.Input(shape), ...]) or model.build(input_shape)."
             )

@@ -22,6 +22,7 @@ import numpy as np
 from tfopt._keras import keras_of
 from tfopt.compress.channel_graph import ChannelGraph, build_graph, weight_name
 from tfopt.compress.select import selected_names
+from tfopt.errors import InvalidArgumentError, UnsupportedModelError
 
 IMPORTANCES = ("l1", "l2", "bn", "activation")
 _EPS = 1e-12
@@ -156,19 +157,19 @@ def _normalized(scores: np.ndarray) -> np.ndarray:
 
 def _validate(ratio, importance, data, round_to, min_channels) -> None:
     if not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
-        raise ValueError(f"ratio must be a number in [0, 1) (fraction of channels removed). Received: ratio={ratio!r}.")
+        raise InvalidArgumentError(f"ratio must be a number in [0, 1) (fraction of channels removed). Received: ratio={ratio!r}.")
     if importance not in IMPORTANCES:
-        raise ValueError(f"importance must be one of {IMPORTANCES}. Received: importance={importance!r}.")
+        raise InvalidArgumentError(f"importance must be one of {IMPORTANCES}. Received: importance={importance!r}.")
     if importance == "activation" and data is None:
-        raise ValueError("importance='activation' needs data=: pass a few hundred input samples, e.g. data=x_train[:256].")
+        raise InvalidArgumentError("importance='activation' needs data=: pass a few hundred input samples, e.g. data=x_train[:256].")
     if importance != "activation" and data is not None:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"data= is only used with importance='activation'. Received data with importance={importance!r}; "
             "drop data= or pass importance='activation'."
         )
     for name, value in (("round_to", round_to), ("min_channels", min_channels)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1. Received: {name}={value!r}.")
+            raise InvalidArgumentError(f"{name} must be an integer >= 1. Received: {name}={value!r}.")
 
 
 def _layer_weights(layer: Any) -> dict[str, np.ndarray]:
@@ -234,7 +235,7 @@ def _activation_scores(model: Any, graph: ChannelGraph, data: Any) -> dict[int, 
     if not tensors:
         return {}
     if len(model.inputs) != 1:
-        raise NotImplementedError(
+        raise UnsupportedModelError(
             f"importance='activation' supports single-input models; {model.name!r} has {len(model.inputs)} inputs. "
             "Use importance='l1' or 'bn'."
         )
@@ -417,7 +418,7 @@ def prune_channels(
     _validate(ratio, importance, data, round_to, min_channels)
     keras_of(model)  # raises TypeError for non-models
     if not model.built:
-        raise ValueError(f"Model {model.name!r} is not built. Call it on data or model.build(input_shape) first.")
+        raise InvalidArgumentError(f"Model {model.name!r} is not built. Call it on data or model.build(input_shape) first.")
     graph = build_graph(model)
     layers = {layer.name: layer for layer in model.layers}
     names = list(layers)

@@ -11,7 +11,7 @@ fails (TFOpLambda layers in MobileNetV3 and RegNet), and it removes pruning
 wrappers too.
 
 The k-means maths lives in `tfopt.compress.kmeans` (plain numpy), the check of
-unique values in a model or .tflite in `tfopt.compress.cluster_report`, and the
+unique values in a model or .tflite in `tfopt.analyze.cluster_report`, and the
 BatchNorm re-estimation in `tfopt.compress.batchnorm`.
 """
 
@@ -25,10 +25,12 @@ from typing import Any
 import numpy as np
 
 from tfopt import _keras
-from tfopt.compress import bridge, kmeans
+from tfopt._legacy import bridge
+from tfopt.compress import kmeans
 from tfopt.compress.batchnorm import reestimate_inplace
 from tfopt.compress.prune import SkippedLayer
 from tfopt.compress.select import LayerRule, layer_predicate
+from tfopt.errors import InvalidArgumentError, InvalidTypeError, UnsupportedModelError
 
 INITS = kmeans.INITS
 _TFMOT_INIT = {"kmeans++": "KMEANS_PLUS_PLUS", "linear": "LINEAR", "density": "DENSITY_BASED", "random": "RANDOM"}
@@ -152,19 +154,19 @@ def cluster(
     """
     minimum = 3 if preserve_sparsity else 2
     if isinstance(num_clusters, bool) or not isinstance(num_clusters, (int, np.integer)) or num_clusters < minimum:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"num_clusters must be an integer >= {minimum}"
             + (" with preserve_sparsity=True (one centroid is pinned to 0)" if preserve_sparsity else "")
             + f". Received: num_clusters={num_clusters!r}."
         )
     if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}. Received: init={init!r}.")
+        raise InvalidArgumentError(f"init must be one of {INITS}. Received: init={init!r}.")
     for label, value in (("per_channel", per_channel), ("preserve_sparsity", preserve_sparsity)):
         if not isinstance(value, bool):
-            raise TypeError(f"{label} must be True or False. Received: {label}={value!r}.")
+            raise InvalidTypeError(f"{label} must be True or False. Received: {label}={value!r}.")
     flavor = _keras.keras_flavor(model)
     if flavor == _keras.TF_KERAS and type(model).__name__ not in ("Functional", "Sequential"):
-        raise NotImplementedError(
+        raise UnsupportedModelError(
             f"Cannot cluster subclassed tf_keras model {model.name!r} ({type(model).__name__}): tfmot needs a "
             "functional or Sequential model. Rebuild it with the functional API, or build it with Keras 3 "
             "(tfopt traces subclassed Keras 3 models into functional ones)."
@@ -173,7 +175,7 @@ def cluster(
     work = bridge.to_tf_keras(model) if flavor == _keras.KERAS3 else _keras.clone_model(model)
     chosen, skipped = _select_layers(work, include, exclude, int(num_clusters), per_channel)
     if not chosen:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"No layer of {model.name!r} can be clustered with these options; skipped: "
             + "; ".join(f"{s.name}: {s.reason}" for s in skipped)
             + ". Pass include= to choose layers, or check that the model has Conv/Dense layers."
@@ -243,20 +245,20 @@ def strip_clustering(model: Any, *, flavor: str | None = None, batchnorm_data: A
     """
     sources = [l for l in model.layers if _is_cluster_wrapper(l) or _is_prune_wrapper(l)]
     if not sources:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Model {model.name!r} has no clustering or pruning wrappers. Pass the model returned by "
             "tfopt.cluster (or one loaded with load_clustered)."
         )
     target = flavor or _PLANS.get(model, {}).get("flavor", _keras.TF_KERAS)
     if target not in (_keras.KERAS3, _keras.TF_KERAS):
-        raise ValueError(f"flavor must be 'keras3' or 'tf_keras'. Received: flavor={flavor!r}.")
+        raise InvalidArgumentError(f"flavor must be 'keras3' or 'tf_keras'. Received: flavor={flavor!r}.")
     tf_keras = _keras.keras_module(_keras.TF_KERAS)
     config = _unwrapped_config(model.get_config())
     klass = tf_keras.Sequential if type(model).__name__ == "Sequential" else tf_keras.Model
     try:
         plain = klass.from_config(config)
     except (ValueError, TypeError, KeyError) as err:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Could not rebuild {model.name!r} without its wrappers: {err}. Custom layers must be "
             "registered (keras.saving.register_keras_serializable) so their config can be loaded."
         ) from err

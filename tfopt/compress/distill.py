@@ -27,6 +27,7 @@ import numpy as np
 from keras import ops
 
 from tfopt._keras import clone_model, keras_flavor, keras_of
+from tfopt.errors import InvalidArgumentError, InvalidTypeError, UnsupportedModelError
 
 OUTPUT_KINDS = ("auto", "logits", "probabilities")
 
@@ -88,17 +89,17 @@ def looks_like_probabilities(outputs: np.ndarray, *, atol: float = 1e-3) -> bool
 
 def _check_options(temperature: float, alpha: float, feature_weight: float, teacher_outputs: str, student_outputs: str):
     if not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"temperature must be a number > 0 (typically 2-8). Received: temperature={temperature!r}.")
+        raise InvalidArgumentError(f"temperature must be a number > 0 (typically 2-8). Received: temperature={temperature!r}.")
     if not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(
+        raise InvalidArgumentError(
             "alpha is the weight of the hard-label loss and must be in [0, 1] "
             f"(0 = pure distillation, 1 = labels only). Received: alpha={alpha!r}."
         )
     if not isinstance(feature_weight, (int, float)) or feature_weight < 0:
-        raise ValueError(f"feature_weight must be a number >= 0. Received: feature_weight={feature_weight!r}.")
+        raise InvalidArgumentError(f"feature_weight must be a number >= 0. Received: feature_weight={feature_weight!r}.")
     for name, value in (("teacher_outputs", teacher_outputs), ("student_outputs", student_outputs)):
         if value not in OUTPUT_KINDS:
-            raise ValueError(f"{name} must be one of {OUTPUT_KINDS}. Received: {name}={value!r}.")
+            raise InvalidArgumentError(f"{name} must be one of {OUTPUT_KINDS}. Received: {name}={value!r}.")
 
 
 def _is_name_pair(pair) -> bool:
@@ -108,18 +109,18 @@ def _is_name_pair(pair) -> bool:
 def _single_output(model, role: str):
     outputs = getattr(model, "outputs", None)
     if not outputs:
-        raise NotImplementedError(
+        raise UnsupportedModelError(
             f"The {role} model {model.name!r} has no symbolic outputs (a subclassed or unbuilt model). "
             "Build it with the functional API or keras.Sequential starting with keras.Input."
         )
     if len(outputs) != 1:
-        raise NotImplementedError(
+        raise UnsupportedModelError(
             f"The {role} model {model.name!r} has {len(outputs)} outputs; distillation supports "
             "single-output classifiers. Wrap the model so it returns the class scores only."
         )
     classes = outputs[0].shape[-1]
     if len(outputs[0].shape) < 2 or classes is None or classes < 2:
-        raise NotImplementedError(
+        raise UnsupportedModelError(
             f"The {role} model {model.name!r} outputs shape {tuple(outputs[0].shape)}; distillation needs "
             "class scores of shape (batch, classes) with classes >= 2. For a binary sigmoid head, use a "
             "2-unit softmax (or logits) head."
@@ -150,7 +151,7 @@ def _feature_graph(model, layer_names: Sequence[str], role: str):
             layer = model.get_layer(name)
         except ValueError as err:
             known = [layer.name for layer in model.layers]
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"feature_layers names {role} layer {name!r}, which {model.name!r} does not have. "
                 f"Its layers are: {known}."
             ) from err
@@ -190,7 +191,7 @@ class _DistillerBase:
         for (t_name, s_name), t_out, s_out in pairs:
             t_shape, s_shape = tuple(t_out.shape), tuple(s_out.shape)
             if len(t_shape) != len(s_shape) or t_shape[1:-1] != s_shape[1:-1]:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"feature_layers pair ({t_name!r}, {s_name!r}): teacher output shape {t_shape} and student "
                     f"output shape {s_shape} differ in more than the channel (last) axis. Pick layers with the "
                     "same spatial size; channel widths may differ (a learned 1x1 projection bridges them)."
@@ -405,12 +406,12 @@ def distill(
     keras_flavor(teacher)  # a Keras model of either flavour: it only has to run on the student's inputs
     t_out, s_out = _single_output(teacher, "teacher"), _single_output(student, "student")
     if t_out.shape[-1] != s_out.shape[-1]:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"teacher has {t_out.shape[-1]} classes but student has {s_out.shape[-1]}; "
             "distillation needs the same class axis on both."
         )
     if feature_layers is not None and not all(_is_name_pair(pair) for pair in feature_layers):
-        raise TypeError(
+        raise InvalidTypeError(
             "feature_layers must be a list of (teacher_layer_name, student_layer_name) string pairs. "
             f"Received: feature_layers={feature_layers!r}."
         )

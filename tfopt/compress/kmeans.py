@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from tfopt.analyze.weights import unique_counts  # noqa: F401 - shared
+from tfopt.errors import InvalidArgumentError
+
 INITS = ("kmeans++", "linear", "density", "random")
 
 
@@ -33,7 +36,7 @@ def init_centroids(values: np.ndarray, num_clusters: int, *, init: str = "kmeans
     values = _flat(values)
     _check_k(num_clusters)
     if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}. Received: init={init!r}.")
+        raise InvalidArgumentError(f"init must be one of {INITS}. Received: init={init!r}.")
     distinct = np.unique(values)
     if distinct.size <= num_clusters:
         return np.concatenate([distinct, np.full(num_clusters - distinct.size, distinct[-1])])
@@ -156,19 +159,6 @@ def cluster_array(
     return centroids[labels].astype(array.dtype)
 
 
-def unique_counts(values: np.ndarray, *, axis: int | None = None) -> int | np.ndarray:
-    """Number of distinct values in the whole array, or in each slice along `axis`.
-
-    >>> unique_counts(np.array([[1, 1], [2, 3]]), axis=0).tolist()
-    [1, 2]
-    """
-    array = np.asarray(values)
-    if axis is None:
-        return int(np.unique(array).size)
-    moved = np.moveaxis(array, axis, 0).reshape(array.shape[axis], -1)
-    return np.asarray([np.unique(row).size for row in moved], dtype=np.int64)
-
-
 def symmetric_int8(values: np.ndarray, *, axis: int | None = None) -> np.ndarray:
     """Symmetric int8 quantization as the TFLite converter does it for weights.
 
@@ -205,14 +195,14 @@ def clustering_error(values: np.ndarray, clustered: np.ndarray) -> float:
 def _flat(values: np.ndarray) -> np.ndarray:
     flat = np.asarray(values, dtype=np.float64).reshape(-1)
     if flat.size == 0:
-        raise ValueError("Cannot cluster an empty array. Received: an array with 0 elements.")
+        raise InvalidArgumentError("Cannot cluster an empty array. Received: an array with 0 elements.")
     if not np.all(np.isfinite(flat)):
-        raise ValueError("Cannot cluster values with NaN or infinity. Check the weights for divergence.")
+        raise InvalidArgumentError("Cannot cluster values with NaN or infinity. Check the weights for divergence.")
     return flat
 
 
 def _check_k(num_clusters: int, *, minimum: int = 2) -> None:
     if isinstance(num_clusters, bool) or not isinstance(num_clusters, (int, np.integer)) or num_clusters < minimum:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"num_clusters must be an integer >= {minimum}. Received: num_clusters={num_clusters!r}."
         )

@@ -26,6 +26,7 @@ import numpy as np
 
 from tfopt import _keras
 from tfopt.compress.select import LayerRule, selected_names
+from tfopt.errors import InvalidArgumentError, UnsupportedModelError
 
 __all__ = [
     "decompose",
@@ -52,7 +53,7 @@ def rank_for_energy(singular_values: Sequence[float], energy: float) -> int:
     2
     """
     if not 0 < energy <= 1:
-        raise ValueError(f"energy must be in (0, 1]. Received: energy={energy}.")
+        raise InvalidArgumentError(f"energy must be in (0, 1]. Received: energy={energy}.")
     squares = np.square(np.asarray(singular_values, dtype=np.float64))
     total = squares.sum()
     if total == 0:
@@ -89,7 +90,7 @@ def allocate_ranks(spectra: Sequence[Sequence[float]], shapes: Sequence[tuple[in
     """
     costs = [rows + cols for rows, cols in shapes]
     if budget < sum(costs):
-        raise ValueError(f"A budget of {budget} weights cannot hold rank 1 for every matrix (needs {sum(costs)}).")
+        raise InvalidArgumentError(f"A budget of {budget} weights cannot hold rank 1 for every matrix (needs {sum(costs)}).")
     whole: set[int] = set()
     while True:
         active = [i for i in range(len(shapes)) if i not in whole]
@@ -135,7 +136,7 @@ def factorize(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, fl
     """
     matrix = np.asarray(matrix, dtype=np.float64)
     if not 1 <= rank <= min(matrix.shape):
-        raise ValueError(f"rank must be in [1, {min(matrix.shape)}] for a {matrix.shape} matrix. Received: {rank}.")
+        raise InvalidArgumentError(f"rank must be in [1, {min(matrix.shape)}] for a {matrix.shape} matrix. Received: {rank}.")
     u, s, vt = np.linalg.svd(matrix, full_matrices=False)
     root = np.sqrt(s[:rank])
     total = float(np.sum(s**2))
@@ -237,15 +238,15 @@ class DecompositionPlan:
 def _rule(rank, energy, param_ratio) -> dict[str, float]:
     given = {k: v for k, v in (("rank", rank), ("energy", energy), ("param_ratio", param_ratio)) if v is not None}
     if len(given) > 1:
-        raise ValueError(f"Pass one of rank, energy or param_ratio. Received: {given}.")
+        raise InvalidArgumentError(f"Pass one of rank, energy or param_ratio. Received: {given}.")
     if not given:
         return {"energy": DEFAULT_ENERGY}
     if "rank" in given and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-        raise ValueError(f"rank must be a positive integer. Received: rank={rank!r}.")
+        raise InvalidArgumentError(f"rank must be a positive integer. Received: rank={rank!r}.")
     if "energy" in given and not (isinstance(energy, (int, float)) and 0 < energy <= 1):
-        raise ValueError(f"energy must be in (0, 1]. Received: energy={energy!r}.")
+        raise InvalidArgumentError(f"energy must be in (0, 1]. Received: energy={energy!r}.")
     if "param_ratio" in given and not (isinstance(param_ratio, (int, float)) and 0 < param_ratio < 1):
-        raise ValueError(f"param_ratio must be in (0, 1). Received: param_ratio={param_ratio!r}.")
+        raise InvalidArgumentError(f"param_ratio must be in (0, 1). Received: param_ratio={param_ratio!r}.")
     return given
 
 
@@ -287,7 +288,7 @@ def _plan(model, rank, energy, param_ratio, include, exclude):
             ranks = allocate_ranks([s for *_, s in candidates], [m.shape for _, _, m, _ in candidates], budget)
         except ValueError:
             floor = params_before - kernels + sum(sum(m.shape) for _, _, m, _ in candidates)
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"param_ratio={rule['param_ratio']} is out of reach: with rank 1 in every selected layer the "
                 f"model keeps {floor:,} of {params_before:,} parameters ({floor / params_before:.3f}x). "
                 "Raise param_ratio or include more layers."
@@ -445,14 +446,14 @@ def decompose(
     plan, factors = _plan(model, rank, energy, param_ratio, include, exclude)
     config = model.get_config()
     if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
-        raise NotImplementedError(
+        raise UnsupportedModelError(
             f"Cannot decompose {model.name!r} ({type(model).__name__}): subclassed models have no layer "
             "graph to rewrite. Build the model with the functional API or keras.Sequential."
         )
     try:
         new = type(model).from_config(_rewrite(config, plan))
     except (ValueError, TypeError, KeyError) as err:
-        raise NotImplementedError(
+        raise UnsupportedModelError(
             f"Could not rebuild {model.name!r} with factorised layers: {err}. Custom layers must be "
             "registered with keras.saving.register_keras_serializable."
         ) from err

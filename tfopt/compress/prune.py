@@ -20,8 +20,10 @@ from typing import Any, Mapping
 import numpy as np
 
 from tfopt import _keras
-from tfopt.compress import bridge, schedules
+from tfopt._legacy import bridge
+from tfopt.compress import schedules
 from tfopt.compress.select import LayerRule, layer_predicate
+from tfopt.errors import InvalidArgumentError, InvalidTypeError
 
 
 # tf_keras layer classes whose kernels tfmot prunes (its registry).
@@ -130,7 +132,7 @@ def prune(
     model has at least three. Layers tfmot cannot prune (DepthwiseConv2D,
     custom layers, Rescaling, TFOpLambda, Keras 3 ops, ...) stay dense and are
     listed by `pruning_summary`. A subclassed model is traced into a functional
-    model first (see `tfopt.compress.bridge.as_functional`); `strip` then
+    model first (see `tfopt._legacy.bridge.as_functional`); `strip` then
     returns that functional model.
 
     Args:
@@ -179,13 +181,13 @@ def prune(
     """
     targets = _check_targets(target_sparsity)
     if schedule not in schedules.SCHEDULES:
-        raise ValueError(f"schedule must be one of {schedules.SCHEDULES}. Received: schedule={schedule!r}.")
+        raise InvalidArgumentError(f"schedule must be one of {schedules.SCHEDULES}. Received: schedule={schedule!r}.")
     if m_by_n is not None:
         if not (isinstance(m_by_n, (tuple, list)) and len(m_by_n) == 2):
-            raise ValueError(f"m_by_n must be a pair (m, n) such as (2, 4). Received: m_by_n={m_by_n!r}.")
+            raise InvalidArgumentError(f"m_by_n must be a pair (m, n) such as (2, 4). Received: m_by_n={m_by_n!r}.")
         schedules.m_by_n_mask(np.zeros((m_by_n[1], 1)), *m_by_n)  # validates m, n
         if isinstance(targets, dict):
-            raise ValueError("m_by_n sets 50% in every pruned layer; pass a single target_sparsity with it, not a dict.")
+            raise InvalidArgumentError("m_by_n sets 50% in every pruned layer; pass a single target_sparsity with it, not a dict.")
     flavor = _keras.keras_flavor(model)
     source = bridge.as_functional(model)
     tfmot = _keras.import_tfmot()
@@ -197,7 +199,7 @@ def prune(
 
     chosen, skipped = _select_layers(work, include, exclude, m_by_n, targets if isinstance(targets, dict) else None)
     if not chosen:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"No layer of {model.name!r} can be pruned with these options; skipped: "
             + "; ".join(f"{s.name}: {s.reason}" for s in skipped)
             + ". Pass include= to choose layers, or check that the model has Conv/Dense layers."
@@ -268,13 +270,13 @@ def strip(model: Any, *, flavor: str | None = None, batchnorm_data: Any = None):
     """
     wrappers = _wrappers(model)
     if not wrappers:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Model {model.name!r} has no pruning wrappers. Pass the model returned by tfopt.prune "
             "(or one loaded with load_pruned)."
         )
     target = flavor or _PLANS.get(model, {}).get("flavor", _keras.TF_KERAS)
     if target not in (_keras.KERAS3, _keras.TF_KERAS):
-        raise ValueError(f"flavor must be 'keras3' or 'tf_keras'. Received: flavor={flavor!r}.")
+        raise InvalidArgumentError(f"flavor must be 'keras3' or 'tf_keras'. Received: flavor={flavor!r}.")
     summary = pruning_summary(model)
     late = [l for l in summary.layers if l.step < l.end_step]
     if late:
@@ -423,7 +425,7 @@ def sparsity_logger(log_dir: str | None = None):
 def _make_schedule(tfmot, target, schedule, begin_step, end_step, frequency, m_by_n):
     for name, value in (("begin_step", begin_step), ("end_step", end_step), ("frequency", frequency)):
         if value is not None and (not isinstance(value, (int, np.integer)) or value < 0):
-            raise ValueError(f"{name} must be a non-negative integer or None. Received: {name}={value!r}.")
+            raise InvalidArgumentError(f"{name} must be a non-negative integer or None. Received: {name}={value!r}.")
     sparsity = tfmot.sparsity.keras
     begin = max(int(begin_step), 1)  # tfmot's first training step is 1
     if m_by_n is not None:
@@ -435,14 +437,14 @@ def _make_schedule(tfmot, target, schedule, begin_step, end_step, frequency, m_b
         return sparsity.ConstantSparsity(float(target), begin_step=begin, end_step=end, frequency=frequency or 100)
     end = begin + schedules.DEFAULT_RAMP_STEPS if end_step is None else int(end_step)
     if end < begin:
-        raise ValueError(f"end_step must be >= begin_step. Received: begin_step={begin_step}, end_step={end_step}.")
+        raise InvalidArgumentError(f"end_step must be >= begin_step. Received: begin_step={begin_step}, end_step={end_step}.")
     span = end - begin
     if span == 0:  # a one-step ramp; tfmot's PolynomialDecay would divide by zero
         return sparsity.ConstantSparsity(float(target), begin_step=begin, end_step=end, frequency=1)
     if frequency is None:
         frequency = schedules.choose_frequency(begin, end)
     elif frequency > span:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"frequency={frequency} is longer than the pruning ramp ({begin}..{end}): the target sparsity would "
             f"never be reached. Use frequency <= {span}, or leave frequency=None to choose one."
         )
@@ -462,21 +464,21 @@ def _make_schedule(tfmot, target, schedule, begin_step, end_step, frequency, m_b
 def _check_targets(target_sparsity: Any) -> float | dict:
     if isinstance(target_sparsity, Mapping):
         if not target_sparsity:
-            raise ValueError("target_sparsity is an empty dict; give at least one layer name -> sparsity.")
+            raise InvalidArgumentError("target_sparsity is an empty dict; give at least one layer name -> sparsity.")
         targets = {}
         for name, value in target_sparsity.items():
             if not isinstance(name, str) or isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
-                raise TypeError(
+                raise InvalidTypeError(
                     f"target_sparsity dict must map layer names to numbers. Received: {name!r}: {value!r}."
                 )
             if not 0.0 <= float(value) < 1.0:
-                raise ValueError(f"target_sparsity for {name!r} must be in [0, 1). Received: {value!r}.")
+                raise InvalidArgumentError(f"target_sparsity for {name!r} must be in [0, 1). Received: {value!r}.")
             targets[name] = float(value)
         return targets
     if isinstance(target_sparsity, bool) or not isinstance(target_sparsity, (int, float, np.floating)) or not (
         0.0 <= target_sparsity < 1.0
     ):
-        raise ValueError(f"target_sparsity must be a number in [0, 1). Received: target_sparsity={target_sparsity!r}.")
+        raise InvalidArgumentError(f"target_sparsity must be a number in [0, 1). Received: target_sparsity={target_sparsity!r}.")
     return float(target_sparsity)
 
 
@@ -487,7 +489,7 @@ def _select_layers(model, include: LayerRule, exclude: LayerRule, m_by_n, target
     if targets is not None:
         unknown = sorted(set(targets) - {layer.name for layer in model.layers})
         if unknown:
-            raise ValueError(f"target_sparsity names unknown layers {unknown}. Layers: {_names(model)}.")
+            raise InvalidArgumentError(f"target_sparsity names unknown layers {unknown}. Layers: {_names(model)}.")
     supported = [layer for layer in layers if _unsupported_reason(layer) is None]
     protected = (
         {supported[0].name, supported[-1].name} if include is None and targets is None and len(supported) >= 3 else set()

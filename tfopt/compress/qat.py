@@ -22,8 +22,10 @@ import weakref
 from typing import Any
 
 from tfopt import _keras
-from tfopt.compress import bridge, qat_prepare
+from tfopt._legacy import bridge
+from tfopt.compress import qat_prepare
 from tfopt.compress.select import LayerRule, layer_predicate
+from tfopt.errors import InvalidArgumentError
 
 PRESERVE = (None, "sparsity", "clusters")
 _FOLDABLE = ("Conv2D", "DepthwiseConv2D", "Dense")
@@ -122,7 +124,7 @@ def quantize(
     ['Rescaling']
     """
     if preserve not in PRESERVE:
-        raise ValueError(f"preserve must be one of {PRESERVE}. Received: preserve={preserve!r}.")
+        raise InvalidArgumentError(f"preserve must be one of {PRESERVE}. Received: preserve={preserve!r}.")
     flavor = _keras.keras_flavor(model)
     tfmot = _keras.import_tfmot()
     rewrites: list[str] = []
@@ -135,7 +137,7 @@ def quantize(
         rewrites.extend(op_rewrites)
         work = bridge.to_tf_keras(work)
     if any(hasattr(layer, "pruning_vars") for layer in work.layers):
-        raise ValueError("quantize() received a model with pruning wrappers; strip it first with tfopt.strip(pruned).")
+        raise InvalidArgumentError("quantize() received a model with pruning wrappers; strip it first with tfopt.strip(pruned).")
     prepared = qat_prepare.prepare(work)  # always a new model: the caller's is never touched
     rewrites.extend(prepared.rewrites)
     work = prepared.model
@@ -149,14 +151,14 @@ def quantize(
         except (ValueError, TypeError, AttributeError, KeyError, RuntimeError) as err:
             culprit = _culprit(err, chosen)
             if culprit is None:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"tfmot could not quantize model {model.name!r}: {err}. Keep layers float with exclude=[...]."
                 ) from err
             chosen.discard(culprit)
             layer = work.get_layer(culprit)
             kept.append(FloatLayer(culprit, type(layer).__name__, f"tfmot refused it ({str(err).splitlines()[0][:120]})"))
     if qat is None or not chosen:
-        raise ValueError(f"No layer of {model.name!r} can be quantized; kept float: {[f.name for f in kept]}.")
+        raise InvalidArgumentError(f"No layer of {model.name!r} can be quantized; kept float: {[f.name for f in kept]}.")
     order = {layer.name: i for i, layer in enumerate(work.layers)}
     _PLANS[qat] = QATSummary(
         flavor=flavor,
@@ -184,7 +186,7 @@ def qat_summary(model: Any) -> QATSummary:
     """
     plan = _PLANS.get(model)
     if plan is None:
-        raise ValueError(f"Model {model.name!r} was not returned by tfopt.quantize in this session; no summary is recorded.")
+        raise InvalidArgumentError(f"Model {model.name!r} was not returned by tfopt.quantize in this session; no summary is recorded.")
     return plan
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from tfopt import _keras
+from tfopt.errors import InvalidArgumentError, InvalidTypeError, UnsupportedModelError
 
 _MODEL_CLASSES = ("Functional", "Model", "Sequential")
 
@@ -57,7 +58,7 @@ def _sequential_to_functional(config: dict, name: str) -> dict:
     if first is None or first["class_name"] != "InputLayer":
         shape = (first or {}).get("config", {}).get("batch_input_shape")
         if shape is None:
-            raise NotImplementedError(f"Sequential model {name!r} has no input shape; build it with keras.Input first.")
+            raise UnsupportedModelError(f"Sequential model {name!r} has no input shape; build it with keras.Input first.")
         layers = [{"class_name": "InputLayer", "config": {"batch_input_shape": shape, "name": f"{name}_input"}}] + layers
     for layer in layers:
         entry = {"class_name": layer["class_name"], "config": layer["config"], "name": layer["config"]["name"]}
@@ -330,10 +331,10 @@ def prepare(model: Any) -> Preparation:
         ValueError: the rewritten model does not compute the same outputs.
     """
     if _keras.keras_flavor(model) != _keras.TF_KERAS:
-        raise TypeError(f"prepare() expects a tf_keras model; received a {_keras.keras_flavor(model)} model. Use bridge.to_tf_keras first.")
+        raise InvalidTypeError(f"prepare() expects a tf_keras model; received a {_keras.keras_flavor(model)} model. Use bridge.to_tf_keras first.")
     class_name = type(model).__name__
     if class_name not in _MODEL_CLASSES:
-        raise NotImplementedError(f"prepare() needs a functional or Sequential model; {model.name!r} is a {class_name}.")
+        raise UnsupportedModelError(f"prepare() needs a functional or Sequential model; {model.name!r} is a {class_name}.")
     tf_keras = _keras.keras_module(_keras.TF_KERAS)
     rewrites: list[str] = []
     untouched: list[str] = []
@@ -368,7 +369,7 @@ def trace_subclassed(model: Any, *, input_shape: tuple[int, ...] | None = None):
         if inputs:
             input_shape = tuple(inputs[0].shape[1:])
     if input_shape is None:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Cannot trace subclassed model {model.name!r}: its input shape is unknown. Pass input_shape=(H, W, C)."
         )
     if not model.built:
@@ -379,7 +380,7 @@ def trace_subclassed(model: Any, *, input_shape: tuple[int, ...] | None = None):
     except TypeError:
         outputs = model.call(symbolic)
     except Exception as err:  # noqa: BLE001 - any failure means "cannot be traced"
-        raise NotImplementedError(f"subclassed model {model.name!r} could not be traced symbolically: {err}") from err
+        raise UnsupportedModelError(f"subclassed model {model.name!r} could not be traced symbolically: {err}") from err
     traced = keras.Model(symbolic, outputs, name=f"{model.name}_traced")
     _check_same(model, traced, input_shape=input_shape)
     return traced
@@ -396,4 +397,4 @@ def _check_same(a: Any, b: Any, *, input_shape: tuple[int, ...] | None = None, a
     diff = max(float(np.max(np.abs(x - y))) for x, y in zip(flat_a, flat_b))
     scale = max(float(np.max(np.abs(x))) for x in flat_a)
     if len(flat_a) != len(flat_b) or not np.isfinite(diff) or diff > atol * max(1.0, scale):
-        raise ValueError(f"The prepared model's outputs differ from {a.name!r} by up to {diff:.3g}; please report this model.")
+        raise InvalidArgumentError(f"The prepared model's outputs differ from {a.name!r} by up to {diff:.3g}; please report this model.")

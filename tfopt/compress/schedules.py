@@ -14,6 +14,9 @@ import math
 
 import numpy as np
 
+from tfopt.analyze.weights import _check_m_n, m_by_n_holds, sparsity_of  # noqa: F401 - shared
+from tfopt.errors import InvalidArgumentError
+
 SCHEDULES = ("polynomial", "constant")
 # About this many mask updates over a polynomial ramp when `frequency` is not given.
 DEFAULT_NUM_UPDATES = 10
@@ -54,7 +57,7 @@ def mask_update_steps(begin_step: int, end_step: int, frequency: int) -> np.ndar
     201
     """
     if frequency < 1:
-        raise ValueError(f"frequency must be >= 1. Received: frequency={frequency}.")
+        raise InvalidArgumentError(f"frequency must be >= 1. Received: frequency={frequency}.")
     return np.arange(begin_step, end_step + 1, frequency, dtype=np.int64)
 
 
@@ -85,7 +88,7 @@ def magnitude_mask(weights: np.ndarray, sparsity: float) -> np.ndarray:
     [0.0, 1.0, 1.0, 0.0]
     """
     if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1). Received: sparsity={sparsity}.")
+        raise InvalidArgumentError(f"sparsity must be in [0, 1). Received: sparsity={sparsity}.")
     weights = np.asarray(weights)
     magnitude = np.abs(weights).reshape(-1)
     keep = max(int(np.round(magnitude.size * (1.0 - sparsity))), 1)
@@ -116,38 +119,3 @@ def m_by_n_mask(weights: np.ndarray, m: int = 2, n: int = 4, *, axis: int = -2) 
     np.put_along_axis(keep, order[..., : n - m], True, axis=-1)
     keep = keep.reshape(moved.shape[:-1] + (padded_length,))[..., :length]
     return np.moveaxis(keep, -1, axis).astype(np.float32)
-
-
-def m_by_n_holds(weights: np.ndarray, m: int = 2, n: int = 4, *, axis: int = -2) -> bool:
-    """True when every `n` consecutive weights along `axis` hold at least `m` zeros.
-
-    A trailing block shorter than `n` may hold at most `n - m` non-zeros. Use
-    `axis=-2` for Keras kernels and `axis=-1` for TFLite weights (`(out, ..., in)`).
-
-    >>> m_by_n_holds(np.array([[0.0], [3.0], [0.0], [1.0]]), 2, 4)
-    True
-    """
-    _check_m_n(m, n)
-    moved = np.moveaxis(np.asarray(weights) != 0, axis, -1)
-    length = moved.shape[-1]
-    padded_length = -(-length // n) * n
-    pad = np.zeros(moved.shape[:-1] + (padded_length - length,), dtype=bool)
-    blocks = np.concatenate([moved, pad], axis=-1).reshape(moved.shape[:-1] + (-1, n))
-    return bool(np.all(blocks.sum(axis=-1) <= n - m))
-
-
-def sparsity_of(weights: np.ndarray) -> float:
-    """Fraction of exact zeros in an array.
-
-    >>> sparsity_of(np.array([0.0, 1.0, 0.0, 2.0]))
-    0.5
-    """
-    weights = np.asarray(weights)
-    return float(np.mean(weights == 0)) if weights.size else 0.0
-
-
-def _check_m_n(m: int, n: int) -> None:
-    if not (isinstance(m, (int, np.integer)) and isinstance(n, (int, np.integer)) and 0 < m < n):
-        raise ValueError(
-            f"m:n sparsity needs integers 0 < m < n (m zeros in every n weights), e.g. (2, 4). Received: m={m}, n={n}."
-        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from typing import Any, Union
+from tfopt.errors import InvalidArgumentError, InvalidTypeError
 
 LayerRule = Union[str, Callable[[Any], bool], Iterable[Union[str, Callable[[Any], bool]]], None]
 
@@ -46,18 +47,18 @@ def selected_names(rule: LayerRule, layers: Iterable[Any], label: str) -> set[st
             try:
                 pattern = re.compile(item[3:])
             except re.error as err:
-                raise ValueError(f"{label} rule {item!r} is not a valid regular expression: {err}.") from err
+                raise InvalidArgumentError(f"{label} rule {item!r} is not a valid regular expression: {err}.") from err
             hits = {name for name in names if pattern.fullmatch(name)}
         elif isinstance(item, str):
             hits = {item} & set(names)
         else:
-            raise TypeError(
+            raise InvalidTypeError(
                 f"{label} items must be layer names, 're:<regex>' strings or callables. "
                 f"Received: {item!r} ({type(item).__name__})."
             )
         if not hits:
             shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{label} rule {item!r} matched no layer of the model. Layers: {shown}. Check the spelling, "
                 "or use 're:<regex>' for a pattern."
             )

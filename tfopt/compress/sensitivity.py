@@ -24,6 +24,7 @@ import numpy as np
 from tfopt import _keras
 from tfopt.compress import schedules
 from tfopt.compress.select import layer_predicate
+from tfopt.errors import InvalidArgumentError
 
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
 # Weights tfmot prunes in each prunable layer, by variable name.
@@ -174,7 +175,7 @@ def prune_sensitivity(
         and _pruned_indices(layer)
     ]
     if not chosen:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"No prunable layer selected in {model.name!r} (Conv/Dense-like layers; include={include!r}, "
             f"exclude={exclude!r}). Check the layer names with model.summary()."
         )
@@ -255,19 +256,19 @@ def allocate_sparsity(
     grid = np.asarray(sparsities, dtype=np.float64)
     curves = np.asarray(drops, dtype=np.float64)
     if curves.ndim != 2 or curves.shape != (len(sizes), len(grid)) or len(grid) == 0:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"drops must hold one row of {len(grid)} values per layer ({len(sizes)} layers). "
             f"Received shape {curves.shape}."
         )
     if np.any(np.diff(grid) <= 0) or grid[0] <= 0 or grid[-1] >= 1:
-        raise ValueError(f"sparsities must increase strictly inside (0, 1). Received: {grid.tolist()}.")
+        raise InvalidArgumentError(f"sparsities must increase strictly inside (0, 1). Received: {grid.tolist()}.")
     if not 0.0 <= global_sparsity < 1.0:
-        raise ValueError(f"global_sparsity must be in [0, 1). Received: global_sparsity={global_sparsity!r}.")
+        raise InvalidArgumentError(f"global_sparsity must be in [0, 1). Received: global_sparsity={global_sparsity!r}.")
     if np.any(sizes <= 0):
-        raise ValueError(f"num_weights must be positive. Received: {sizes.astype(int).tolist()}.")
+        raise InvalidArgumentError(f"num_weights must be positive. Received: {sizes.astype(int).tolist()}.")
     top = float(grid[-1] if max_sparsity is None else max_sparsity)
     if not 0.0 <= top < 1.0:
-        raise ValueError(f"max_sparsity must be in [0, 1). Received: max_sparsity={max_sparsity!r}.")
+        raise InvalidArgumentError(f"max_sparsity must be in [0, 1). Received: max_sparsity={max_sparsity!r}.")
     xs = np.concatenate([[0.0], grid])
     monotone = np.maximum.accumulate(np.concatenate([np.zeros((len(sizes), 1)), curves], axis=1), axis=1)
     caps = np.full(len(sizes), top)
@@ -278,7 +279,7 @@ def allocate_sparsity(
                 caps[i] = min(caps[i], xs[over[0] - 1])
     reachable = float(np.dot(sizes, caps) / sizes.sum())
     if global_sparsity > reachable + 1e-9:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"global_sparsity={global_sparsity} is not reachable: with max_drop={max_drop} and max_sparsity={top} "
             f"the layers reach at most {reachable:.3f}. Raise max_drop or max_sparsity, or lower global_sparsity."
         )
@@ -315,21 +316,21 @@ def _check_sparsities(sparsities: Sequence[float]) -> list[float]:
     try:
         grid = sorted(float(s) for s in sparsities)
     except TypeError as err:
-        raise ValueError(f"sparsities must be a sequence of numbers. Received: {sparsities!r}.") from err
+        raise InvalidArgumentError(f"sparsities must be a sequence of numbers. Received: {sparsities!r}.") from err
     if not grid or grid[0] <= 0.0 or grid[-1] >= 1.0 or len(set(grid)) != len(grid):
-        raise ValueError(f"sparsities must be distinct numbers in (0, 1). Received: sparsities={sparsities!r}.")
+        raise InvalidArgumentError(f"sparsities must be distinct numbers in (0, 1). Received: sparsities={sparsities!r}.")
     return grid
 
 
 def _check_data(data: Any) -> tuple[np.ndarray, np.ndarray]:
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
-        raise ValueError(f"data must be a pair (x_val, y_val) of arrays. Received: {type(data).__name__}.")
+        raise InvalidArgumentError(f"data must be a pair (x_val, y_val) of arrays. Received: {type(data).__name__}.")
     x, y = np.asarray(data[0]), np.asarray(data[1])
     if y.ndim == 2 and y.shape[1] > 1:
         y = np.argmax(y, axis=-1)
     y = y.reshape(-1)
     if len(x) != len(y) or len(y) == 0:
-        raise ValueError(f"x_val and y_val must hold the same number (> 0) of examples. Received: {len(x)} and {len(y)}.")
+        raise InvalidArgumentError(f"x_val and y_val must hold the same number (> 0) of examples. Received: {len(x)} and {len(y)}.")
     return x, y.astype(np.int64)
 
 
@@ -351,7 +352,7 @@ def _predictor(model, batch_size: int):
 
 def _accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
     if scores.ndim != 2 or scores.shape[1] < 2:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"prune_sensitivity needs a model whose first output holds class scores (batch, classes). "
             f"Received output shape {scores.shape}."
         )

@@ -21,6 +21,7 @@ import numpy as np
 
 from tfopt._io import atomic_write
 from tfopt._keras import is_keras_model, keras_flavor, load_model, optional_import
+from tfopt.errors import InvalidArgumentError, InvalidTypeError, UnsupportedModelError
 
 DEFAULT_OPSET = 17
 _PIP = "tf2onnx onnx onnxruntime"
@@ -107,7 +108,7 @@ def _io_specs(model, tf):
     inputs = getattr(model, "inputs", None)
     outputs = getattr(model, "outputs", None)
     if not inputs or not outputs:
-        raise NotImplementedError(
+        raise UnsupportedModelError(
             f"Model {model.name!r} has no symbolic inputs/outputs (a subclassed or unbuilt model), so its "
             "input signature is unknown. Build it with keras.Input (functional or Sequential), or call it "
             "once on data, then export again."
@@ -148,13 +149,13 @@ def _parity(model, onnx_bytes: bytes, input_names, output_names, data, num_sampl
     xs = data[0] if isinstance(data, tuple) else data
     xs = list(xs) if isinstance(xs, list) else [xs]
     if len(xs) != len(input_names):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"data holds {len(xs)} input array(s) but the model has {len(input_names)} input(s) "
             f"({input_names}). Pass x (or (x, y), or a list of arrays, one per input)."
         )
     xs = [np.asarray(x)[:num_samples] for x in xs]
     if any(len(x) == 0 for x in xs):
-        raise ValueError("data is empty: pass at least one input sample for the parity check.")
+        raise InvalidArgumentError("data is empty: pass at least one input sample for the parity check.")
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     feeds = {}
     for meta, name, x in zip(session.get_inputs(), input_names, xs):
@@ -217,16 +218,16 @@ def export_onnx(
     if isinstance(model, (str, os.PathLike)):
         model = load_model(model)
     if not is_keras_model(model):
-        raise TypeError(
+        raise InvalidTypeError(
             f"export_onnx expects a Keras model or a .keras/.h5 path. Received: {type(model).__name__}. "
             "For a .tflite file use tf2onnx's command line (python -m tf2onnx.convert --tflite ...)."
         )
     if opset is None:
         opset = DEFAULT_OPSET
     if not isinstance(opset, int) or isinstance(opset, bool) or not 7 <= opset <= 21:
-        raise ValueError(f"opset must be an int between 7 and 21 (tf2onnx 1.17's range). Received: opset={opset!r}.")
+        raise InvalidArgumentError(f"opset must be an int between 7 and 21 (tf2onnx 1.17's range). Received: opset={opset!r}.")
     if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int. Received: num_samples={num_samples!r}.")
+        raise InvalidArgumentError(f"num_samples must be a positive int. Received: num_samples={num_samples!r}.")
     tf2onnx = optional_import("tf2onnx", _PIP)
     onnx = optional_import("onnx", _PIP)
     import tensorflow as tf
@@ -242,18 +243,18 @@ def export_onnx(
     try:
         model_proto, _ = tf2onnx.convert.from_function(function, input_signature=specs, opset=opset)
     except Exception as err:  # noqa: BLE001 - tf2onnx raises many types; re-raised with context
-        raise ValueError(
+        raise InvalidArgumentError(
             f"tf2onnx could not convert model {model.name!r} at opset {opset}: {type(err).__name__}: {err}. "
             "Try another opset, or replace the layer that uses this op."
         ) from err
     bad = _unsupported_nodes(model_proto, onnx)
     if bad:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"tf2onnx has no ONNX opset-{opset} conversion for {len(bad)} TensorFlow op(s): {bad}. "
             "Try a newer opset (e.g. opset=18), replace the layer that uses the op, or export to TFLite instead."
         )
     if model_proto.ByteSize() > _PROTO_LIMIT:
-        raise NotImplementedError(
+        raise UnsupportedModelError(
             f"The ONNX graph is {model_proto.ByteSize() / 2**30:.1f} GiB, above protobuf's 2 GiB limit. "
             "Use tf2onnx directly with large_model=True (external data format)."
         )

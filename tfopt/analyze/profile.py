@@ -2,7 +2,7 @@
 
 `profile` reads a Keras model (Keras 3 or tf_keras; functional, Sequential, and
 nested models, which are expanded layer by layer) or a `.tflite` flatbuffer
-(float or int8), and applies the formulas of `tfopt.deploy.flops` to every layer
+(float or int8), and applies the formulas of `tfopt.analyze.flops` to every layer
 or operator. Layers it has no formula for are listed in `unknown_layers` and
 count no MACs; nothing is guessed.
 """
@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from tfopt.deploy import flops as F
-from tfopt.deploy.cost_graph import _Graph, _Node, _tflite_graph
+from tfopt.analyze import flops as F
+from tfopt.analyze.cost_graph import _Graph, _Node, _tflite_graph
+from tfopt.errors import InvalidArgumentError, MissingFileError, UnsupportedModelError
 
 __all__ = ["profile", "Profile", "LayerProfile"]
 
@@ -187,9 +188,9 @@ def profile(model_or_tflite: Any, *, batch_size: int = 1, optimizer_slots: int =
     >>> print(report.summary())  # doctest: +SKIP
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}.")
+        raise InvalidArgumentError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}.")
     if isinstance(optimizer_slots, bool) or not isinstance(optimizer_slots, int) or optimizer_slots < 0:
-        raise ValueError(f"optimizer_slots must be an integer >= 0. Received: optimizer_slots={optimizer_slots!r}.")
+        raise InvalidArgumentError(f"optimizer_slots must be an integer >= 0. Received: optimizer_slots={optimizer_slots!r}.")
     flat = getattr(model_or_tflite, "tflite", None)  # a tfopt.convert result
     if isinstance(flat, (bytes, bytearray)):
         graph = _tflite_graph(bytes(flat), batch_size=batch_size, name="model.tflite")
@@ -198,12 +199,12 @@ def profile(model_or_tflite: Any, *, batch_size: int = 1, optimizer_slots: int =
     elif isinstance(model_or_tflite, (str, os.PathLike)):
         path = os.fspath(model_or_tflite)
         if not path.endswith(".tflite"):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected a .tflite path (or a Keras model object). Received: {path!r}. "
                 "Load a .keras/.h5 file first (tfopt._keras.load_model) and pass the model."
             )
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"TFLite file not found: {path!r}.")
+            raise MissingFileError(f"TFLite file not found: {path!r}.")
         with open(path, "rb") as handle:
             graph = _tflite_graph(handle.read(), batch_size=batch_size, name=os.path.basename(path))
     else:
@@ -350,13 +351,13 @@ class _KerasGraphBuilder:
         except (AttributeError, ValueError):
             inputs = []
         if not inputs:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Model {model.name!r} has no defined inputs. Build it with keras.Input(...) "
                 "(or call model.build(input_shape)) before profiling."
             )
         for tensor in inputs:
             if any(dim is None for dim in tuple(tensor.shape)[1:]):
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"Model input {tensor.name!r} has shape {tuple(tensor.shape)} with an unknown dimension. "
                     "Profiling needs fixed sizes: rebuild the model with e.g. keras.Input((224, 224, 3))."
                 )
@@ -380,7 +381,7 @@ class _KerasGraphBuilder:
         sequential = type(model).__name__ == "Sequential" and isinstance(layers_cfg, list)
         if not sequential and (not isinstance(layers_cfg, list)
                                or not all("inbound_nodes" in entry for entry in layers_cfg)):
-            raise NotImplementedError(
+            raise UnsupportedModelError(
                 f"Cannot read the layer graph of {model.name!r} ({type(model).__name__}): subclassed models "
                 "have no functional graph. Convert it to .tflite (tfopt.convert) and profile the flatbuffer, "
                 "or build it with the functional API."
@@ -444,7 +445,7 @@ class _KerasGraphBuilder:
                 if all(t in self.produced for t in in_ids):
                     break
             else:
-                raise ValueError(f"Could not order the layers of {model.name!r}: a layer input is never produced.")
+                raise InvalidArgumentError(f"Could not order the layers of {model.name!r}: a layer input is never produced.")
             pending.pop(k)
             layer = by_name[name]
             if self._keras.is_keras_model(layer):

@@ -18,11 +18,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from tfopt import _keras
-from tfopt.deploy.calibration import CalibrationData, calibration_data
-from tfopt.deploy.convert import ConversionResult, convert
-from tfopt.deploy.flatbuffer import COMPUTE_OPS, tflite_bytes
-from tfopt.deploy.parity import _TFLiteRunner, compare
-from tfopt.deploy.quantizer import map_output_layer, quantize_tflite
+from tfopt.export.calibration import CalibrationData, calibration_data
+from tfopt.export.convert import ConversionResult, convert
+from tfopt.analyze.flatbuffer import COMPUTE_OPS, tflite_bytes
+from tfopt.measure.parity import _TFLiteRunner, compare
+from tfopt.export.quantizer import map_output_layer, quantize_tflite
+from tfopt.errors import InvalidArgumentError
 
 
 _IDEAL_INT8_SNR_DB = 50.0
@@ -154,7 +155,7 @@ def quantize_selective(
     True
     """
     if not isinstance(max_accuracy_drop, (int, float)) or max_accuracy_drop < 0 or max_accuracy_drop >= 1:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"max_accuracy_drop is a fraction in [0, 1) (0.005 = half a point). Received: max_accuracy_drop={max_accuracy_drop!r}."
         )
     if _keras.is_keras_model(model):

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from tfopt import _keras
-from tfopt.compress import schedules
-from tfopt.deploy.flatbuffer import tflite_bytes
+from tfopt.analyze import weights as schedules
+from tfopt.analyze.flatbuffer import tflite_bytes
 
 _WEIGHT_OPS = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1, "TRANSPOSE_CONV": 1, "CONV_3D": 1}
 _TFLITE_DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 7: np.int16, 9: np.int8}

@@ -17,9 +17,9 @@ import re
 import tempfile
 from typing import Any
 
-from tfopt.deploy._isolate import run_child
-from tfopt.deploy.benchmark import BenchmarkError, benchmark
-from tfopt.deploy.flatbuffer import inspect_tflite, tflite_bytes
+from tfopt.measure._isolate import run_child
+from tfopt.measure.benchmark import BenchmarkError, benchmark
+from tfopt.analyze.flatbuffer import inspect_tflite, tflite_bytes
 
 # Builtin ops the GPU delegate's compatibility checker accepts (TensorFlow Lite
 # tools/versioning/gpu_compatibility.cc, read for TF 2.21); some have extra limits.
@@ -323,7 +323,7 @@ def _analyzer(
             handle.write(content)
         try:
             raw, _ = run_child(
-                "tfopt.deploy._micro_runner",
+                "tfopt.measure._micro_runner",
                 request,
                 tmp,
                 timeout=timeout,

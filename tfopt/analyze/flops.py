@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import re
 from typing import Sequence
+from tfopt.errors import InvalidArgumentError
 
 # Bytes per element of the storage formats tfopt reports.
 DTYPE_BYTES = {
@@ -49,7 +50,7 @@ def num_elements(shape: Sequence[int | None]) -> int:
     total = 1
     for dim in shape:
         if dim is None or dim < 0:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Cannot count the elements of shape {tuple(shape)}: it has an unknown dimension. "
                 "Build the model with a fixed input shape (e.g. keras.Input((224, 224, 3)))."
             )
@@ -73,7 +74,7 @@ def conv_output_length(length: int, kernel: int, stride: int = 1, padding: str =
         return math.ceil((length + effective - 1) / stride)
     if padding == "causal":
         return math.ceil(length / stride)
-    raise ValueError(f"padding must be 'valid', 'same', 'full' or 'causal'. Received: padding={padding!r}.")
+    raise InvalidArgumentError(f"padding must be 'valid', 'same', 'full' or 'causal'. Received: padding={padding!r}.")
 
 
 def conv_macs(
@@ -93,7 +94,7 @@ def conv_macs(
     10188864
     """
     if in_channels % groups:
-        raise ValueError(f"in_channels={in_channels} is not divisible by groups={groups}.")
+        raise InvalidArgumentError(f"in_channels={in_channels} is not divisible by groups={groups}.")
     window = num_elements(kernel_size) * (in_channels // groups)
     return batch * num_elements(output_spatial) * filters * window
 
@@ -179,7 +180,7 @@ def einsum_macs(equation: str, *shapes: Sequence[int]) -> int:
     """
     inputs = equation.replace(" ", "").split("->")[0].split(",")
     if len(inputs) != len(shapes):
-        raise ValueError(f"Equation {equation!r} has {len(inputs)} operands; received {len(shapes)} shapes.")
+        raise InvalidArgumentError(f"Equation {equation!r} has {len(inputs)} operands; received {len(shapes)} shapes.")
     sizes: dict[str, int] = {}
     for spec, shape in zip(inputs, shapes):
         if "..." in spec:
@@ -191,7 +192,7 @@ def einsum_macs(equation: str, *shapes: Sequence[int]) -> int:
         else:
             letters = list(spec)
         if len(letters) != len(shape):
-            raise ValueError(f"Operand {spec!r} of {equation!r} does not match shape {tuple(shape)}.")
+            raise InvalidArgumentError(f"Operand {spec!r} of {equation!r} does not match shape {tuple(shape)}.")
         for letter, dim in zip(letters, shape):
             sizes[letter] = max(sizes.get(letter, 1), int(dim))
     return math.prod(sizes.values())
@@ -233,7 +234,7 @@ def weight_bytes(params: int, dtype: str = "float32") -> float:
     try:
         return params * DTYPE_BYTES[dtype]
     except KeyError:
-        raise ValueError(f"Unknown dtype {dtype!r}; expected one of {sorted(DTYPE_BYTES)}.") from None
+        raise InvalidArgumentError(f"Unknown dtype {dtype!r}; expected one of {sorted(DTYPE_BYTES)}.") from None
 
 
 def activation_bytes(shape: Sequence[int], dtype: str = "float32") -> float:

@@ -18,9 +18,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from tfopt import _keras
-from tfopt.deploy.calibration import CalibrationData, calibration_data
-from tfopt.deploy.convert import ConversionResult, convert
-from tfopt.deploy.flatbuffer import inspect_tflite, tflite_bytes
+from tfopt.export.calibration import CalibrationData, calibration_data
+from tfopt.export.convert import ConversionResult, convert
+from tfopt.analyze.flatbuffer import inspect_tflite, tflite_bytes
+from tfopt.errors import InvalidArgumentError, InvalidTypeError
 
 # Recipe name -> (litert_quantizer.recipe function, needs calibration, one-line description).
 RECIPES = {
@@ -54,7 +55,7 @@ def _exclusion_patterns(exclude: str | Sequence[str] | None) -> list[str]:
     patterns = []
     for item in items:
         if not isinstance(item, str):
-            raise TypeError(f"exclude items must be layer names or 're:<regex>' strings. Received: {item!r}.")
+            raise InvalidTypeError(f"exclude items must be layer names or 're:<regex>' strings. Received: {item!r}.")
         patterns.append(item[3:] if item.startswith("re:") else layer_regex(item))
     return patterns
 
@@ -96,7 +97,7 @@ def _signature_calibration(content: bytes, calibration: Any) -> dict[str, list[d
     interpreter = Interpreter(model_content=content)
     signatures = interpreter.get_signature_list()
     if len(signatures) != 1:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"quantize_tflite needs a .tflite with exactly one signature; this one has {list(signatures)}. "
             "Convert the model with tfopt.convert, which writes a 'serving_default' signature."
         )
@@ -106,7 +107,7 @@ def _signature_calibration(content: bytes, calibration: Any) -> dict[str, list[d
     if not isinstance(calibration, CalibrationData):
         calibration = calibration_data(calibration)
     if len(calibration.specs) != len(names):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"the .tflite takes {len(names)} inputs {names}, but the calibration data holds {len(calibration.specs)}."
         )
     spec_names = [s.name for s in calibration.specs]
@@ -118,7 +119,7 @@ def _signature_calibration(content: bytes, calibration: Any) -> dict[str, list[d
             shape = tuple(int(d) for d in details[name]["shape"])
             array = example[j]
             if array.size != int(np.prod(shape)):
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"calibration examples for input {name!r} have shape {array.shape}; the .tflite expects {shape}."
                 )
             feed[name] = array.reshape(shape).astype(details[name]["dtype"])
@@ -163,7 +164,7 @@ def quantize_tflite(
 
     Args:
         model: a float .tflite (bytes, path or `ConversionResult`), or a Keras model.
-        recipe: a name in `tfopt.deploy.quantizer.RECIPES`, or a short alias
+        recipe: a name in `tfopt.export.quantizer.RECIPES`, or a short alias
             `"int8"`, `"16x8"`, `"int4"`. Defaults to `"static_wi8_ai8"`.
         calibration: representative inputs for `static_*` recipes: a
             `tfopt.CalibrationData` or anything `tfopt.calibration_data` accepts.
@@ -198,12 +199,12 @@ def quantize_tflite(
     {'int8': 1}
     """
     if calibration_method not in CALIBRATION_METHODS:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"calibration_method must be one of {CALIBRATION_METHODS}. Received: calibration_method={calibration_method!r}."
         )
     name = MODE_ALIASES.get(recipe, recipe)
     if name not in RECIPES:
-        raise ValueError(f"Unknown recipe {recipe!r}. Expected one of {sorted(RECIPES)} or an alias {sorted(MODE_ALIASES)}.")
+        raise InvalidArgumentError(f"Unknown recipe {recipe!r}. Expected one of {sorted(RECIPES)} or an alias {sorted(MODE_ALIASES)}.")
     function_name, needs_calibration, _ = RECIPES[name]
     if _keras.is_keras_model(model):
         if calibration is not None and not isinstance(calibration, CalibrationData):
@@ -213,12 +214,12 @@ def quantize_tflite(
     content = tflite_bytes(model)
     float_ops = inspect_tflite(content)
     if float_ops.precision_counts and set(float_ops.precision_counts) - {"float32"}:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"quantize_tflite expects a float32 .tflite; this one already has compute ops at {float_ops.precision_counts}. "
             "Pass the float model (tfopt.convert(model, mode='float32'))."
         )
     if needs_calibration and calibration is None:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"recipe {name!r} quantizes activations and needs calibration data. Pass "
             "calibration=tfopt.calibration_data(x_train, model=model) (100-500 real examples)."
         )
@@ -231,7 +232,7 @@ def quantize_tflite(
         names = _op_scopes(content)
         for pattern, item in zip(patterns, [exclude] if isinstance(exclude, str) else exclude):
             if not any(re.search(pattern, n) for n in names):
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"exclude rule {item!r} matched no op of the .tflite. Op output names: {names[:12]}"
                     + (" ..." if len(names) > 12 else "")
                 )
@@ -245,7 +246,7 @@ def quantize_tflite(
                 qsv = _calibrate(content, quantizer, _signature_calibration(content, calibration), calibration_method)
             result = quantizer.quantize(qsv, enable_progress_report=False)
     except (ValueError, RuntimeError, KeyError) as err:
-        raise ValueError(f"LiteRT Quantizer could not apply recipe {name!r}: {err}") from err
+        raise InvalidArgumentError(f"LiteRT Quantizer could not apply recipe {name!r}: {err}") from err
     quantized = bytes(result.quantized_model)
     inspection = inspect_tflite(quantized)
     warnings = []

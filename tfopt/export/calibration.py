@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from tfopt import _keras
+from tfopt.errors import InvalidArgumentError, InvalidTypeError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +34,7 @@ def model_input_specs(model: Any) -> list[InputSpec]:
     _keras.keras_flavor(model)
     inputs = getattr(model, "inputs", None)
     if not inputs:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Model {getattr(model, 'name', model)!r} has no defined inputs (a subclassed model that was never "
             "called?). Build it first, e.g. model(np.zeros((1, ...))) or keras.Input in a functional model."
         )
@@ -131,7 +132,7 @@ def calibration_data(
     (50, (1, 8, 8, 1))
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
-        raise ValueError(f"num_samples must be a positive integer. Received: num_samples={num_samples!r}.")
+        raise InvalidArgumentError(f"num_samples must be a positive integer. Received: num_samples={num_samples!r}.")
     specs = model_input_specs(model) if model is not None else None
     rng = np.random.default_rng(seed)
     reservoir: list[list[np.ndarray]] = []
@@ -145,7 +146,7 @@ def calibration_data(
                 reservoir[slot] = example
         seen += 1
     if seen == 0:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"calibration data is empty: received {_describe(data)} that yielded no examples. "
             "Pass at least one example (100-500 drawn from your training data is typical)."
         )
@@ -177,9 +178,9 @@ def _is_pydataset(data: Any) -> bool:
 def _examples(data: Any, specs: list[InputSpec] | None) -> Iterator[list[np.ndarray]]:
     """Yields single examples, each a list of arrays in model-input order."""
     if data is None:
-        raise TypeError("calibration data is None. Pass numpy arrays, a tf.data.Dataset, a PyDataset or a generator.")
+        raise InvalidTypeError("calibration data is None. Pass numpy arrays, a tf.data.Dataset, a PyDataset or a generator.")
     if isinstance(data, (str, bytes)):
-        raise TypeError(
+        raise InvalidTypeError(
             f"calibration data must be arrays or a dataset, not a {type(data).__name__} ({data!r:.60}). "
             "To use a saved .npz, load it first: np.load(path)['x_train']."
         )
@@ -199,7 +200,7 @@ def _examples(data: Any, specs: list[InputSpec] | None) -> Iterator[list[np.ndar
         for element in data:
             yield from _split(_inputs_of(element, specs), specs, batched=None)
         return
-    raise TypeError(
+    raise InvalidTypeError(
         f"Unsupported calibration data: {_describe(data)}. Expected numpy arrays, a tf.data.Dataset, "
         "a keras.utils.PyDataset, or a generator / iterable of arrays or (x, y) pairs."
     )
@@ -239,7 +240,7 @@ def _inputs_of(element: Any, specs: list[InputSpec] | None) -> list[np.ndarray]:
         if n_inputs is not None and n_inputs > 1 and len(element) == n_inputs and _matches(element, specs):
             return [np.asarray(v) for v in element]
         if not element:
-            raise ValueError("an element of the calibration data is an empty tuple/list; expected x or (x, y).")
+            raise InvalidArgumentError("an element of the calibration data is an empty tuple/list; expected x or (x, y).")
         first = element[0]
         if isinstance(first, Mapping):
             return _from_dict(first, specs)
@@ -256,7 +257,7 @@ def _from_dict(element: Mapping, specs: list[InputSpec] | None) -> list[np.ndarr
         return [np.asarray(v) for v in element.values()]
     missing = [s.name for s in specs if s.name not in element]
     if missing:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"calibration data dict has keys {sorted(element)}, but the model's inputs are "
             f"{[s.name for s in specs]} (missing {missing}). Key the dict by the model's input names."
         )
@@ -274,13 +275,13 @@ def _matches(element: Any, specs: list[InputSpec]) -> bool:
 def _split(inputs: list[np.ndarray], specs: list[InputSpec] | None, *, batched: bool | None):
     """Yields single examples from arrays that hold a batch (or one example)."""
     if specs is not None and len(inputs) != len(specs):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"the model has {len(specs)} inputs {[s.name for s in specs]}, but a calibration element holds "
             f"{len(inputs)} array(s). Pass a list (in input order) or a dict keyed by input name."
         )
     for array in inputs:
         if array.dtype.kind not in "biuf":
-            raise TypeError(
+            raise InvalidTypeError(
                 f"calibration data must be numeric; received an array of dtype {array.dtype} and shape {array.shape}. "
                 "Decode or preprocess it into numbers first."
             )
@@ -291,9 +292,9 @@ def _split(inputs: list[np.ndarray], specs: list[InputSpec] | None, *, batched: 
         return
     sizes = {int(np.shape(a)[0]) if np.ndim(a) else -1 for a in inputs}
     if -1 in sizes:
-        raise ValueError("calibration arrays must hold examples along the first axis; received a scalar.")
+        raise InvalidArgumentError("calibration arrays must hold examples along the first axis; received a scalar.")
     if len(sizes) != 1:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"calibration arrays hold different numbers of examples: {sorted(sizes)}. "
             "Every input must have the same length along its first axis."
         )
@@ -307,7 +308,7 @@ def _check_example(example: list[np.ndarray], specs: list[InputSpec], index: int
         shape = tuple(array.shape)
         expected = spec.shape
         if len(shape) != len(expected) or any(e is not None and e != s for s, e in zip(shape, expected)):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"calibration example {index} for input {spec.name!r} has shape {shape}, but the model expects "
                 f"(batch, {', '.join('?' if d is None else str(d) for d in expected)}) - i.e. one example of shape "
                 f"{tuple('?' if d is None else d for d in expected)}. Reshape your data (e.g. x[..., None] to add a "
@@ -315,7 +316,7 @@ def _check_example(example: list[np.ndarray], specs: list[InputSpec], index: int
             )
         if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
             bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"calibration example {index} for input {spec.name!r} holds {bad} NaN or inf value(s). "
                 "Quantization ranges would be meaningless: clean or drop those examples."
             )

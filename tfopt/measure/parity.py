@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from tfopt import _keras
-from tfopt.deploy.flatbuffer import tflite_bytes
+from tfopt.analyze.flatbuffer import tflite_bytes
+from tfopt.errors import InvalidArgumentError, InvalidTypeError
 
 # --- pure metrics (plain numpy) ------------------------------------------------------------------
 
@@ -214,7 +215,7 @@ class _TFLiteRunner:
         order = _match_inputs(self.inputs, len(xs))
         batch = int(self.inputs[0]["shape"][0]) or 1
         if batch != 1:
-            raise ValueError(f"compare() runs .tflite models one example at a time; this one has batch {batch}.")
+            raise InvalidArgumentError(f"compare() runs .tflite models one example at a time; this one has batch {batch}.")
         results: list[list[np.ndarray]] = [[] for _ in self.output_details]
         for i in range(len(xs[0])):
             self._run_one([xs[j][i : i + 1] for j in order])
@@ -262,7 +263,7 @@ def _signature_output_names(interpreter, details) -> list[str]:
 
 def _match_inputs(details, count: int) -> list[int]:
     if count != len(details):
-        raise ValueError(f"the .tflite has {len(details)} inputs but the data holds {count} arrays.")
+        raise InvalidArgumentError(f"the .tflite has {len(details)} inputs but the data holds {count} arrays.")
     return list(range(count))
 
 
@@ -287,7 +288,7 @@ def _runner(model: Any, label: str, *, preserve: bool = False):
         return _KerasRunner(model)
     if isinstance(model, (bytes, bytearray, memoryview, str)) or hasattr(model, "tflite") or hasattr(model, "__fspath__"):
         return _TFLiteRunner(model, preserve=preserve)
-    raise TypeError(
+    raise InvalidTypeError(
         f"{label} must be a Keras model (Keras 3, tf_keras or a QAT model) or a .tflite (bytes, path or "
         f"ConversionResult). Received: an object of type {type(model).__name__}."
     )
@@ -329,17 +330,17 @@ def _split_data(data: Any) -> tuple[list[np.ndarray], np.ndarray | None]:
     else:
         xs = [np.asarray(data)]
     if not xs or any(a.dtype.kind not in "biuf" for a in xs):
-        raise TypeError(
+        raise InvalidTypeError(
             "compare() data must be numeric arrays: x, a list of arrays (one per input), or (x, y). "
             f"Received dtypes {[str(a.dtype) for a in xs]}."
         )
     n = len(xs[0])
     if n == 0 or any(len(a) != n for a in xs):
-        raise ValueError(f"compare() data must hold the same non-zero number of examples per input; got {[len(a) for a in xs]}.")
+        raise InvalidArgumentError(f"compare() data must hold the same non-zero number of examples per input; got {[len(a) for a in xs]}.")
     if y is not None:
         y = np.asarray(y)
         if len(y) != n:
-            raise ValueError(f"data x holds {n} examples but y holds {len(y)} labels; they must match.")
+            raise InvalidArgumentError(f"data x holds {n} examples but y holds {len(y)} labels; they must match.")
         if y.ndim > 1 and y.shape[-1] > 1:
             y = np.argmax(y, axis=-1)
         y = y.reshape(-1)
@@ -394,19 +395,19 @@ def compare(
     1.0
     """
     if max_examples is not None and (isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1):
-        raise ValueError(f"max_examples must be a positive integer or None. Received: max_examples={max_examples!r}.")
+        raise InvalidArgumentError(f"max_examples must be a positive integer or None. Received: max_examples={max_examples!r}.")
     xs, y = _split_data(data)
     if max_examples is not None:
         xs, y = [a[:max_examples] for a in xs], (y[:max_examples] if y is not None else None)
     ref, cand = _runner(reference, "reference"), _runner(candidate, "candidate")
     ref_out, cand_out = ref.outputs(xs), cand.outputs(xs)
     if len(ref_out) != len(cand_out):
-        raise ValueError(f"reference has {len(ref_out)} outputs and candidate {len(cand_out)}; compare needs the same outputs.")
+        raise InvalidArgumentError(f"reference has {len(ref_out)} outputs and candidate {len(cand_out)}; compare needs the same outputs.")
     cand_out = _align_outputs(ref.output_names, cand.output_names, cand_out)
     outputs, notes = [], []
     for k, (a, b) in enumerate(zip(ref_out, cand_out)):
         if a.size != b.size:
-            raise ValueError(f"output {k} has shape {a.shape[1:]} in the reference and {b.shape[1:]} in the candidate.")
+            raise InvalidArgumentError(f"output {k} has shape {a.shape[1:]} in the reference and {b.shape[1:]} in the candidate.")
         b = b.reshape(a.shape)
         name = ref.output_names[k] if k < len(ref.output_names) else f"output_{k}"
         agreement = top1_agreement(a, b) if a.reshape(len(a), -1).shape[1] > 1 else None

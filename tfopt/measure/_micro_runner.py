@@ -1,9 +1,9 @@
 """Child-process side of the TFLite Micro check and the GPU-delegate analyzer.
 
-Run as `python -m tfopt.deploy._micro_runner REQUEST.json`. It imports only numpy,
+Run as `python -m tfopt.measure._micro_runner REQUEST.json`. It imports only numpy,
 tflite_micro and ai_edge_litert (never TensorFlow). TFLite Micro can abort the
 process on some models, and it reports problems by printing from C++, so this
-runs in a child (`tfopt.deploy.micro` is the parent) and reads those prints by
+runs in a child (`tfopt.export.micro` is the parent) and reads those prints by
 pointing file descriptors 1 and 2 at a temporary file while it works.
 
 Tasks:
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from tfopt.deploy._runner import (
+from tfopt.measure._runner import (
     _input_order,
     _random_input,
     make_interpreter,

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from tfopt import _keras
-from tfopt.compress import kmeans
+from tfopt.analyze import weights as kmeans
+from tfopt.errors import InvalidArgumentError, InvalidTypeError
 
 
 @dataclasses.dataclass
@@ -105,7 +106,7 @@ def cluster_report(model_or_tflite: Any, *, reference: Any = None, num_clusters:
     Example:
 
     >>> import keras, numpy as np
-    >>> from tfopt.compress.cluster_report import cluster_report
+    >>> from tfopt.analyze.cluster_report import cluster_report
     >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, kernel_initializer="ones")])
     >>> cluster_report(m).kernels[0].num_unique
     1
@@ -115,7 +116,7 @@ def cluster_report(model_or_tflite: Any, *, reference: Any = None, num_clusters:
     if reference is not None:
         reference_source, _, reference_gzip = _report_parts(reference)
         if reference_source != source:
-            raise TypeError(
+            raise InvalidTypeError(
                 f"reference must be the same kind as the model ({source}). Received: a {reference_source} reference."
             )
     return ClusterReport(source, kernels, gzipped, reference_gzip, num_clusters)
@@ -124,7 +125,7 @@ def cluster_report(model_or_tflite: Any, *, reference: Any = None, num_clusters:
 def _report_parts(item: Any) -> tuple[str, list[KernelValues], int]:
     if _keras.is_keras_model(item):
         if any(hasattr(l, "cluster_centroids") or hasattr(l, "pruning_vars") for l in item.layers):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Model {item.name!r} still has clustering or pruning wrappers; call strip_clustering(model) first."
             )
         kernels, blobs = [], []
@@ -158,14 +159,14 @@ def _tflite_content(item: Any) -> bytes:
         with open(item, "rb") as handle:
             content = handle.read()
     elif isinstance(item, (str, os.PathLike)) and os.fspath(item).endswith((".keras", ".h5")):
-        raise TypeError(f"Load the model first (tfopt's load_model / keras.models.load_model). Received: {item!r}.")
+        raise InvalidTypeError(f"Load the model first (tfopt's load_model / keras.models.load_model). Received: {item!r}.")
     else:
-        raise TypeError(
+        raise InvalidTypeError(
             "Expected a plain Keras model, or a .tflite as bytes, a path or a ConversionResult. "
             f"Received: an object of type {type(item).__name__}."
         )
     if content[4:8] != b"TFL3":
-        raise ValueError("The content is not a TFLite flatbuffer (no 'TFL3' identifier at bytes 4-8).")
+        raise InvalidArgumentError("The content is not a TFLite flatbuffer (no 'TFL3' identifier at bytes 4-8).")
     return content
 
 

@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import numpy as np
+from tfopt.errors import InvalidArgumentError, InvalidTypeError, MissingFileError
 
 # Ops whose cost dominates inference; their precision is what "quantized" means to a user.
 COMPUTE_OPS = frozenset(
@@ -45,18 +46,18 @@ def tflite_bytes(tflite: Any) -> bytes:
     elif isinstance(tflite, (str, os.PathLike)):
         path = os.fspath(tflite)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"TFLite file not found: {path!r}. Pass the path of an existing .tflite file.")
+            raise MissingFileError(f"TFLite file not found: {path!r}. Pass the path of an existing .tflite file.")
         with open(path, "rb") as handle:
             content = handle.read()
         where = repr(path)
     else:
-        raise TypeError(
+        raise InvalidTypeError(
             "Expected a .tflite model as bytes, a file path, or a tfopt.ConversionResult. "
             f"Received: an object of type {type(tflite).__name__}."
         )
     if len(content) < 8 or content[4:8] != b"TFL3":
         head = content[:8]
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{where} is not a TFLite flatbuffer ({len(content)} bytes; the file identifier at bytes 4-8 is "
             f"{head[4:8]!r}, expected b'TFL3'). Pass a .tflite file written by the TFLite converter or tfopt.convert."
         )
@@ -193,7 +194,7 @@ def _read_model(content: bytes):
     try:
         return flatbuffer_utils.read_model_from_bytearray(bytearray(content))
     except Exception as err:  # noqa: BLE001 - any parse failure means a malformed file
-        raise ValueError(f"The TFLite flatbuffer is malformed and cannot be parsed: {type(err).__name__}: {err}") from err
+        raise InvalidArgumentError(f"The TFLite flatbuffer is malformed and cannot be parsed: {type(err).__name__}: {err}") from err
 
 
 def inspect_tflite(tflite: Any) -> TFLiteInspection:
@@ -227,7 +228,7 @@ def inspect_tflite(tflite: Any) -> TFLiteInspection:
     try:
         return _inspect(model, content, flatbuffer_utils)
     except (IndexError, TypeError, AttributeError, KeyError) as err:
-        raise ValueError(f"The TFLite flatbuffer is malformed: {type(err).__name__}: {err}") from err
+        raise InvalidArgumentError(f"The TFLite flatbuffer is malformed: {type(err).__name__}: {err}") from err
 
 
 def _name(value) -> str:

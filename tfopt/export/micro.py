@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from tfopt._io import atomic_write
-from tfopt.deploy._isolate import run_child
-from tfopt.deploy.flatbuffer import inspect_tflite, tflite_bytes
+from tfopt.measure._isolate import run_child
+from tfopt.analyze.flatbuffer import inspect_tflite, tflite_bytes
+from tfopt.errors import InvalidArgumentError
 
 _HYBRID = "convert to full integer: tfopt.convert(model, mode='int8', calibration=..., input_type='int8', output_type='int8')"
 _FIXES = {
@@ -150,7 +151,7 @@ def export_micro(
     (True, True)
     """
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"name must be a C identifier (letters, digits, _; not starting with a digit). Received: name={name!r}."
         )
     if (
@@ -158,7 +159,7 @@ def export_micro(
         or not isinstance(num_samples, int)
         or num_samples < 1
     ):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"num_samples must be an integer >= 1. Received: num_samples={num_samples!r}."
         )
     content = tflite_bytes(tflite)
@@ -181,7 +182,7 @@ def export_micro(
             request["data_path"] = os.path.join(tmp, "data.npz")
             np.savez(request["data_path"], **{f"x{i}": x for i, x in enumerate(xs)})
         raw, _ = run_child(
-            "tfopt.deploy._micro_runner",
+            "tfopt.measure._micro_runner",
             request,
             tmp,
             timeout=timeout,
@@ -254,13 +255,13 @@ def _inputs(data: Any, num_samples: int, num_inputs: int) -> list[np.ndarray] | 
         else [np.asarray(data)]
     )
     if len(xs) != num_inputs:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"the model has {num_inputs} input(s) but data holds {len(xs)} array(s); pass one array per input."
         )
     if any(a.dtype.kind not in "biuf" for a in xs) or any(
         a.ndim == 0 or len(a) == 0 for a in xs
     ):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"data must be non-empty numeric arrays with examples on axis 0; got {[(a.dtype.name, a.shape) for a in xs]}."
         )
     return [a[:num_samples] for a in xs]

@@ -20,7 +20,7 @@ import tempfile
 import time
 from typing import Any
 
-from tfopt.deploy.benchmark import BenchmarkError
+from tfopt.measure.benchmark import BenchmarkError
 
 
 def run_child(

@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from tfopt.deploy._isolate import run_child
-from tfopt.deploy.benchmark import BenchmarkError, BenchmarkResult, benchmark
-from tfopt.deploy.flatbuffer import inspect_tflite, tflite_bytes
+from tfopt.measure._isolate import run_child
+from tfopt.measure.benchmark import BenchmarkError, BenchmarkResult, benchmark
+from tfopt.analyze.flatbuffer import inspect_tflite, tflite_bytes
+from tfopt.errors import InvalidArgumentError
 
 PER_OP_TIMING_NOTE = (
     "per-op timing is not available: ai-edge-litert 2.3.0 exposes no op profiler to Python; "
@@ -229,7 +230,7 @@ def _positive_ints(label: str, values: Sequence[int]) -> list[int]:
         isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1
         for v in values
     ):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{label} must be a non-empty list of integers >= 1. Received: {label}={values!r}."
         )
     return [int(v) for v in values]
@@ -244,7 +245,7 @@ def _batched_shapes(
     for index, tensor in enumerate(info.inputs):
         shape = given.get(tensor.name, given.get(str(index), list(tensor.shape)))
         if any(d < 0 for d in shape[1:]):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"input {tensor.name!r} has dynamic dimensions {list(tensor.shape)}; pass "
                 f"input_shapes={{'{tensor.name}': [1, ...]}} (tfopt bench: --input_shape) with concrete sizes."
             )
@@ -270,7 +271,7 @@ def _measure(
     with open(request["tflite_path"], "wb") as handle:
         handle.write(content)
     try:
-        raw, peak_kb = run_child("tfopt.deploy._runner", request, tmp, timeout=timeout)
+        raw, peak_kb = run_child("tfopt.measure._runner", request, tmp, timeout=timeout)
     except BenchmarkError as err:
         reason = str(err)
         if batch != 1 and (
@@ -308,7 +309,7 @@ def _runtime_rss_kb(tmp: str, timeout: float) -> int | None:
     with open(request["tflite_path"], "wb") as handle:
         handle.write(one_op_model())
     try:
-        return run_child("tfopt.deploy._runner", request, sub, timeout=timeout)[1]
+        return run_child("tfopt.measure._runner", request, sub, timeout=timeout)[1]
     except BenchmarkError:
         return None
 
@@ -345,124 +346,6 @@ def one_op_model() -> bytes:
     subgraph.inputs, subgraph.outputs = np.array([0], np.int32), np.array([1], np.int32)
     model.subgraphs = [subgraph]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
-def compare_variants(
-    variants: Mapping[str, Any],
-    *,
-    data: Any = None,
-    keras_accuracy: float | None = None,
-    baseline: str | None = None,
-    num_threads: int = 1,
-    num_runs: int = 50,
-    output_dir: str | os.PathLike | None = None,
-    plot: bool = True,
-):
-    """Benchmarks several .tflite variants of one model and compares them in one table (and a PNG).
-
-    Args:
-        variants: name -> .tflite (bytes, path or `ConversionResult`), e.g.
-            `{"float32": ..., "int8": ...}`.
-        data: `(x, y)` for accuracy, as in `tfopt.benchmark`. Defaults to `None`.
-        keras_accuracy: the Keras model's accuracy on the same data. Defaults to `None`.
-        baseline: variant the ratios are relative to. Defaults to `None` (the first).
-        num_threads: interpreter threads. Defaults to `1`.
-        num_runs: timed invocations per variant. Defaults to `50`.
-        output_dir: write `report.md`, `report.json` and `tradeoffs.png` here.
-            Defaults to `None` (nothing written).
-        plot: also save `tradeoffs.png` (size vs accuracy vs latency) in `output_dir`.
-            Defaults to `True`.
-
-    Returns:
-        A `tfopt.VariantReport`; variants that could not run are listed in its notes.
-
-    Example:
-
-    >>> import keras, tfopt
-    >>> model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8)])
-    >>> report = tfopt.compare_variants({m: tfopt.convert(model, mode=m) for m in ("float32", "float16")}, num_runs=5)
-    >>> [row.name for row in report.rows]
-    ['float32', 'float16']
-    """
-    from tfopt.report import variant_report
-
-    if not variants:
-        raise ValueError("compare_variants needs at least one variant; received none.")
-    results: dict[str, BenchmarkResult] = {}
-    failed = []
-    for name, tflite in variants.items():
-        try:
-            results[name] = benchmark(
-                tflite, data=data, num_threads=num_threads, num_runs=num_runs
-            )
-        except BenchmarkError as err:
-            failed.append(f"{name} could not be benchmarked: {err}")
-    if not results:
-        raise BenchmarkError("no variant could be benchmarked: " + " | ".join(failed))
-    if baseline not in results:
-        baseline = next(iter(results))
-    paths = {
-        k: os.fspath(v)
-        for k, v in variants.items()
-        if isinstance(v, (str, os.PathLike))
-    }
-    report = variant_report(
-        results, keras_accuracy=keras_accuracy, baseline=baseline, paths=paths
-    )
-    report.notes.extend(failed)
-    if output_dir is not None:
-        report.write(output_dir)
-        if plot:
-            plot_tradeoffs(report, os.path.join(os.fspath(output_dir), "tradeoffs.png"))
-    return report
-
-
-def plot_tradeoffs(report, path: str | os.PathLike) -> str:
-    """Saves size vs accuracy vs latency of a `VariantReport` as a PNG; returns the path.
-
-    Left: latency (x) against accuracy (y), marker area proportional to size.
-    Right: size against accuracy. Without accuracy, size against latency.
-
-    Example:
-
-    >>> import keras, os, tempfile, tfopt
-    >>> model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(256)])
-    >>> runs = {m: tfopt.benchmark(tfopt.convert(model, mode=m), num_runs=5) for m in ("float32", "float16")}
-    >>> path = tfopt.plot_tradeoffs(tfopt.variant_report(runs), os.path.join(tempfile.mkdtemp(), "t.png"))
-    >>> os.path.getsize(path) > 0
-    True
-    """
-    rows = report.rows
-    has_acc = all(r.accuracy is not None for r in rows)
-    fig, (left, right) = _figure(2)
-    sizes_kb = np.array([r.size_bytes / 1024 for r in rows])
-    area = 60 + 600 * sizes_kb / max(sizes_kb.max(), 1e-9)
-    y = (
-        [100 * r.accuracy for r in rows]
-        if has_acc
-        else [r.latency_ms_median for r in rows]
-    )
-    left.scatter([r.latency_ms_median for r in rows], y, s=area, alpha=0.6)
-    right.scatter(sizes_kb, y, s=80, alpha=0.8)
-    for r, yy, kb in zip(rows, y, sizes_kb):
-        left.annotate(
-            r.name, (r.latency_ms_median, yy), textcoords="offset points", xytext=(6, 6)
-        )
-        right.annotate(r.name, (kb, yy), textcoords="offset points", xytext=(6, 6))
-    ylabel = "accuracy (%)" if has_acc else "median latency (ms)"
-    left.set(
-        xlabel="median latency (ms)",
-        ylabel=ylabel,
-        title="latency vs accuracy (area = size)",
-    )
-    right.set(
-        xlabel="size (KB)",
-        ylabel=ylabel,
-        title="size vs " + ("accuracy" if has_acc else "latency"),
-    )
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-    return _save(fig, path)
 
 
 def _figure(columns: int):

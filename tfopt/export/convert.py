@@ -17,8 +17,9 @@ from typing import Any
 
 from tfopt import _keras
 from tfopt._io import atomic_write
-from tfopt.deploy.calibration import CalibrationData, calibration_data
-from tfopt.deploy.flatbuffer import TFLiteInspection, inspect_tflite
+from tfopt.export.calibration import CalibrationData, calibration_data
+from tfopt.analyze.flatbuffer import TFLiteInspection, inspect_tflite
+from tfopt.errors import InvalidArgumentError, InvalidTypeError
 
 CONVERT_MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
 _IO_TYPES = {
@@ -137,10 +138,10 @@ def convert(
     {'int8': 1}
     """
     if mode not in CONVERT_MODES:
-        raise ValueError(f"Unknown mode {mode!r}. Expected one of {CONVERT_MODES}.")
+        raise InvalidArgumentError(f"Unknown mode {mode!r}. Expected one of {CONVERT_MODES}.")
     for label, value in (("input_type", input_type), ("output_type", output_type)):
         if value not in _IO_TYPES[mode]:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{label}={value!r} is not available with mode={mode!r}; expected one of {_IO_TYPES[mode]}."
             )
     import tensorflow as tf
@@ -164,11 +165,11 @@ def convert(
         converter.inference_input_type = dtypes[input_type]
         converter.inference_output_type = dtypes[output_type]
     elif calibration is not None:
-        raise ValueError(f"calibration data is only used by modes 'int8' and 'int16x8'; received it with mode={mode!r}.")
+        raise InvalidArgumentError(f"calibration data is only used by modes 'int8' and 'int16x8'; received it with mode={mode!r}.")
     try:
         content = converter.convert()
     except Exception as err:  # noqa: BLE001 - the converter raises many types; keep its reason
-        raise ValueError(f"The TFLite converter rejected the model in mode {mode!r}: {_first_lines(err)}") from err
+        raise InvalidArgumentError(f"The TFLite converter rejected the model in mode {mode!r}: {_first_lines(err)}") from err
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -176,7 +177,7 @@ def convert(
     warnings = _warnings(mode, inspection)
     coverage = None
     if check_delegation:
-        from tfopt.deploy.benchmark import BenchmarkError, xnnpack_coverage
+        from tfopt.measure.benchmark import BenchmarkError, xnnpack_coverage
 
         try:
             coverage = xnnpack_coverage(content)
@@ -206,11 +207,11 @@ def _make_converter(model: Any, *, safe_mode: bool):
         path = os.fspath(model)
         if os.path.isdir(path):
             if not os.path.exists(os.path.join(path, "saved_model.pb")):
-                raise ValueError(f"{path!r} is a folder without saved_model.pb; expected a SavedModel folder.")
+                raise InvalidArgumentError(f"{path!r} is a folder without saved_model.pb; expected a SavedModel folder.")
             return tf.lite.TFLiteConverter.from_saved_model(path), None, None
         model = _keras.load_model(path, safe_mode=safe_mode)
     elif not _keras.is_keras_model(model):
-        raise TypeError(
+        raise InvalidTypeError(
             "convert() expects a Keras model, a .keras / .h5 path or a SavedModel folder. "
             f"Received: an object of type {type(model).__name__}."
         )
@@ -228,7 +229,7 @@ def _keras_converter(model: Any):  # -> (converter, temporary folder to remove o
 
     inputs = getattr(model, "inputs", None)
     if not inputs:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Model {model.name!r} has no defined inputs. Call it once on real data (or build it with keras.Input) "
             "before converting."
         )
@@ -267,7 +268,7 @@ def _keras_converter(model: Any):  # -> (converter, temporary folder to remove o
 
 def _representative(calibration: Any, model: Any, mode: str):
     if calibration is None:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"mode={mode!r} needs calibration data to set activation ranges. Pass "
             "calibration=tfopt.calibration_data(x_train, model=model) (100-500 real examples)."
         )
@@ -280,7 +281,7 @@ def _representative(calibration: Any, model: Any, mode: str):
             len(e) != len(h) or any(a is not None and b is not None and a != b for a, b in zip(e, h))
             for e, h in zip(expected, held)
         ):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"calibration data holds examples of shapes {held}, but the model's inputs are {expected}. "
                 "Build it with tfopt.calibration_data(data, model=model)."
             )
@@ -297,7 +298,7 @@ def _representative(calibration: Any, model: Any, mode: str):
     for tensor in float_inputs:
         matches = [i for i, n in enumerate(names) if tensor.name in (n, f"serving_default_{n}:0")]
         if len(matches) != 1:
-            raise ValueError(f"Cannot match TFLite input {tensor.name!r} to the model inputs {names}.")
+            raise InvalidArgumentError(f"Cannot match TFLite input {tensor.name!r} to the model inputs {names}.")
         order.append(matches[0])
     return lambda: ([example[i] for i in order] for example in calibration)
 

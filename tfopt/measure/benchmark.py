@@ -1,6 +1,6 @@
 """Benchmarks a .tflite on the LiteRT interpreter (XNNPACK on by default): latency, size, accuracy.
 
-Each measurement runs in a child Python process (`tfopt.deploy._runner`), so a
+Each measurement runs in a child Python process (`tfopt.measure._runner`), so a
 model that would crash the interpreter - a malformed flatbuffer, an unset dynamic
 shape, a missing custom op - is reported as a `BenchmarkError` with a clear message
 instead of taking the caller down.
@@ -16,11 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from tfopt.deploy.flatbuffer import tflite_bytes
-
-
-class BenchmarkError(RuntimeError):
-    """A .tflite could not be run; the message says why and what to do."""
+from tfopt.analyze.flatbuffer import tflite_bytes
+from tfopt.errors import BenchmarkError, InvalidArgumentError, InvalidTypeError  # noqa: F401 - BenchmarkError re-exported
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +129,7 @@ def benchmark(
     content = tflite_bytes(tflite)
     for name, value, low in (("num_threads", num_threads, 1), ("num_runs", num_runs, 1), ("warmup_runs", warmup_runs, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}. Received: {name}={value!r}.")
+            raise InvalidArgumentError(f"{name} must be an integer >= {low}. Received: {name}={value!r}.")
     xs, y = _split_data(data, max_examples)
     with tempfile.TemporaryDirectory(prefix="tfopt-bench-") as tmp:
         request = {
@@ -161,9 +158,9 @@ def run_isolated(request: dict[str, Any], tmp: str, *, timeout: float) -> dict[s
 
     The result also holds `peak_rss_kb`: the child's peak resident memory (VmHWM).
     """
-    from tfopt.deploy._isolate import run_child
+    from tfopt.measure._isolate import run_child
 
-    raw, peak_kb = run_child("tfopt.deploy._runner", request, tmp, timeout=timeout)
+    raw, peak_kb = run_child("tfopt.measure._runner", request, tmp, timeout=timeout)
     raw["peak_rss_kb"] = peak_kb
     return raw
 
@@ -177,14 +174,14 @@ def _split_data(data: Any, max_examples: int | None) -> tuple[list[np.ndarray] |
         x, y = data, None
     xs = [np.asarray(a) for a in x] if isinstance(x, (list, tuple)) else [np.asarray(x)]
     if any(a.dtype.kind not in "biuf" for a in xs):
-        raise TypeError(f"benchmark data must be numeric arrays; received dtypes {[str(a.dtype) for a in xs]}.")
+        raise InvalidTypeError(f"benchmark data must be numeric arrays; received dtypes {[str(a.dtype) for a in xs]}.")
     n = len(xs[0])
     if any(len(a) != n for a in xs) or n == 0:
-        raise ValueError(f"benchmark data must hold the same non-zero number of examples per input; got {[len(a) for a in xs]}.")
+        raise InvalidArgumentError(f"benchmark data must hold the same non-zero number of examples per input; got {[len(a) for a in xs]}.")
     if y is not None:
         y = np.asarray(y)
         if len(y) != n:
-            raise ValueError(f"data x holds {n} examples but y holds {len(y)} labels; they must match.")
+            raise InvalidArgumentError(f"data x holds {n} examples but y holds {len(y)} labels; they must match.")
     if max_examples is not None:
         xs = [a[:max_examples] for a in xs]
         y = y[:max_examples] if y is not None else None
@@ -292,5 +289,5 @@ def evaluate_tflite(tflite: Any, x: Any, y: Any, *, max_examples: int | None = N
     """
     result = benchmark(tflite, data=(x, y), num_runs=1, warmup_runs=0, max_examples=max_examples)
     if result.accuracy is None:
-        raise ValueError("the model's first output holds a single value; top-1 accuracy needs class scores.")
+        raise InvalidArgumentError("the model's first output holds a single value; top-1 accuracy needs class scores.")
     return result.accuracy

@@ -1,7 +1,7 @@
 """Runs a .tflite in the LiteRT interpreter: latency, accuracy, XNNPACK coverage.
 
 This module imports only numpy and ai_edge_litert (never TensorFlow), so it can be
-run as a child process: `python -m tfopt.deploy._runner REQUEST.json`. A model that
+run as a child process: `python -m tfopt.measure._runner REQUEST.json`. A model that
 crashes the interpreter then kills the child, not the caller. `benchmark.py` owns
 the public API; this file holds the measuring loop.
 """

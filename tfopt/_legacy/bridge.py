@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from tfopt import _keras
-from tfopt.compress import _keras3_layer
+from tfopt._legacy import _keras3_layer
+from tfopt.errors import InvalidArgumentError, UnsupportedModelError
 
 # Keys Keras 3 adds to serialized objects that tf_keras does not know.
 _KERAS3_ONLY_KEYS = ("module", "registered_name", "build_config", "compile_config", "shared_object_id")
@@ -68,7 +69,7 @@ def to_tf_keras(model: Any, *, check: bool = True):
     Example:
 
     >>> import keras
-    >>> from tfopt.compress.bridge import to_tf_keras
+    >>> from tfopt._legacy.bridge import to_tf_keras
     >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     >>> type(to_tf_keras(m)).__module__.split(".")[0]
     'tf_keras'
@@ -86,7 +87,7 @@ def to_tf_keras(model: Any, *, check: bool = True):
         else:
             new = tf_keras.Model.from_config(rewritten)
     except (ValueError, TypeError, KeyError) as err:
-        raise NotImplementedError(
+        raise UnsupportedModelError(
             f"Could not rebuild Keras 3 model {model.name!r} as a tf_keras model: {err}. "
             "Functional and Sequential models of built-in layers are supported; for custom layers, "
             "build the model with tf_keras directly."
@@ -118,7 +119,7 @@ def to_keras3(model: Any, *, check: bool = True):
     Example:
 
     >>> import tf_keras
-    >>> from tfopt.compress.bridge import to_keras3
+    >>> from tfopt._legacy.bridge import to_keras3
     >>> m = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(2)])
     >>> type(to_keras3(m)).__module__.split(".")[0]
     'keras'
@@ -134,7 +135,7 @@ def to_keras3(model: Any, *, check: bool = True):
         else:
             new = keras.Model.from_config(rewritten)
     except (ValueError, TypeError, KeyError) as err:
-        raise NotImplementedError(
+        raise UnsupportedModelError(
             f"Could not rebuild tf_keras model {model.name!r} as a Keras 3 model: {err}. "
             "Functional and Sequential models of built-in layers are supported."
         ) from err
@@ -160,7 +161,7 @@ def as_functional(model: Any):
     Example:
 
     >>> import keras, numpy as np
-    >>> from tfopt.compress.bridge import as_functional
+    >>> from tfopt._legacy.bridge import as_functional
     >>> class Net(keras.Model):
     ...     def __init__(self):
     ...         super().__init__()
@@ -181,7 +182,7 @@ def as_functional(model: Any):
     build = model.get_build_config() if model.built else None
     shape = (build or {}).get("input_shape")
     if shape is None or not isinstance(shape, (list, tuple)) or not shape or isinstance(shape[0], (list, tuple, dict)):
-        raise NotImplementedError(
+        raise UnsupportedModelError(
             f"Cannot trace subclassed model {model.name!r} ({type(model).__name__}) into a functional graph: "
             f"it needs one input of known shape (build config: {build!r}). {alternative}"
         )
@@ -190,7 +191,7 @@ def as_functional(model: Any):
         outputs = model.call(inputs)
         traced = keras.Model(inputs, outputs, name=model.name)
     except Exception as err:  # noqa: BLE001 - user code: any failure means "not traceable", with its reason
-        raise NotImplementedError(
+        raise UnsupportedModelError(
             f"Cannot trace subclassed model {model.name!r} ({type(model).__name__}) into a functional graph: "
             f"{type(err).__name__}: {err}. {alternative}"
         ) from err
@@ -205,7 +206,7 @@ def _is_graph_model(model: Any) -> bool:
 
 def _functional_config(model: Any) -> dict:
     if not _is_graph_model(model):
-        raise NotImplementedError(
+        raise UnsupportedModelError(
             f"Cannot move subclassed model {model.name!r} ({type(model).__name__}) between Keras 3 and "
             "tf_keras: only functional and Sequential models have a portable config. "
             "Rebuild it with the functional API, or build it with tf_keras."
@@ -322,10 +323,10 @@ def _wrap_entry(entry: dict) -> dict:
     template, nodes = None, []
     for node in entry.get("inbound_nodes", []):
         if not isinstance(node, dict):
-            raise NotImplementedError(f"Layer {entry.get('name')!r} has a node in an unknown format: {node!r}.")
+            raise UnsupportedModelError(f"Layer {entry.get('name')!r} has a node in an unknown format: {node!r}.")
         args, kwargs, refs = _keras3_layer.to_template(node.get("args", []), node.get("kwargs", {}))
         if template is not None and template != (args, kwargs):
-            raise NotImplementedError(
+            raise UnsupportedModelError(
                 f"Layer {entry.get('name')!r} ({entry['class_name']}) is called several times with different "
                 "constant arguments, which tfopt cannot carry to tf_keras. Call it once per layer object."
             )
@@ -376,7 +377,7 @@ def _fit_config(class_name: str, config: dict, target, *, to_legacy: bool) -> di
         return config
     if not to_legacy and class_name == "BatchNormalization" and isinstance(config.get("axis"), list):
         if len(config["axis"]) != 1:
-            raise NotImplementedError(f"Keras 3 BatchNormalization takes one axis. Received: axis={config['axis']}.")
+            raise UnsupportedModelError(f"Keras 3 BatchNormalization takes one axis. Received: axis={config['axis']}.")
         config["axis"] = config["axis"][0]
     klass = _find_class(class_name, target)
     if klass is None:
@@ -392,7 +393,7 @@ def _fit_config(class_name: str, config: dict, target, *, to_legacy: bool) -> di
             continue
         if class_name.startswith("Separable") and key.startswith("kernel_"):
             continue  # tf_keras separable convs inherit kernel_* arguments they never use (no single kernel)
-        raise NotImplementedError(
+        raise UnsupportedModelError(
             f"{class_name} argument {key}={value!r} has no equivalent in "
             f"{'tf_keras' if to_legacy else 'Keras 3'}; set it to its default or build the model "
             "with the other Keras."
@@ -452,7 +453,7 @@ def _legacy_nodes(nodes: list) -> list:
         first, rest = (args[0], args[1:]) if args else (None, [])
         tensors = first if isinstance(first, (list, tuple)) else [first]
         if rest or any(_is_tensor(v) for v in kwargs.values()) or not all(_is_tensor(t) for t in tensors):
-            raise NotImplementedError(
+            raise UnsupportedModelError(
                 "A layer is called with extra tensor arguments, which tfopt cannot translate to tf_keras. "
                 f"Received node: {node!r}."
             )
@@ -480,7 +481,7 @@ def copy_weights(source: Any, target: Any) -> None:
         shapes = [w.shape for w in weights]
         if other is None or [tuple(w.shape) for w in other.get_weights()] != [tuple(s) for s in shapes]:
             found = None if other is None else [tuple(w.shape) for w in other.get_weights()]
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"The rebuilt model's layer {layer.name!r} holds weights of shapes {found}, the original {shapes}; "
                 "the layer config did not translate. Please report this model."
             )
@@ -498,12 +499,12 @@ def _check_same_outputs(a: Any, b: Any, *, atol: float = 1e-4) -> None:
     for x, y in zip(flat_a, flat_b):
         x, y = np.asarray(x), np.asarray(y)
         if not np.array_equal(np.isfinite(x), np.isfinite(y)):
-            raise ValueError(f"The rebuilt model's outputs are not finite where {a.name!r}'s are. Please report this model.")
+            raise InvalidArgumentError(f"The rebuilt model's outputs are not finite where {a.name!r}'s are. Please report this model.")
         finite = np.isfinite(x)
         diff = float(np.max(np.abs(x[finite] - y[finite]))) if finite.any() else 0.0
         scale = max(1.0, float(np.max(np.abs(x[finite]))) if finite.any() else 1.0)
         if diff > atol * scale:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"The rebuilt model's outputs differ from {a.name!r} by up to {diff:.3g}; "
                 "the conversion is not faithful. Please report this model."
             )

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from tfopt import _keras
+from tfopt.errors import InvalidArgumentError
 
 TARGETS = ("xnnpack_x86", "xnnpack_arm", "tflite_micro")
 # Minimum fraction of zeros across the 1x1 convolutions for XNNPACK's sparse path.
@@ -144,13 +145,13 @@ def advise_sparsity(
     Example:
 
     >>> import keras, tfopt
-    >>> from tfopt.deploy.advisor import advise_sparsity
+    >>> from tfopt.optimize.advisor import advise_sparsity
     >>> m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 1), keras.layers.GlobalAveragePooling2D()])
     >>> advise_sparsity(m, target="xnnpack_arm").sparse_speedup_possible
     False
     """
     if target not in TARGETS:
-        raise ValueError(f"target must be one of {TARGETS}. Received: target={target!r}.")
+        raise InvalidArgumentError(f"target must be one of {TARGETS}. Received: target={target!r}.")
     sparse_storage = target != "tflite_micro"
     pruned_bytes = _as_tflite(model_or_tflite, sparse=sparse_storage)
     rules, conv1x1 = _check_graph(pruned_bytes)
@@ -159,7 +160,7 @@ def advise_sparsity(
     possible = all(r.passed is True for r in advice_rules)
     pruned = dense_result = None
     if dense is not None:
-        from tfopt.deploy.benchmark import benchmark
+        from tfopt.measure.benchmark import benchmark
 
         dense_bytes = _as_tflite(dense, sparse=False)
         dense_result = benchmark(dense_bytes, data=data, num_runs=num_runs)
@@ -192,10 +193,10 @@ def host_cpu_flags(path: str = _CPUINFO) -> list[str] | None:
 
 def _as_tflite(model: Any, *, sparse: bool) -> bytes:
     if _keras.is_keras_model(model):
-        from tfopt.deploy.convert import convert
+        from tfopt.export.convert import convert
 
         return convert(model, mode="float32", sparse=sparse, check_delegation=False).tflite
-    from tfopt.deploy.flatbuffer import tflite_bytes
+    from tfopt.analyze.flatbuffer import tflite_bytes
 
     return tflite_bytes(model)
 
@@ -204,7 +205,7 @@ def _check_graph(content: bytes) -> tuple[dict[str, SparsityRule], list[dict]]:
     """Rules read from the flatbuffer, and the 1x1 convolutions with their sparsity."""
     flatbuffer_utils = _keras.optional_import("ai_edge_litert.tools.flatbuffer_utils", "ai-edge-litert")
     schema = _keras.optional_import("ai_edge_litert.schema_py_generated", "ai-edge-litert")
-    from tfopt.deploy.sparsity import tflite_sparsity
+    from tfopt.analyze.sparsity import tflite_sparsity
 
     op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from tfopt.deploy import flops as F
+from tfopt.analyze import flops as F
+from tfopt.errors import InvalidArgumentError
 
 
 @dataclasses.dataclass
@@ -40,7 +41,7 @@ def _tflite_graph(content: bytes, *, batch_size: int, name: str) -> _Graph:
     from tfopt._keras import optional_import
 
     if len(content) < 8 or content[4:8] != b"TFL3":
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Not a TFLite flatbuffer: {name!r} ({len(content)} bytes) lacks the 'TFL3' identifier. "
             "Pass the bytes or path of a .tflite file (e.g. from tfopt.convert)."
         )

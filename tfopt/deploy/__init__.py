@@ -1,1 +1,0 @@
-"""Deployment: Keras model -> flatbuffer / C array / ONNX, and measurements on the runtime."""

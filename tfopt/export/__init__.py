@@ -1,0 +1,1 @@
+"""Keras model -> deployable artefact: calibration data, .tflite (converter or LiteRT Quantizer), ONNX, C arrays."""
