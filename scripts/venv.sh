@@ -22,6 +22,8 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   "$VENV/bin/python" -m pip install --quiet -c "$ROOT/constraints/ci.txt" -e "$ROOT[all,test]"
   echo "$WANT" > "$STAMP"
 fi
-# The notebooks run on the "python3" kernel: point it at this checkout's .venv every time (another
-# checkout may have registered its own, since removed).
-"$VENV/bin/python" -m ipykernel install --user --name python3 --display-name "Python 3 (tfopt)" >/dev/null 2>&1
+# The notebooks run on a kernel that lives inside .venv under a tfopt-specific name, so the user's own
+# Jupyter kernels (~/.local/share/jupyter, e.g. their "python3") are never touched. Jupyter finds it
+# through JUPYTER_PATH=$VENV/share/jupyter, or by itself when started from this .venv. IPYTHONDIR keeps
+# IPython from creating ~/.ipython while it installs the kernel.
+IPYTHONDIR="$VENV/share/ipython" "$VENV/bin/python" -m ipykernel install --prefix "$VENV" --name tfopt-venv --display-name "Python 3 (tfopt .venv)" >/dev/null 2>&1
