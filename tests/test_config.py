@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
-import warnings
 
-import numpy as np
 import pytest
 
 import tfopt
 
 CONFIGS = [
     tfopt.PruneConfig(target_sparsity=0.7, include=["a"], m_by_n=(2, 4)),
+    tfopt.PruneConfig(target_sparsity={"a": 0.9, "b": 0.5}),
     tfopt.ChannelPruneConfig(ratio=0.25, round_to=8),
     tfopt.ClusterConfig(num_clusters=8, init="linear", exclude="re:out.*"),
-    tfopt.QATConfig(preserve="sparsity"),
+    tfopt.QATConfig(preserve="sparsity+clusters"),
     tfopt.LowRankConfig(energy=0.9),
+    tfopt.DistillConfig(temperature=2.0, alpha=0.3, epochs=3, feature_layers=[("t1", "s1")]),
+    tfopt.FineTuneConfig(epochs=1, learning_rate=5e-4),
+    tfopt.PTQConfig(mode="int8", engine="litert_quantizer", float_fallback=["dense"], per_channel_dense=False),
 ]
 
 
@@ -36,42 +38,44 @@ def test_config_round_trips_through_json(config):
         (lambda: tfopt.ChannelPruneConfig(importance="taylor"), ValueError, "importance must be one of"),
         (lambda: tfopt.LowRankConfig(rank=4, energy=0.9), ValueError, "at most one of"),
         (lambda: tfopt.QATConfig(preserve="zeros"), ValueError, "preserve must be one of"),
-        (lambda: tfopt.PruneConfig(include=lambda layer: True), TypeError, "Use the verb"),
+        (lambda: tfopt.PruneConfig(include=lambda layer: True).to_dict(), TypeError, "cannot be saved"),
+        (lambda: tfopt.PruneConfig(include=3), TypeError, "layer name"),
+        (lambda: tfopt.ClusterConfig(num_clusters=2, preserve_sparsity=True), ValueError, "num_clusters >= 3"),
+        (lambda: tfopt.PTQConfig(mode="int4"), ValueError, "mode must be one of"),
+        (lambda: tfopt.PTQConfig(engine="tensorrt"), ValueError, "engine must be one of"),
+        (lambda: tfopt.PTQConfig(float_fallback=3), ValueError, "float_fallback must be"),
+        (lambda: tfopt.FineTuneConfig(epochs=0), ValueError, "epochs must be an integer >= 1"),
+        (lambda: tfopt.FineTuneConfig(learning_rate=0.0), ValueError, "learning_rate must be a number > 0"),
+        (lambda: tfopt.DistillConfig(temperature=-1.0), ValueError, "temperature must be a number > 0"),
+        (lambda: tfopt.DistillConfig(alpha=float("nan")), ValueError, "alpha must be a number"),
+        (lambda: tfopt.DistillConfig(feature_layers=["a"]), ValueError, "pairs"),
+        (lambda: tfopt.Config.from_dict(["prune"]), TypeError, "takes a dict"),
         (lambda: tfopt.Config.from_dict({"technique": "prune", "sparsity": 0.5}), ValueError, r"Unknown PruneConfig key"),
-        (lambda: tfopt.Config.from_dict({"technique": "distill"}), ValueError, "Unknown technique 'distill'"),
+        (lambda: tfopt.Config.from_dict({"technique": "fold"}), ValueError, "Unknown technique 'fold'"),
         (lambda: tfopt.ClusterConfig.from_dict({"technique": "prune"}), ValueError, "cannot be built from a 'prune'"),
     ],
-    ids=["sparsity", "schedule", "clusters", "importance", "two-ranks", "preserve", "callable", "unknown-key",
-         "unknown-technique", "wrong-class"],
+    ids=["sparsity", "schedule", "clusters", "importance", "two-ranks", "preserve", "callable-save", "bad-rule",
+         "preserve-sparsity-2", "ptq-mode", "ptq-engine", "ptq-fallback", "epochs-0", "lr-0", "temperature", "alpha-nan",
+         "feature-pairs", "from-list", "unknown-key", "unknown-technique", "wrong-class"],
 )
 def test_config_rejects_bad_values(make, error, match):
     with pytest.raises(error, match=match):
         make()
 
 
-def _model():
-    import keras
-
-    keras.utils.set_random_seed(0)
-    return keras.Sequential(
-        [keras.Input((16,)), keras.layers.Dense(32, name="a"), keras.layers.Dense(32, name="b"), keras.layers.Dense(4, name="out")]
-    )
+def test_config_errors_are_tfopt_errors():
+    with pytest.raises(tfopt.TfoptError):
+        tfopt.PruneConfig(target_sparsity=2)
 
 
-def test_apply_matches_the_verbs():
-    model = _model()
-    before = [w.copy() for w in model.get_weights()]
-    x = np.random.default_rng(0).random((8, 16), dtype=np.float32)
-    low = tfopt.apply(model, tfopt.LowRankConfig(rank=4, include=["a", "b"]))
-    direct = tfopt.decompose(model, rank=4, include=["a", "b"])
-    np.testing.assert_allclose(np.asarray(low(x)), np.asarray(direct(x)), atol=1e-6)
-    channels = tfopt.apply(model, tfopt.ChannelPruneConfig(ratio=0.5))
-    assert channels.count_params() == tfopt.prune_channels(model, ratio=0.5).model.count_params()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pruned = tfopt.apply(model, tfopt.PruneConfig(target_sparsity=0.5, include=["a"]))
-    assert [layer.name for layer in tfopt.pruning_summary(pruned).layers] == ["a"]
-    for a, b in zip(before, model.get_weights()):
-        np.testing.assert_array_equal(a, b)
-    with pytest.raises(TypeError, match="takes a tfopt config"):
-        tfopt.apply(model, {"technique": "prune"})
+def test_config_reads_the_old_quantize_technique_name():
+    assert tfopt.Config.from_dict({"technique": "quantize", "preserve": "sparsity"}) == tfopt.QATConfig(preserve="sparsity")
+
+
+def test_config_16x8_is_int16x8():
+    assert tfopt.PTQConfig(mode="16x8").mode == "int16x8"
+
+
+def test_config_callable_rule_is_kept_for_the_verbs():
+    rule = lambda layer: layer.name == "a"  # noqa: E731
+    assert tfopt.PruneConfig(include=rule).include is rule

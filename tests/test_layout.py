@@ -12,6 +12,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "tfopt"
 # Lower rank = deeper in the data path. A module may import its own group or a group of lower rank.
 RANK = {
     "errors": 0,
+    "_registration": 0,
     "_io": 1,
     "_keras": 1,
     "config": 1,
@@ -21,7 +22,7 @@ RANK = {
     "compress": 5,
     "api": 6,
     "report": 6,
-    "optimize": 7,
+    "search": 7,
     "datasets": 7,
     "demo": 8,
     "cli": 9,

@@ -9,6 +9,40 @@ import textwrap
 import tfopt
 
 
+PUBLIC = [
+    "BenchmarkError", "ChannelPruneConfig", "ClusterConfig", "Config", "Constraints", "DistillConfig",
+    "FineTuneConfig", "LowRankConfig", "PTQConfig", "PruneConfig", "QATConfig", "TfoptError",
+    "UnsupportedModelError", "apply", "benchmark", "benchmark_sweep", "calibration_data", "cluster", "compare",
+    "compare_variants", "convert", "decompose", "delegate_report", "distill", "evaluate", "export_micro",
+    "export_onnx", "inspect_tflite", "load_model", "optimize", "plot_tradeoffs", "profile", "prune",
+    "prune_channels", "prune_sensitivity", "qat", "reestimate_batchnorm", "strip", "summary",
+]
+
+
+def test_public_names_are_pinned():
+    # The surface changes only on purpose: edit PUBLIC, the README and docs/index.md together.
+    assert tfopt.__all__ == sorted(PUBLIC)
+    assert len(tfopt.__all__) <= 45
+
+
+def test_old_names_still_work_with_a_warning():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert tfopt.quantize is tfopt.qat
+        assert tfopt.strip_clustering is tfopt.strip
+    assert all(issubclass(w.category, DeprecationWarning) for w in caught) and len(caught) == 2
+    assert "tfopt.qat" in str(caught[0].message)
+
+
+def test_unknown_name_is_an_attribute_error():
+    import pytest
+
+    with pytest.raises(AttributeError, match="no attribute 'frobnicate'"):
+        tfopt.frobnicate  # noqa: B018
+
+
 def test_all_names_resolve():
     for name in tfopt.__all__:
         assert getattr(tfopt, name) is not None, name

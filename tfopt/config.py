@@ -1,10 +1,14 @@
-"""Configs in, new model out: one frozen dataclass of plain values per compression technique.
+"""Configs in, new model out: one frozen dataclass of plain values per step of a recipe.
 
-`tfopt.apply(model, config)` runs the technique a config names; the verbs
-(`tfopt.prune`, `tfopt.cluster`, ...) are the same calls with keywords. A config
-round-trips through `to_dict` / `from_dict` (JSON-ready: strings, numbers, lists),
-rejects unknown keys, and checks its values when it is made, so a search over
-configs fails at the config, not minutes into training.
+A config names a technique (pruning, clustering, QAT, channel pruning, low-rank,
+distillation, fine-tuning, post-training quantization) and holds its options.
+`tfopt.apply(model, *configs, data=...)` runs a recipe (a list of configs); the
+verbs (`tfopt.prune`, `tfopt.cluster`, ...) are `apply` with one config. Values
+are checked here, once, when the config is made, so the verbs, `apply` and a
+search over configs fail at the config, not minutes into training. A config
+round-trips through `to_dict` / `from_dict` (JSON-ready) and rejects unknown keys.
+
+This module is plain Python: it imports no Keras, no TensorFlow and no technique.
 """
 
 from __future__ import annotations
@@ -13,15 +17,25 @@ import dataclasses
 from typing import Any, ClassVar
 from tfopt.errors import InvalidArgumentError, InvalidTypeError
 
-def _names(value: Any, field: str) -> str | tuple[str, ...] | None:
-    if value is None or isinstance(value, str):
+def _names(value: Any, field: str) -> Any:
+    if value is None or isinstance(value, str) or callable(value):
         return value
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return tuple(value)
     raise InvalidTypeError(
-        f"{field} in a config must be a layer name, 're:<regex>', or a list of those (plain values, so the "
-        f"config can be saved). Received: {value!r}. Use the verb (e.g. tfopt.prune) to pass a callable."
+        f"{field} must be a layer name, 're:<regex>', a list of those, or a callable(layer) -> bool. "
+        f"Received: {value!r}."
     )
+
+
+def _number(value: Any, field: str, *, low: float, high: float | None = None, low_open: bool = False) -> None:
+    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or value != value
+    if not bad:
+        bad = value <= low if low_open else value < low
+        bad = bad or (high is not None and value > high)
+    if bad:
+        bound = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+        raise InvalidArgumentError(f"{field} must be a number {bound}. Received: {field}={value!r}.")
 
 
 def _fraction(value: Any, field: str) -> None:
@@ -59,9 +73,19 @@ class Config:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: `{"technique": ..., **fields}` with tuples as lists."""
+        """JSON-ready: `{"technique": ..., **fields}` with tuples as lists.
+
+        Raises:
+            InvalidTypeError: a field holds a callable (an `include` / `exclude`
+                rule), which cannot be saved; use names or `"re:<regex>"` instead.
+        """
         out = {"technique": self.technique}
         for key, value in self.options().items():
+            if callable(value):
+                raise InvalidTypeError(
+                    f"{type(self).__name__}.{key} is a callable, which cannot be saved. Use a layer name, "
+                    "'re:<regex>' or a list of those to save or replay this config."
+                )
             out[key] = list(value) if isinstance(value, tuple) else value
         return out
 
@@ -71,8 +95,11 @@ class Config:
 
         Called on `Config` itself, the `"technique"` key picks the class.
         """
+        if not isinstance(payload, dict):
+            raise InvalidTypeError(f"from_dict takes a dict (from to_dict). Received: {type(payload).__name__}.")
         payload = dict(payload)
         technique = payload.pop("technique", cls.technique or None)
+        technique = _RENAMED.get(technique, technique)
         klass = cls
         if cls is Config:
             klass = CONFIGS.get(technique)
@@ -84,7 +111,7 @@ class Config:
         unknown = sorted(set(payload) - allowed)
         if unknown:
             raise InvalidArgumentError(f"Unknown {klass.__name__} key(s) {unknown}. Allowed: {sorted(allowed)}.")
-        values = {k: tuple(v) if isinstance(v, list) and k == "m_by_n" else v for k, v in payload.items()}
+        values = {k: tuple(v) if isinstance(v, list) and k in ("m_by_n", "float_fallback") else v for k, v in payload.items()}
         return klass(**values)
 
 
@@ -148,18 +175,27 @@ class ClusterConfig(Config):
     def validate(self) -> None:
         _positive_int(self.num_clusters, "num_clusters", 2)
         _choice(self.init, "init", ("kmeans++", "linear", "density", "random"))
+        if self.preserve_sparsity and self.num_clusters < 3:
+            raise InvalidArgumentError(
+                "preserve_sparsity keeps 0 as its own value, so it needs num_clusters >= 3 (0 plus at least two "
+                f"shared non-zero values). Received: num_clusters={self.num_clusters}."
+            )
 
 
 @dataclasses.dataclass(frozen=True)
 class QATConfig(Config):
-    """Quantization-aware training (8-bit); see `tfopt.quantize`."""
+    """Quantization-aware training for int8 (fake-quant wrappers); see `tfopt.qat`.
 
-    technique: ClassVar[str] = "quantize"
+    `preserve` keeps what an earlier step made: `"sparsity"` (pruned zeros stay
+    zero), `"clusters"` (shared values stay shared) or `"sparsity+clusters"`.
+    """
+
+    technique: ClassVar[str] = "qat"
     exclude: Any = None
     preserve: str | None = None
 
     def validate(self) -> None:
-        _choice(self.preserve, "preserve", (None, "sparsity", "clusters"))
+        _choice(self.preserve, "preserve", QAT_PRESERVE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,59 +221,119 @@ class LowRankConfig(Config):
                 raise InvalidArgumentError(f"{field} must be in (0, 1). Received: {field}={value!r}.")
 
 
-CONFIGS: dict[str, type[Config]] = {
-    klass.technique: klass for klass in (PruneConfig, ChannelPruneConfig, ClusterConfig, QATConfig, LowRankConfig)
-}
+QAT_PRESERVE = (None, "sparsity", "clusters", "sparsity+clusters")
+PTQ_MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
+PTQ_ENGINES = ("converter", "litert_quantizer")
+IO_TYPES = ("float32", "int8", "uint8", "int16")
 
 
-def apply(model: Any, config: Config):
-    """Applies one technique, named by its config, and returns the new model.
+@dataclasses.dataclass(frozen=True)
+class PTQConfig(Config):
+    """Post-training quantization to a .tflite; see `tfopt.convert`. Ends a recipe.
 
-    The same as calling the technique's verb with the config's fields as keywords
-    (`tfopt.apply(model, tfopt.PruneConfig(target_sparsity=0.8))` is
-    `tfopt.prune(model, target_sparsity=0.8)`); for channel pruning it returns the
-    smaller model (`tfopt.prune_channels(...).model`). The caller's model is not changed.
-
-    Args:
-        model: a Keras 3 or tf_keras model.
-        config: a `PruneConfig`, `ChannelPruneConfig`, `ClusterConfig`, `QATConfig`
-            or `LowRankConfig`.
-
-    Returns:
-        A new Keras model.
-
-    Raises:
-        TypeError: `config` is not a tfopt config.
-
-    Example:
-
-    >>> import keras, tfopt
-    >>> model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(64, name="a"), keras.layers.Dense(4)])
-    >>> small = tfopt.apply(model, tfopt.LowRankConfig(rank=4, include="a"))
-    >>> small.count_params() < model.count_params()
-    True
+    `engine` is `"converter"` (the TFLite converter) or `"litert_quantizer"`
+    (LiteRT Quantizer recipes). `float_fallback` keeps layers in float: a list of
+    layer names, or `"auto"` for the most sensitive ones (measured). `per_channel_dense=False`
+    quantizes Dense layers per tensor (smaller file and TFLite Micro arena).
     """
-    if not isinstance(config, Config) or type(config) is Config:
-        raise InvalidTypeError(
-            f"apply() takes a tfopt config ({', '.join(k.__name__ for k in CONFIGS.values())}). "
-            f"Received: {type(config).__name__}."
-        )
-    if isinstance(config, PruneConfig):
-        from tfopt.compress.prune import prune
 
-        return prune(model, **config.options())
-    if isinstance(config, ChannelPruneConfig):
-        from tfopt.compress.channels import prune_channels
+    technique: ClassVar[str] = "ptq"
+    mode: str = "int8"
+    engine: str = "converter"
+    float_fallback: Any = None
+    per_channel_dense: bool = True
+    input_type: str = "float32"
+    output_type: str = "float32"
 
-        return prune_channels(model, **config.options()).model
-    if isinstance(config, ClusterConfig):
-        from tfopt.compress.cluster import cluster
+    def validate(self) -> None:
+        if self.mode == "16x8":
+            object.__setattr__(self, "mode", "int16x8")
+        _choice(self.mode, "mode", PTQ_MODES)
+        _choice(self.engine, "engine", PTQ_ENGINES)
+        _choice(self.input_type, "input_type", IO_TYPES)
+        _choice(self.output_type, "output_type", IO_TYPES)
+        fallback = self.float_fallback
+        if isinstance(fallback, (list, tuple)) and all(isinstance(v, str) for v in fallback):
+            object.__setattr__(self, "float_fallback", tuple(fallback))
+        elif fallback not in (None, "auto"):
+            raise InvalidArgumentError(
+                f"float_fallback must be None, 'auto' or a list of layer names. Received: float_fallback={fallback!r}."
+            )
+        if not isinstance(self.per_channel_dense, bool):
+            raise InvalidTypeError(f"per_channel_dense must be True or False. Received: {self.per_channel_dense!r}.")
 
-        return cluster(model, **config.options())
-    if isinstance(config, QATConfig):
-        from tfopt.compress.qat import quantize
 
-        return quantize(model, **config.options())
-    from tfopt.compress.lowrank import decompose
+@dataclasses.dataclass(frozen=True)
+class FineTuneConfig(Config):
+    """Trains the model of the previous step on `apply`'s data (Adam, the loss inferred from the labels).
 
-    return decompose(model, **config.options())
+    Between compression steps it recovers accuracy; pruning and clustering
+    wrappers train under it like any Keras model.
+    """
+
+    technique: ClassVar[str] = "fine_tune"
+    epochs: int = 2
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+
+    def validate(self) -> None:
+        _positive_int(self.epochs, "epochs")
+        _positive_int(self.batch_size, "batch_size")
+        _number(self.learning_rate, "learning_rate", low=0.0, high=1.0, low_open=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig(Config):
+    """Knowledge distillation from a teacher; see `tfopt.distill`.
+
+    In a recipe the teacher is `apply`'s `teacher=` (by default the model given
+    to `apply`, before any step), and with data and `epochs` the student is
+    trained and returned. Without data, `apply` returns the `Distiller` to compile and fit.
+    """
+
+    technique: ClassVar[str] = "distill"
+    temperature: float = 4.0
+    alpha: float = 0.1
+    feature_layers: Any = None  # [(teacher layer, student layer), ...]
+    feature_weight: float = 1.0
+    teacher_outputs: str = "auto"
+    student_outputs: str = "auto"
+    epochs: int | None = None
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+
+    def validate(self) -> None:
+        _number(self.temperature, "temperature", low=0.0, low_open=True)
+        _number(self.alpha, "alpha", low=0.0, high=1.0)
+        _number(self.feature_weight, "feature_weight", low=0.0)
+        for field in ("teacher_outputs", "student_outputs"):
+            _choice(getattr(self, field), field, ("auto", "logits", "probabilities"))
+        pairs = self.feature_layers
+        if pairs is not None:
+            if not all(isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(n, str) for n in p) for p in pairs):
+                raise InvalidArgumentError(
+                    "feature_layers must be a list of (teacher layer name, student layer name) pairs. "
+                    f"Received: {pairs!r}."
+                )
+            object.__setattr__(self, "feature_layers", tuple(tuple(p) for p in pairs))
+        if self.epochs is not None:
+            _positive_int(self.epochs, "epochs")
+        _positive_int(self.batch_size, "batch_size")
+        _number(self.learning_rate, "learning_rate", low=0.0, high=1.0, low_open=True)
+
+
+CONFIGS: dict[str, type[Config]] = {
+    klass.technique: klass
+    for klass in (
+        PruneConfig,
+        ChannelPruneConfig,
+        ClusterConfig,
+        QATConfig,
+        LowRankConfig,
+        DistillConfig,
+        FineTuneConfig,
+        PTQConfig,
+    )
+}
+# Technique names of earlier releases, still read by from_dict.
+_RENAMED = {"quantize": "qat"}
