@@ -8,10 +8,23 @@ package never imports `tf_keras` or tfmot at module level.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import json
 import os
+import re
+import zipfile
 from typing import Any
-from tfopt.errors import InvalidArgumentError, InvalidTypeError, MissingFileError, UnsupportedModelError
+
+from tfopt.errors import (
+    InvalidArgumentError,
+    InvalidTypeError,
+    MissingDependencyError,
+    MissingFileError,
+    TfoptError,
+    UnsafeModelError,
+    UnsupportedModelError,
+)
 
 KERAS3 = "keras3"
 TF_KERAS = "tf_keras"
@@ -85,14 +98,99 @@ def clone_model(model: Any):
 
 
 def load_model(path: str | os.PathLike, *, safe_mode: bool = True):
-    """Loads a `.keras` / `.h5` file with Keras 3 (falls back to tf_keras for legacy files).
+    """Loads a Keras model file with the Keras that wrote it, refusing files that would run code.
 
-    `safe_mode=True` (the default) refuses to deserialize Python lambdas, so
-    loading a file from someone else cannot run arbitrary code.
+    `.keras` archives and `.h5` files written by Keras 3 load as Keras 3 models;
+    those written by tf_keras (Keras 2; `keras_version` 2.x in the file's
+    metadata), and SavedModel folders with Keras metadata, load as tf_keras
+    models. The model comes back uncompiled.
+
+    With `safe_mode=True` (the default) nothing stored in the file runs: before
+    any Keras deserializes it, the file's configs are read as JSON and the load
+    is refused when they hold a `Lambda` layer (Python bytecode), a tf_keras
+    `TFOpLambda` calling anything but pure TensorFlow math, a `ClassMethod`
+    layer, or a class from a module outside Keras / tfopt that is not
+    registered in this process (loading would import that module). This covers
+    `.h5` files and SavedModel folders, which Keras' own `safe_mode` does not.
+    Pass `safe_mode=False` (CLI: `--unsafe`) only for files you trust.
+
+    Args:
+        path: a `.keras` / `.h5` / `.hdf5` file, or a SavedModel folder written by tf_keras.
+        safe_mode: refuse models that would run code from the file. Defaults to `True`.
+
+    Returns:
+        A `keras.Model` (Keras 3 files) or `tf_keras.Model` (tf_keras files).
 
     Raises:
-        FileNotFoundError: if the path does not exist.
-        ValueError: if the file is not a Keras model file.
+        MissingFileError: if the path does not exist.
+        InvalidArgumentError: if the file is not a Keras model file (empty, text,
+            truncated, weights only) or Keras cannot rebuild it.
+        UnsafeModelError: with `safe_mode=True`, when loading would run code; the
+            message names the layers.
+
+    Example:
+
+    >>> import keras, os, tempfile
+    >>> from tfopt import _keras
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.keras")
+    >>> keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save(path)
+    >>> _keras.keras_flavor(_keras.load_model(path))
+    'keras3'
+    """
+    if not isinstance(safe_mode, bool):
+        raise InvalidTypeError(f"safe_mode must be True or False. Received: safe_mode={safe_mode!r}.")
+    info = read_model_file(path)
+    if safe_mode:
+        problems = list(dict.fromkeys(unsafe_objects(info.configs, is_registered=_registry(info.flavor))))
+        if problems:
+            raise UnsafeModelError(
+                f"Refusing to load {info.path!r}: it would run code stored in the file: {'; '.join(problems[:8])}"
+                + (f" (and {len(problems) - 8} more)" if len(problems) > 8 else "")
+                + ". Load it only if you trust its author: pass safe_mode=False (CLI: --unsafe)."
+            )
+    try:
+        if info.flavor == TF_KERAS:
+            from tfopt._legacy import loading
+
+            return loading.load_tf_keras(info.path, safe_mode=safe_mode)
+        import keras
+
+        return keras.models.load_model(info.path, safe_mode=safe_mode, compile=False)
+    except TfoptError:
+        raise
+    except Exception as err:  # noqa: BLE001 - Keras raises many types for a file it cannot rebuild
+        name = "tf_keras" if info.flavor == TF_KERAS else "Keras 3"
+        raise InvalidArgumentError(
+            f"Could not load {info.path!r} as a {name} model ({info.kind} file): {_first_line(err)}. "
+            "Custom layers must be registered (keras.saving.register_keras_serializable) before loading."
+        ) from err
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFile:
+    """What a model file holds, read without deserializing it.
+
+    Attributes:
+        path: the path as given.
+        kind: `"keras"` (a .keras zip), `"h5"` or `"savedmodel"` (a folder).
+        flavor: `"keras3"` or `"tf_keras"`, from the file's `keras_version`.
+        keras_version: the version string the file records (`""` when absent).
+        configs: the JSON configs Keras would deserialize.
+    """
+
+    path: str
+    kind: str
+    flavor: str
+    keras_version: str
+    configs: tuple
+
+
+def read_model_file(path: str | os.PathLike) -> ModelFile:
+    """Reads a model file's metadata and configs as JSON; nothing in it runs.
+
+    Raises:
+        MissingFileError: if the path does not exist.
+        InvalidArgumentError: if it is not a .keras / .h5 file or a SavedModel folder with Keras metadata.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -100,31 +198,178 @@ def load_model(path: str | os.PathLike, *, safe_mode: bool = True):
             f"Model file not found: {path!r}. Pass the path of a .keras or .h5 file, or a SavedModel folder."
         )
     if os.path.isdir(path):
-        raise InvalidArgumentError(
-            f"{path!r} is a folder. A SavedModel folder is converted directly by tfopt.convert; "
-            "to load a Keras model pass a .keras or .h5 file."
-        )
-    if not path.endswith((".keras", ".h5", ".hdf5")):
-        raise InvalidArgumentError(
-            f"Unsupported model file {path!r}: expected a .keras or .h5 file "
-            "(or a .tflite file where a flatbuffer is accepted)."
-        )
-    import keras
+        from tfopt._legacy import loading
 
+        return ModelFile(path, "savedmodel", TF_KERAS, "", tuple(loading.savedmodel_configs(path)))
+    if path.endswith(".keras"):
+        return _read_keras_zip(path)
+    if path.endswith(_H5_SUFFIXES):
+        return _read_h5(path)
+    raise InvalidArgumentError(
+        f"Unsupported model file {path!r}: expected a .keras or .h5 file or a SavedModel folder "
+        "(or a .tflite file where a flatbuffer is accepted)."
+    )
+
+
+_H5_SUFFIXES = (".h5", ".hdf5")
+
+
+def _not_a_model(path: str, reason: str, expected: str) -> InvalidArgumentError:
+    return InvalidArgumentError(f"not a Keras model file: {path!r} ({reason}). Expected {expected}.")
+
+
+def _read_keras_zip(path: str) -> ModelFile:
+    expected = "a .keras archive written by model.save('model.keras')"
     try:
-        return keras.models.load_model(path, safe_mode=safe_mode, compile=False)
-    except Exception as keras3_error:  # noqa: BLE001 - retried with tf_keras, then re-raised
-        if path.endswith(".keras"):
-            raise InvalidArgumentError(f"Could not load {path!r} as a Keras model: {keras3_error}") from keras3_error
-        from tfopt import _legacy
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            raw_config = archive.read("config.json") if "config.json" in names else None
+            raw_meta = archive.read("metadata.json") if "metadata.json" in names else b"{}"
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as err:
+        size = os.path.getsize(path)
+        raise _not_a_model(path, f"{size} bytes, not a readable zip archive: {_first_line(err)}", expected) from err
+    if raw_config is None:
+        raise _not_a_model(path, "the archive has no config.json", expected)
+    config, meta = _json(raw_config, path, expected), _json(raw_meta, path, expected)
+    if not isinstance(config, dict) or not isinstance(meta, dict):
+        raise _not_a_model(path, "config.json or metadata.json is not a JSON object", expected)
+    version = str(meta.get("keras_version") or "")
+    legacy = version.startswith("2.") or str(config.get("module") or "").startswith("tf_keras")
+    return ModelFile(path, "keras", TF_KERAS if legacy else KERAS3, version, (config,))
 
-        tf_keras = _legacy.tf_keras_module()
+
+def _read_h5(path: str) -> ModelFile:
+    expected = "an .h5 model written by model.save('model.h5')"
+    h5py = optional_import("h5py", "h5py")
+    try:
+        with h5py.File(path, "r") as handle:
+            raw_config = handle.attrs.get("model_config")
+            version = handle.attrs.get("keras_version")
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        size = os.path.getsize(path)
+        raise _not_a_model(path, f"{size} bytes, not a readable HDF5 file: {_first_line(err)}", expected) from err
+    if raw_config is None:
+        raise _not_a_model(
+            path, "no model_config: a weights-only file from save_weights", expected + "; for weights, build the "
+            "model and call model.load_weights(path)"
+        )
+    config = _json(raw_config, path, expected)
+    if not isinstance(config, dict):
+        raise _not_a_model(path, "model_config is not a JSON object", expected)
+    version = version.decode("utf-8", "replace") if isinstance(version, bytes) else str(version or "")
+    return ModelFile(path, "h5", TF_KERAS if version.startswith("2.") else KERAS3, version, (config,))
+
+
+def _json(raw, path: str, expected: str):
+    try:
+        return json.loads(raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise _not_a_model(path, f"its config is not valid JSON: {_first_line(err)}", expected) from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = _ANSI.sub("", str(err)).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:300]
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+# Roots of modules whose classes a file may name: importing them runs only installed, trusted code.
+SAFE_MODULE_ROOTS = frozenset({"keras", "tf_keras", "tfopt", "tensorflow_model_optimization", "builtins"})
+# TensorFlow namespaces a tf_keras TFOpLambda may call: pure math on tensors, no file or process access.
+SAFE_TF_NAMESPACES = frozenset({"math", "nn", "linalg", "image", "signal", "bitwise", "__operators__", "dtypes"})
+SAFE_TF_FUNCTIONS = frozenset(
+    "abs add argmax argmin boolean_mask broadcast_to cast clip_by_norm clip_by_value concat cos cumsum divide einsum "
+    "equal exp expand_dims fill gather gather_nd greater greater_equal identity less less_equal linspace log "
+    "logical_and logical_not logical_or matmul maximum minimum multiply negative not_equal one_hot ones ones_like "
+    "pad pow range rank reduce_all reduce_any reduce_max reduce_mean reduce_min reduce_prod reduce_sum repeat "
+    "reshape reverse roll round rsqrt scatter_nd shape sigmoid sign sin size slice sort split sqrt square squeeze "
+    "stack stop_gradient strided_slice subtract tanh tensordot tile transpose truediv unstack where zeros "
+    "zeros_like argsort floor ceil".split()
+)
+
+
+def _safe_tf_function(name: Any) -> bool:
+    if not isinstance(name, str):
+        return False
+    for prefix in ("compat.v1.", "compat.v2."):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+    head = name.split(".")[0]
+    return (head in SAFE_TF_NAMESPACES and "." in name) or name in SAFE_TF_FUNCTIONS
+
+
+def unsafe_objects(configs, *, is_registered=None) -> list[str]:
+    """Names the objects in model configs (plain JSON) whose loading would run code from the file.
+
+    Pure: reads dicts and lists only. Flags `Lambda` layers and stored Python
+    lambdas, tf_keras `TFOpLambda` / `SlicingOpLambda` calling anything outside
+    pure TensorFlow math (`SAFE_TF_NAMESPACES`, `SAFE_TF_FUNCTIONS`),
+    `ClassMethod` layers, `InstanceMethod` / `InstanceProperty` on private
+    attributes, and classes from modules outside `SAFE_MODULE_ROOTS` unless
+    `is_registered(registered_name)` says the process already holds them.
+
+    Returns:
+        One `"<layer name> (<why>)"` entry per finding, in config order.
+    """
+    found: list[str] = []
+
+    def label(node: dict) -> str:
+        inner = node.get("config")
+        name = node.get("name") or (inner.get("name") if isinstance(inner, dict) else None)
+        return f"{name!r}" if isinstance(name, str) else f"a {node.get('class_name')}"
+
+    def visit(node) -> None:
+        if isinstance(node, list):
+            for item in node:
+                visit(item)
+            return
+        if not isinstance(node, dict):
+            return
+        reason = _unsafe_reason(node, is_registered)
+        if reason:
+            found.append(f"{label(node)} ({reason})")
+            return
+        for value in node.values():
+            visit(value)
+
+    visit(list(configs))
+    return found
+
+
+def _unsafe_reason(node: dict, is_registered) -> str | None:
+    kind = node.get("class_name")
+    if not isinstance(kind, str):
+        return None
+    inner = node.get("config") if isinstance(node.get("config"), dict) else {}
+    if kind == "Lambda":
+        return "Lambda layer: runs Python code stored in the file"
+    if kind == "__lambda__":
+        return "a Python lambda stored in the file"
+    if kind in ("TFOpLambda", "SlicingOpLambda") and not _safe_tf_function(inner.get("function")):
+        return f"{kind} calling tf.{inner.get('function')}, outside the pure TensorFlow math tfopt allows"
+    if kind == "ClassMethod":
+        return f"ClassMethod layer calling tf.{inner.get('cls_symbol')}.{inner.get('method_name')}"
+    if kind in ("InstanceMethod", "InstanceProperty") and str(inner.get("attr_name", "_")).startswith("_"):
+        return f"{kind} on the private attribute {inner.get('attr_name')!r}"
+    module = node.get("module")
+    if isinstance(module, str) and module and module.split(".")[0] not in SAFE_MODULE_ROOTS:
+        registered = node.get("registered_name")
+        if not (is_registered and isinstance(registered, str) and is_registered(registered)):
+            return f"class {kind} from module {module!r}: loading would import and run that module"
+    return None
+
+
+def _registry(flavor: str):
+    """`is_registered(name)` for the Keras that will load the file (custom objects the process already holds)."""
+
+    def is_registered(name: str) -> bool:
         try:
-            return tf_keras.models.load_model(path, compile=False, safe_mode=safe_mode)
-        except Exception as err:  # noqa: BLE001
-            raise InvalidArgumentError(
-                f"Could not load {path!r} with Keras 3 ({keras3_error}) or tf_keras ({err})."
-            ) from err
+            return keras_module(flavor).saving.get_registered_object(name) is not None
+        except (ImportError, AttributeError):
+            return False
+
+    return is_registered
 
 
 def import_tfmot():
@@ -139,4 +384,4 @@ def optional_import(module: str, pip_name: str):
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        raise ImportError(f"This feature needs {module}: pip install {pip_name}") from err
+        raise MissingDependencyError(f"This feature needs {module}: pip install {pip_name}") from err
