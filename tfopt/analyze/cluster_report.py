@@ -124,9 +124,9 @@ def cluster_report(model_or_tflite: Any, *, reference: Any = None, num_clusters:
 
 def _report_parts(item: Any) -> tuple[str, list[KernelValues], int]:
     if _keras.is_keras_model(item):
-        if any(hasattr(l, "cluster_centroids") or hasattr(l, "pruning_vars") for l in item.layers):
+        if any(_is_training_wrapper(l) for l in item.layers):
             raise InvalidArgumentError(
-                f"Model {item.name!r} still has clustering or pruning wrappers; call strip_clustering(model) first."
+                f"Model {item.name!r} still has clustering or pruning wrappers; call tfopt.strip(model) first."
             )
         kernels, blobs = [], []
         for layer in item.layers:
@@ -140,6 +140,13 @@ def _report_parts(item: Any) -> tuple[str, list[KernelValues], int]:
         return "keras", kernels, len(gzip.compress(b"".join(blobs), 9))
     content = _tflite_content(item)
     return "tflite", _tflite_kernels(content), len(gzip.compress(content, 9))
+
+
+def _is_training_wrapper(layer) -> bool:
+    """tfmot's clustering / pruning wrappers, or any tfopt wrapper (a layer holding a `.layer`)."""
+    if hasattr(layer, "cluster_centroids") or hasattr(layer, "pruning_vars"):
+        return True
+    return hasattr(layer, "layer") and type(layer).__module__.startswith("tfopt.")
 
 
 def _kernel_values(name: str, values: np.ndarray, dtype: str, axis: int) -> KernelValues:

@@ -159,6 +159,49 @@ def cluster_array(
     return centroids[labels].astype(array.dtype)
 
 
+def cluster_state(
+    values: np.ndarray,
+    num_clusters: int,
+    *,
+    init: str = "kmeans++",
+    axis: int | None = None,
+    preserve_zeros: bool = False,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The state a clustering wrapper trains: `(centroids, labels, nonzero)`.
+
+    `centroids` has shape `(channels, num_clusters)` (one row when `axis` is
+    `None`, else one row per slice along `axis`); `labels` (int32, shaped like
+    `values`) is the index of each value's centroid within its row; `nonzero`
+    is `values != 0`. With `preserve_zeros`, k-means sees only the non-zero
+    values, so all `num_clusters` centroids go to them and the zeros stay
+    outside (`clustered = where(nonzero, centroids[row, labels], 0)`).
+
+    >>> c, labels, nonzero = cluster_state(np.array([[0.0, 1.0], [0.0, 3.0], [2.0, 4.0]]), 2, axis=-1,
+    ...                                    init="linear", preserve_zeros=True)
+    >>> c.tolist(), labels[:, 1].tolist(), nonzero[:, 0].tolist()
+    ([[2.0, 2.0], [1.0, 3.5]], [0, 1, 1], [False, False, True])
+    """
+    array = np.asarray(values, dtype=np.float64)
+    _check_k(num_clusters)
+    nonzero = array != 0
+    rows = [array] if axis is None else list(np.moveaxis(array, axis, 0))
+    masks = [nonzero] if axis is None else list(np.moveaxis(nonzero, axis, 0))
+    centroids = np.zeros((len(rows), num_clusters))
+    labels = np.zeros((len(rows),) + rows[0].shape, dtype=np.int32)
+    for index, (row, mask) in enumerate(zip(rows, masks)):
+        chosen = row[mask] if preserve_zeros else row.reshape(-1)
+        if chosen.size == 0:
+            continue  # an all-zero slice: every value stays 0
+        centroids[index], found = kmeans(chosen, num_clusters, init=init, seed=seed)
+        if preserve_zeros:
+            labels[index][mask] = found
+        else:
+            labels[index] = found.reshape(row.shape)
+    labels = labels[0] if axis is None else np.moveaxis(labels, 0, axis)
+    return centroids, labels.astype(np.int32), nonzero
+
+
 def symmetric_int8(values: np.ndarray, *, axis: int | None = None) -> np.ndarray:
     """Symmetric int8 quantization as the TFLite converter does it for weights.
 
