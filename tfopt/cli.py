@@ -1,76 +1,174 @@
 """The `tfopt` command line: `tfopt <command> [positional args] [--flags]`.
 
-Commands are modules in `tfopt._cli`; each defines NAME, HELP, its flags and
-`main(args) -> int`. User errors print one line and exit 2; no tracebacks.
+Commands are modules in `tfopt._cli` (the convention is written at the top of
+`tfopt/_cli/common.py`): each has its own flags, parsed here against its own
+`absl.flags.FlagValues`. A user mistake (a `tfopt.errors.TfoptError`, an unknown
+flag, another command's flag) prints `tfopt <command>: error: <one line>` and
+exits 2; any other exception is a bug in tfopt and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
+import re
 import sys
 
-from absl import app, logging
+from absl import flags
 
 from tfopt._cli import common
+from tfopt.errors import TfoptError
 
-# Command name -> module under tfopt._cli. Every module is imported at start so
-# that absl knows all flags before parsing.
+# Command name -> module under tfopt._cli, in the order `tfopt help` lists them.
 COMMANDS = {
     "demo": "demo",
     "convert": "convert",
     "bench": "bench",
-    "prune": "prune",
-    "distill": "distill",
-    "export-onnx": "export_onnx",
     "profile": "profile",
+    "prune": "prune",
+    "cluster": "cluster",
+    "qat": "qat",
     "decompose": "decompose",
+    "distill": "distill",
+    "optimize": "optimize",
+    "export-onnx": "export_onnx",
     "export-micro": "export_micro",
     "quantize": "quantize",
-    "cluster": "cluster",
 }
 
-
-def _modules():
-    return {name: importlib.import_module(f"tfopt._cli.{module}") for name, module in COMMANDS.items()}
+HELP_FLAGS = ("-h", "--help", "-help", "--helpfull", "--helpshort")
 
 
-def _usage(modules) -> str:
+def command_module(name: str):
+    """The module of command `name`, or None when there is no such command (or its module is not installed)."""
+    module = COMMANDS.get(name)
+    if module is None or importlib.util.find_spec(f"tfopt._cli.{module}") is None:
+        return None
+    return importlib.import_module(f"tfopt._cli.{module}")
+
+
+def command_names() -> list[str]:
+    return [name for name, module in COMMANDS.items() if importlib.util.find_spec(f"tfopt._cli.{module}") is not None]
+
+
+def command_flags(module) -> flags.FlagValues:
+    """A fresh FlagValues holding only the flags of one command."""
+    fv = flags.FlagValues()
+    module.define_flags(fv)
+    return fv
+
+
+def usage() -> str:
     lines = ["usage: tfopt <command> [args] [--flags]", "", "commands:"]
-    for name, module in modules.items():
-        lines.append(f"  {name:<14} {module.HELP}")
-    lines.append("")
-    lines.append("Run `tfopt <command> --helpfull` for the flags.")
+    for name in command_names():
+        lines.append(f"  {name:<14} {command_module(name).HELP}")
+    lines += ["", "Run `tfopt <command> --help` for its flags."]
     return "\n".join(lines)
 
 
-def _main(argv: list[str]) -> int:
-    modules = _modules()
-    if len(argv) < 2 or argv[1] in ("help", "-h"):
-        print(_usage(modules))
-        return 0 if len(argv) >= 2 else 2
-    command, args = argv[1], argv[2:]
-    if command not in modules:
-        print(f"tfopt: error: unknown command {command!r}. Expected one of: {', '.join(modules)}.", file=sys.stderr)
-        return 2
+def command_help(name: str, module, fv: flags.FlagValues) -> str:
+    """`tfopt <command> --help`: the usage line of the module docstring, then every flag with its default."""
+    doc = (module.__doc__ or "").strip().splitlines()
+    lines = [doc[0] if doc else f"tfopt {name}", "", module.HELP, "", "flags:"]
+    aliases = common.alias_names(fv)
+    for flag_name in sorted(set(fv) - set(aliases)):
+        flag = fv[flag_name]
+        if flag.name != flag_name:  # a short name
+            continue
+        spelled = f"--[no]{flag_name}" if flag.boolean else f"--{flag_name}"
+        default = "" if flag.default is None else f" (default: {flag.default_as_str or repr(flag.default)})"
+        text = " ".join(flag.help.split()).replace("; repeat this option to specify a list of values", "")
+        lines.append(f"  {spelled:<28} {text}{default}")
+    if aliases:
+        lines += ["", "deprecated spellings (still accepted, with a warning):"]
+        lines += [f"  --{old:<26} use --{new}" for old, new in sorted(aliases.items())]
+    return "\n".join(lines)
+
+
+def valid_flags(fv: flags.FlagValues) -> str:
+    aliases = common.alias_names(fv)
+    return ", ".join(f"--{name}" for name in sorted(set(fv) - set(aliases)) if fv[name].name == name)
+
+
+def _owners(flag_name: str, exclude: str) -> list[str]:
+    """Commands that define `flag_name` (to say where a foreign flag belongs)."""
+    owners = []
+    for name in command_names():
+        if name != exclude and flag_name in command_flags(command_module(name)):
+            owners.append(name)
+    return owners
+
+
+def parse_flags(name: str, fv: flags.FlagValues, args: list[str]) -> list[str]:
+    """Parses `args` against the command's flags; returns the positional arguments."""
     try:
-        return int(modules[command].main(args) or 0)
-    except (common.CLIError, ValueError, TypeError, FileNotFoundError, ImportError, NotImplementedError, RuntimeError) as err:
-        print(f"tfopt {command}: error: {err}", file=sys.stderr)
+        positional = fv([f"tfopt {name}", *args])[1:]
+    except flags.UnrecognizedFlagError as err:
+        flag_name = (err.flagname or "").lstrip("-")
+        bare = flag_name[2:] if flag_name.startswith("no") and flag_name[2:] else flag_name
+        owners = _owners(flag_name, name) or _owners(bare, name)
+        where = f" (it belongs to tfopt {' / '.join(owners)})" if owners else ""
+        raise common.CLIError(f"unknown flag --{flag_name}{where}. Valid flags: {valid_flags(fv)}.") from None
+    except flags.Error as err:
+        raise common.CLIError(_flag_message(str(err))) from None
+    try:
+        common.resolve_aliases(fv)
+    except flags.IllegalFlagValueError as err:
+        raise common.CLIError(_flag_message(str(err))) from None
+    return positional
+
+
+def _flag_message(text: str) -> str:
+    """absl's 'flag --x=1: reason' -> '--x=1: reason'."""
+    return re.sub(r"^flag (--\S+)", r"\1", one_line(text))
+
+
+def one_line(text: str) -> str:
+    """One line of plain text: no ANSI colours, no line breaks, at most 1,000 characters."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+    text = " ".join(text.split())
+    return text if len(text) <= 1000 else text[:997] + "..."
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs `tfopt <argv...>` (argv without the program name) and returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()  # libraries reading absl's global flags get their defaults
+    if not argv or argv[0] in ("help", *HELP_FLAGS):
+        if len(argv) > 1 and command_module(argv[1]) is not None:
+            module = command_module(argv[1])
+            print(command_help(argv[1], module, command_flags(module)))
+            return 0
+        print(usage())
+        return 0 if argv else 2
+    name, args = argv[0], argv[1:]
+    module = command_module(name)
+    if module is None:
+        print(f"tfopt: error: unknown command {name!r}. Expected one of: {', '.join(command_names())}.",
+              file=sys.stderr)
+        return 2
+    fv = command_flags(module)
+    before_dashes = args[: args.index("--")] if "--" in args else args
+    if any(arg in HELP_FLAGS for arg in before_dashes):
+        print(command_help(name, module, fv))
+        return 0
+    try:
+        positional = parse_flags(name, fv, args)
+        return int(module.main(positional, fv) or 0)
+    except TfoptError as err:
+        print(f"tfopt {name}: error: {one_line(str(err))}", file=sys.stderr)
         return 2
 
 
 def run() -> None:
     """Console-script entry point."""
-    _modules()  # define every command's flags before absl parses argv
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the CLI process only, never at import tfopt
-    app.run(lambda argv: sys.exit(_main(_quiet(argv))))
+    from absl import logging
 
-
-def _quiet(argv: list[str]) -> list[str]:
-    """Keeps absl / TensorFlow INFO chatter out of the command's output."""
-    logging.set_verbosity(logging.WARNING)
-    return argv
+    logging.set_verbosity(logging.WARNING)  # keeps absl / TensorFlow INFO chatter out of the output
+    sys.exit(main(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -13,69 +13,75 @@ import os
 
 from absl import flags
 
-from tfopt import _keras
-from tfopt._cli import common
-from tfopt._cli.common import FLAGS
+from tfopt._cli import common, training
 
 NAME = "cluster"
 HELP = "Cluster weights to K shared values per kernel (--num_clusters), fine-tune, report accuracy and unique values."
 
-flags.DEFINE_integer("num_clusters", 16, "Shared values per clustered kernel (per channel with --cluster_per_channel).")
-flags.DEFINE_enum("cluster_init", "kmeans++", ["kmeans++", "linear", "density", "random"], "Centroid initialisation.")
-flags.DEFINE_boolean("cluster_per_channel", False, "Cluster each output channel of Conv2D kernels separately.")
-flags.DEFINE_boolean("cluster_preserve_sparsity", False, "Keep exact zeros (of a pruned model) at zero.")
-flags.DEFINE_float("cluster_learning_rate", 1e-4, "Adam learning rate for the fine-tune.")
+INITS = ["kmeans++", "linear", "density", "random"]
 
-DEFAULT_EPOCHS = 2
-DEFAULT_BATCH_SIZE = 64
+
+def define_flags(fv: flags.FlagValues) -> None:
+    common.define_training_flags(fv, epochs=2, batch_size=64, learning_rate=1e-4)
+    common.define_alias(fv, "cluster_learning_rate", "learning_rate")
+    flags.DEFINE_integer("num_clusters", 16, "Shared values per clustered kernel (per channel with --per_channel).",
+                         lower_bound=2, upper_bound=65536, flag_values=fv)
+    flags.DEFINE_enum("init", "kmeans++", INITS, "Centroid initialisation.", flag_values=fv)
+    common.define_alias(fv, "cluster_init", "init")
+    flags.DEFINE_boolean("per_channel", False, "Cluster each output channel of Conv2D kernels separately.",
+                         flag_values=fv)
+    common.define_alias(fv, "cluster_per_channel", "per_channel")
+    flags.DEFINE_boolean("preserve_sparsity", False, "Keep exact zeros (of a pruned model) at zero.", flag_values=fv)
+    common.define_alias(fv, "cluster_preserve_sparsity", "preserve_sparsity")
+
+
 BATCHNORM_EXAMPLES = 1024
 
 
-def main(args: list[str]) -> int:
+def main(args: list[str], fv: flags.FlagValues) -> int:
     from tfopt.compress.cluster import cluster, clustering_summary, strip_clustering
     from tfopt.analyze.cluster_report import cluster_report
 
-    run = common.training_run(args, "cluster", default_epochs=DEFAULT_EPOCHS, default_batch_size=DEFAULT_BATCH_SIZE)
+    run = training.training_run(args, fv, NAME)
     model, epochs, batch_size = run.model, run.epochs, run.batch_size
     x_train, y_train, x_test, y_test = run.x_train, run.y_train, run.x_test, run.y_test
     batchnorm_data = x_train[:BATCHNORM_EXAMPLES]
 
     clustered = cluster(
         model,
-        num_clusters=FLAGS.num_clusters,
-        init=FLAGS.cluster_init,
-        per_channel=FLAGS.cluster_per_channel,
-        preserve_sparsity=FLAGS.cluster_preserve_sparsity,
-        include=FLAGS.include,
-        exclude=FLAGS.exclude,
+        num_clusters=fv.num_clusters,
+        init=fv.init,
+        per_channel=fv.per_channel,
+        preserve_sparsity=fv.preserve_sparsity,
+        include=run.include,
+        exclude=run.exclude,
         batchnorm_data=batchnorm_data,
     )
     summary = clustering_summary(clustered)
-    accuracy_before = common.keras_accuracy(model, x_test, y_test)
-    accuracy_clustered = common.keras_accuracy(clustered, x_test, y_test)
-    if epochs:
-        tf_keras = _keras.keras_module(_keras.TF_KERAS)
-        clustered.compile(
-            optimizer=tf_keras.optimizers.Adam(FLAGS.cluster_learning_rate),
-            loss=common.classification_loss(tf_keras, model, x_train[:64], y_train),
-            metrics=["accuracy"],
-        )
-        clustered.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, verbose=0)
+    accuracy_before = training.keras_accuracy(model, x_test, y_test)
+    accuracy_clustered = training.keras_accuracy(clustered, x_test, y_test)
+    keras = training.keras_of(clustered)
+    clustered.compile(
+        optimizer=keras.optimizers.Adam(fv.learning_rate),
+        loss=training.classification_loss(keras, model, x_train[:64], y_train),
+        metrics=["accuracy"],
+    )
+    clustered.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, verbose=0)
     final = strip_clustering(clustered, batchnorm_data=batchnorm_data)
-    accuracy_after = common.keras_accuracy(final, x_test, y_test)
-    common.save_model(final, FLAGS.output)
+    accuracy_after = training.keras_accuracy(final, x_test, y_test)
+    common.save_model(final, fv.output)
 
     names = {layer.name for layer in summary.layers}
-    report = cluster_report(final, reference=model, num_clusters=FLAGS.num_clusters)
+    report = cluster_report(final, reference=model, num_clusters=fv.num_clusters)
     result = {
         "model": os.path.abspath(args[0]),
-        "num_clusters": FLAGS.num_clusters,
-        "init": FLAGS.cluster_init,
-        "per_channel": FLAGS.cluster_per_channel,
-        "preserve_sparsity": FLAGS.cluster_preserve_sparsity,
+        "num_clusters": fv.num_clusters,
+        "init": fv.init,
+        "per_channel": fv.per_channel,
+        "preserve_sparsity": fv.preserve_sparsity,
         "epochs": epochs,
         "batch_size": batch_size,
-        "learning_rate": FLAGS.cluster_learning_rate,
+        "learning_rate": fv.learning_rate,
         "accuracy_before": accuracy_before,
         "accuracy_clustered_before_finetune": accuracy_clustered,
         "accuracy_after": accuracy_after,
@@ -88,20 +94,19 @@ def main(args: list[str]) -> int:
             {**_kernel_dict(k), "clustered": k.name.split("/")[0] in names} for k in report.kernels
         ],
         "skipped": [s.__dict__ for s in summary.skipped],
-        "paths": {"output": os.path.abspath(FLAGS.output)},
+        "paths": training.report_paths(fv),
     }
-    if FLAGS.json:
-        result["paths"]["json"] = os.path.abspath(FLAGS.json)
-        common.write_json(FLAGS.json, result)
+    if fv.json:
+        common.write_json(fv.json, result)
     print(
-        f"cluster K={FLAGS.num_clusters}: accuracy {accuracy_before:.4f} -> {accuracy_clustered:.4f} (clustered) -> "
+        f"cluster K={fv.num_clusters}: accuracy {accuracy_before:.4f} -> {accuracy_clustered:.4f} (clustered) -> "
         f"{accuracy_after:.4f} (after {epochs} epoch(s)); float32 weights gzip {report.reference_gzip_bytes} -> "
         f"{report.gzip_bytes} bytes"
     )
     for row in result["layers"]:
         mark = "clustered" if row["clustered"] else "kept"
         print(f"  {row['name']:<32} {row['shape']!s:<20} unique {row['num_unique']:>6} ({mark})")
-    print(f"wrote {FLAGS.output}" + (f" and {FLAGS.json}" if FLAGS.json else ""))
+    print(f"wrote {fv.output}" + (f" and {fv.json}" if fv.json else ""))
     return 0
 
 

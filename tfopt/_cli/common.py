@@ -1,88 +1,254 @@
-"""Flags shared by several subcommands, and small helpers for command modules.
+"""Shared pieces of the `tfopt` commands, and the convention every command module follows.
 
-A command module defines `NAME`, `HELP`, its own flags (names unique across
-modules) and `main(args: list[str]) -> int`, where `args` are the positional
-arguments after the command name. Raise `CLIError` (or ValueError / TypeError /
-FileNotFoundError / ImportError) for bad input: the dispatcher prints the
-message and exits non-zero, never a traceback.
+A command is a module in `tfopt._cli` that defines four names:
+
+    NAME = "prune"                                   # the command word: `tfopt prune ...`
+    HELP = "Prune a model ..."                       # one line for `tfopt help`
+
+    def define_flags(fv: flags.FlagValues) -> None:
+        # The command's flags, on its own FlagValues (never absl's global FLAGS):
+        common.define_training_flags(fv, epochs=2, batch_size=32, learning_rate=1e-3)
+        flags.DEFINE_float("target_sparsity", 0.8, "...", flag_values=fv)
+        common.define_alias(fv, "prune_learning_rate", "learning_rate")   # an old spelling that warns
+
+    def main(args: list[str], fv: flags.FlagValues) -> int:
+        # args: the positional arguments; fv: the parsed flags (fv.epochs, fv.output, ...).
+        common.check_paths(NAME, inputs=..., outputs=...)  # before any long work
+        ...
+        return 0
+
+Shared flag groups come from the helpers below (`define_data_flag`, `define_output_flag`,
+`define_json_flag`, `define_seed_flag`, `define_unsafe_flag`, `define_layer_flags`,
+`define_training_flags`); use them so one concept has one spelling in every command.
+
+The dispatcher (`tfopt/cli.py`) parses a command's arguments against that command's
+FlagValues only: an unknown flag, or a flag of another command, exits 2 with the list
+of valid flags, and `tfopt NAME --help` lists them. A user mistake is raised as a
+`tfopt.errors.TfoptError` (`CLIError` here): the dispatcher prints
+`tfopt NAME: error: <one line>` and exits 2. Any other exception is a bug in tfopt and
+keeps its traceback (exit 1). Check what the user gave before long work starts:
+`check_paths` (outputs never overwrite an input or each other, output locations are
+writable) and the data checks in `tfopt._cli.checks`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from typing import Any
+import re
+import sys
 
-import numpy as np
 from absl import flags
 
 from tfopt._io import atomic_write, save_keras_model, write_json  # noqa: F401 - re-exported for commands
-
-FLAGS = flags.FLAGS
-
-flags.DEFINE_string("output", None, "Output file or folder.")
-flags.DEFINE_string("data", None, "An .npz file with x_train, y_train, x_test, y_test.")
-flags.DEFINE_string("json", None, "Also write the result as JSON to this path.")
-flags.DEFINE_string(
-    "mode", None, "convert: float32 (default), float16, dynamic, int8, int16x8; quantize: int8 (default), 16x8, int4."
-)
-flags.DEFINE_list("threads", ["1"], "Interpreter threads; `tfopt bench` sweeps a list, e.g. --threads 1,2.")
-flags.DEFINE_integer("epochs", None, "Training / fine-tuning epochs.")
-flags.DEFINE_integer("batch_size", None, "Batch size.")
-flags.DEFINE_integer("seed", 0, "Random seed.")
-flags.DEFINE_list("include", None, "Layer names (or re:<regex>) to include.")
-flags.DEFINE_list("exclude", None, "Layer names (or re:<regex>) to exclude.")
+from tfopt.errors import InvalidArgumentError, MissingFileError
 
 
-class CLIError(Exception):
-    """A user error in a CLI call: printed as `tfopt <cmd>: error: <message>`."""
+class CLIError(InvalidArgumentError):
+    """A user error in a CLI call: printed as `tfopt <command>: error: <message>`, exit status 2."""
 
 
-DATA_KEYS = ("x_train", "y_train", "x_test", "y_test")
+def warn(message: str) -> None:
+    """Prints one warning line to stderr (deprecations, odd but accepted input)."""
+    print(f"tfopt: warning: {message}", file=sys.stderr)
 
 
-def load_npz(path: str, *, required: tuple[str, ...] = DATA_KEYS) -> dict[str, np.ndarray]:
-    """Loads a data file (.npz) and checks it holds the required arrays."""
-    if not path:
-        raise CLIError("No data file given: pass --data DATA.npz (with x_train, y_train, x_test, y_test).")
-    if not os.path.isfile(path):
-        raise CLIError(f"Data file not found: {path!r}. Pass an existing .npz file.")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            data = {key: npz[key] for key in npz.files}
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
-        raise CLIError(f"Could not read {path!r} as an .npz file: {err}") from err
-    missing = [key for key in required if key not in data]
-    if missing:
-        raise CLIError(
-            f"{path!r} lacks {missing}; it holds {sorted(data)}. Save it with "
-            "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)."
-        )
-    return data
+# ----------------------------------------------------------------------------- shared flag groups
 
 
-def labels_of(y: np.ndarray) -> np.ndarray:
-    """Class indices from integer labels or one-hot rows."""
-    return np.argmax(y, axis=-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(-1)
+def define_output_flag(fv: flags.FlagValues, help_text: str = "Output file.") -> None:
+    flags.DEFINE_string("output", None, help_text, flag_values=fv)
 
 
-def scores_of(model, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
-    """Model outputs, computed eagerly in batches (no predict() retracing across models)."""
-    return np.concatenate([np.asarray(model(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)])
+def define_json_flag(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("json", None, "Also write the result as JSON to this path.", flag_values=fv)
 
 
-def keras_accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
-    """Top-1 accuracy of a Keras model (either flavour) on labelled data."""
-    return float(np.mean(np.argmax(scores_of(model, x), axis=-1) == labels_of(y)))
+def define_data_flag(fv: flags.FlagValues, help_text: str = "An .npz file with x_train, y_train, x_test, y_test.") -> None:
+    flags.DEFINE_string("data", None, help_text, flag_values=fv)
 
 
-def classification_loss(keras, model, x_sample: np.ndarray, y: np.ndarray):
-    """Cross-entropy that matches the labels (one-hot or sparse) and the outputs (probabilities or logits)."""
-    outputs = scores_of(model, x_sample)
-    probabilities = bool(np.all(outputs >= 0) and np.allclose(outputs.sum(axis=-1), 1.0, atol=1e-3))
-    if y.ndim > 1 and y.shape[-1] > 1:
-        return keras.losses.CategoricalCrossentropy(from_logits=not probabilities)
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)
+def define_seed_flag(fv: flags.FlagValues) -> None:
+    flags.DEFINE_integer("seed", 0, "Random seed.", flag_values=fv)
+
+
+def define_unsafe_flag(fv: flags.FlagValues) -> None:
+    flags.DEFINE_boolean(
+        "unsafe", False, "Allow loading a model file whose layers carry Python code (Lambda, custom objects). "
+        "Only for files you trust.", flag_values=fv)
+
+
+def define_num_samples_flag(fv: flags.FlagValues, default: int, help_text: str) -> None:
+    flags.DEFINE_integer("num_samples", default, help_text, lower_bound=1, flag_values=fv)
+
+
+def define_layer_flags(fv: flags.FlagValues, *, include: bool = True, exclude: bool = True) -> None:
+    """--include / --exclude: layer names or `re:<regex>`, separated by commas, repeatable."""
+    text = ("Layers to {}: names or re:<regex> (full match), separated by commas; a comma inside {{}}, [] or () "
+            "belongs to the regex, `\\,` is a literal comma. Repeatable.")
+    if include:
+        flags.DEFINE_multi_string("include", None, text.format("include"), flag_values=fv)
+    if exclude:
+        flags.DEFINE_multi_string("exclude", None, text.format("exclude"), flag_values=fv)
+
+
+def define_training_flags(fv: flags.FlagValues, *, epochs: int, batch_size: int, learning_rate: float,
+                          layers: bool = True) -> None:
+    """MODEL --data --output --json --epochs --batch_size --learning_rate --seed --unsafe [--include --exclude]."""
+    define_data_flag(fv)
+    define_output_flag(fv, "The trained model to write (.keras or .h5).")
+    define_json_flag(fv)
+    flags.DEFINE_integer("epochs", epochs, "Training / fine-tuning epochs (>= 1).", lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("batch_size", batch_size, "Batch size.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_float("learning_rate", learning_rate, "Adam learning rate.", flag_values=fv)
+    flags.register_validator("learning_rate", lambda v: v is not None and 0 < v < 10,
+                             message="must be in (0, 10)", flag_values=fv)
+    define_seed_flag(fv)
+    define_unsafe_flag(fv)
+    if layers:
+        define_layer_flags(fv)
+
+
+def define_range_validator(fv: flags.FlagValues, name: str, low: float | None, high: float | None, *,
+                           low_open: bool = False, high_open: bool = False) -> None:
+    """A validator `low <(=) value <(=) high` for a number flag (None passes: 'not given')."""
+    text = f"{'(' if low_open else '['}{'-inf' if low is None else low}, {'inf' if high is None else high}" \
+           f"{')' if high_open else ']'}"
+
+    def check(value) -> bool:
+        if value is None:
+            return True
+        if low is not None and (value <= low if low_open else value < low):
+            return False
+        return not (high is not None and (value >= high if high_open else value > high))
+
+    flags.register_validator(name, check, message=f"must be in {text}", flag_values=fv)
+
+
+# ----------------------------------------------------------------------------- renamed flags
+
+
+def define_alias(fv: flags.FlagValues, old: str, new: str) -> None:
+    """Keeps `--old` working as a deprecated spelling of `--new` (a one-line warning when used)."""
+    original = fv[new]
+    help_text = f"Deprecated spelling of --{new}."
+    if original.boolean:
+        flags.DEFINE_boolean(old, None, help_text, flag_values=fv)
+    else:
+        flags.DEFINE_flag(flags.Flag(original.parser, original.serializer, old, None, help_text), fv)
+    fv[old].tfopt_alias_of = new
+
+
+def alias_names(fv: flags.FlagValues) -> dict[str, str]:
+    """{old: new} for the deprecated spellings defined on `fv`."""
+    return {name: fv[name].tfopt_alias_of for name in list(fv) if hasattr(fv[name], "tfopt_alias_of")}
+
+
+def resolve_aliases(fv: flags.FlagValues) -> None:
+    """Moves values given under an old spelling to the new flag, with a warning; both at once is an error."""
+    for old, new in alias_names(fv).items():
+        if not fv[old].present:
+            continue
+        if fv[new].present:
+            raise CLIError(f"--{old} and --{new} are the same flag (--{old} is its old spelling); pass only --{new}.")
+        warn(f"--{old} is deprecated; use --{new}.")
+        fv[new].value = fv[old].value
+        fv[new].present = 1
+    fv.validate_all_flags()
+
+
+def canonical_mode(value: str | None, allowed: tuple[str, ...], default: str) -> str:
+    """--mode value; `16x8` is accepted as the old spelling of `int16x8` (with a warning)."""
+    mode = value or default
+    if mode == "16x8":
+        warn("--mode 16x8 is deprecated; use --mode int16x8.")
+        mode = "int16x8"
+    if mode not in allowed:
+        raise CLIError(f"unknown --mode {mode!r}; expected one of {', '.join(allowed)}.")
+    return mode
+
+
+def layer_rule(values: list[str] | None, label: str) -> list[str] | None:
+    """--include / --exclude values -> a list of rules; commas split outside brackets, regexes are checked."""
+    if not values:
+        return None
+    rules: list[str] = []
+    for value in values:
+        rules.extend(split_rules(value))
+    for rule in rules:
+        if rule.startswith("re:"):
+            try:
+                re.compile(rule[3:])
+            except re.error as err:
+                raise CLIError(f"--{label} {rule!r} is not a valid regular expression ({err}).") from err
+    return rules or None
+
+
+def split_rules(text: str) -> list[str]:
+    """'a,re:conv_{1,2},b' -> ['a', 're:conv_{1,2}', 'b']: commas inside (), [], {} or escaped (\\,) stay."""
+    parts, current, depth, i = [], [], 0, 0
+    while i < len(text):
+        char = text[i]
+        if char == "\\" and i + 1 < len(text) and text[i + 1] == ",":
+            current.append(",")
+            i += 2
+            continue
+        if char == "\\" and i + 1 < len(text):
+            current.extend(text[i : i + 2])
+            i += 2
+            continue
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth = max(0, depth - 1)
+        if char == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+        i += 1
+    parts.append("".join(current))
+    return [p.strip() for p in parts if p.strip()]
+
+
+# ----------------------------------------------------------------------------- model files
+
+
+def load_keras(path: str, *, unsafe: bool = False):
+    """Loads a .keras / .h5 model for a command, with one-line errors for empty, text or truncated files."""
+    from tfopt import _keras
+
+    check_model_file(path, (".keras", ".h5", ".hdf5"))
+    return _keras.load_model(path, safe_mode=not unsafe)
+
+
+_H5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def check_model_file(path: str, suffixes: tuple[str, ...]) -> None:
+    """Refuses a missing, empty or mis-typed model file before a loader turns it into a long error."""
+    import zipfile
+
+    if not os.path.exists(path):
+        raise MissingFileError(f"model file not found: {path!r}. Pass an existing {' / '.join(suffixes)} file.")
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "saved_model.pb")) and ".savedmodel" in suffixes:
+            return
+        raise CLIError(f"{path!r} is a folder; expected a {' / '.join(s for s in suffixes if s != '.savedmodel')} file.")
+    if not path.endswith(tuple(s for s in suffixes if s != ".savedmodel")):
+        raise CLIError(f"{path!r} is not a {' / '.join(suffixes)} file (judged by its name).")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise CLIError(f"model file {path!r} is empty (0 bytes); it was not written completely. Re-save the model.")
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise CLIError(f"{path!r} is not a valid .keras file (a .keras file is a zip archive; this one is truncated "
+                       "or another format). Re-save it with model.save(path).")
+    if path.endswith((".h5", ".hdf5")) and head != _H5_SIGNATURE:
+        raise CLIError(f"{path!r} is not an HDF5 (.h5) file; it may be truncated or another format.")
+    if path.endswith(".tflite") and (size < 8 or head[4:8] != b"TFL3"):
+        raise CLIError(f"{path!r} is not a TFLite flatbuffer (no TFL3 identifier); pass a .tflite written by a "
+                       "LiteRT converter.")
 
 
 def save_model(model, path: str) -> str:
@@ -90,35 +256,3 @@ def save_model(model, path: str) -> str:
     if not path or not path.endswith((".keras", ".h5")):
         raise CLIError(f"--output must end in .keras (or .h5). Received: {path!r}.")
     return save_keras_model(model, path)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingRun:
-    """What a model-to-model command needs: the loaded model, the data, epochs and batch size."""
-
-    model: Any
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    epochs: int
-    batch_size: int
-
-
-def training_run(args: list[str], command: str, *, default_epochs: int, default_batch_size: int = 64,
-                 min_epochs: int = 0) -> TrainingRun:
-    """Checks `MODEL --data --output` of a training command, loads the model and data, seeds Keras."""
-    from tfopt import _keras
-
-    if len(args) != 1:
-        raise CLIError(f"{command} takes one MODEL path (.keras / .h5). Received: {args!r}.")
-    if not FLAGS.output or not FLAGS.output.endswith((".keras", ".h5")):
-        raise CLIError(f"pass --output OUT.keras (or .h5). Received: --output={FLAGS.output!r}.")
-    data = load_npz(FLAGS.data)
-    epochs = FLAGS.epochs if FLAGS.epochs is not None else default_epochs
-    if epochs < min_epochs:
-        raise CLIError(f"--epochs must be >= {min_epochs} for {command}. Received: {epochs}.")
-    model = _keras.load_model(args[0])
-    _keras.keras_of(model).utils.set_random_seed(FLAGS.seed)
-    return TrainingRun(model, *(data[k] for k in DATA_KEYS), epochs=epochs,
-                       batch_size=FLAGS.batch_size or default_batch_size)

@@ -12,49 +12,54 @@ import os
 
 from absl import flags
 
-from tfopt import _keras
-from tfopt._cli import common
-from tfopt._cli.common import FLAGS
+from tfopt._cli import common, training
 
 NAME = "decompose"
 HELP = "Factorise Dense/Conv2D kernels by SVD (--rank | --energy | --param_ratio), fine-tune, report accuracy."
 
-flags.DEFINE_integer("rank", None, "Same rank for every factorised layer.")
-flags.DEFINE_float("energy", None, "Per layer, keep this fraction of squared singular values (default 0.9).")
-flags.DEFINE_float("param_ratio", None, "Whole-model target params_after / params_before, in (0, 1).")
-flags.DEFINE_float("decompose_learning_rate", 1e-4, "Adam learning rate for the fine-tune.")
-
-DEFAULT_EPOCHS = 5
-DEFAULT_BATCH_SIZE = 64
 
 
-def main(args: list[str]) -> int:
+def define_flags(fv: flags.FlagValues) -> None:
+    common.define_training_flags(fv, epochs=5, batch_size=64, learning_rate=1e-4)
+    common.define_alias(fv, "decompose_learning_rate", "learning_rate")
+    flags.DEFINE_integer("rank", None, "Same rank for every factorised layer.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_float("energy", None, "Per layer, keep this fraction of squared singular values, in (0, 1] "
+                       "(default 0.9).", flag_values=fv)
+    common.define_range_validator(fv, "energy", 0, 1, low_open=True)
+    flags.DEFINE_float("param_ratio", None, "Whole-model target params_after / params_before, in (0, 1).",
+                       flag_values=fv)
+    common.define_range_validator(fv, "param_ratio", 0, 1, low_open=True, high_open=True)
+
+
+def main(args: list[str], fv: flags.FlagValues) -> int:
     from tfopt.compress.lowrank import decompose, plan_decomposition
 
-    run = common.training_run(args, "decompose", default_epochs=DEFAULT_EPOCHS, default_batch_size=DEFAULT_BATCH_SIZE)
+    given = [f"--{name}" for name in ("rank", "energy", "param_ratio") if fv[name].value is not None]
+    if len(given) > 1:
+        raise common.CLIError(f"pass one rule of --rank, --energy or --param_ratio; received {', '.join(given)}.")
+    run = training.training_run(args, fv, NAME)
     model, epochs, batch_size = run.model, run.epochs, run.batch_size
     x_train, y_train, x_test, y_test = run.x_train, run.y_train, run.x_test, run.y_test
-    keras = _keras.keras_of(model)
-    rule = dict(rank=FLAGS.rank, energy=FLAGS.energy, param_ratio=FLAGS.param_ratio,
-                include=FLAGS.include, exclude=FLAGS.exclude)
+    keras = training.keras_of(model)
+    rule = dict(rank=fv.rank, energy=fv.energy, param_ratio=fv.param_ratio,
+                include=run.include, exclude=run.exclude)
 
     plan = plan_decomposition(model, **rule)
     small = decompose(model, **rule)
-    accuracy_before = common.keras_accuracy(model, x_test, y_test)
-    accuracy_decomposed = common.keras_accuracy(small, x_test, y_test)
-    if epochs:
-        small.compile(optimizer=keras.optimizers.Adam(FLAGS.decompose_learning_rate),
-                      loss=common.classification_loss(keras, model, x_train[:64], y_train), metrics=["accuracy"])
-        small.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, verbose=0)
-    accuracy_after = common.keras_accuracy(small, x_test, y_test)
-    common.save_model(small, FLAGS.output)
+    accuracy_before = training.keras_accuracy(model, x_test, y_test)
+    accuracy_decomposed = training.keras_accuracy(small, x_test, y_test)
+    small.compile(optimizer=keras.optimizers.Adam(fv.learning_rate),
+                  loss=training.classification_loss(keras, model, x_train[:64], y_train), metrics=["accuracy"])
+    small.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, verbose=0)
+    accuracy_after = training.keras_accuracy(small, x_test, y_test)
+    common.save_model(small, fv.output)
 
     result = {
         "model": os.path.abspath(args[0]),
         "rule": plan.rule,
         "epochs": epochs,
         "batch_size": batch_size,
-        "learning_rate": FLAGS.decompose_learning_rate,
+        "learning_rate": fv.learning_rate,
         "accuracy_before": accuracy_before,
         "accuracy_decomposed": accuracy_decomposed,
         "accuracy_after": accuracy_after,
@@ -62,14 +67,13 @@ def main(args: list[str]) -> int:
         "params_after": int(small.count_params()),
         "param_ratio": small.count_params() / model.count_params(),
         "layers": [layer.to_dict() for layer in plan.layers],
-        "paths": {"output": os.path.abspath(FLAGS.output)},
+        "paths": training.report_paths(fv),
     }
-    if FLAGS.json:
-        result["paths"]["json"] = os.path.abspath(FLAGS.json)
-        common.write_json(FLAGS.json, result)
+    if fv.json:
+        common.write_json(fv.json, result)
     print(plan.summary())
     print(f"accuracy {accuracy_before:.4f} -> {accuracy_decomposed:.4f} (decomposed) -> {accuracy_after:.4f} "
           f"(after {epochs} epochs); params {result['params_before']:,} -> {result['params_after']:,} "
           f"({result['param_ratio']:.3f}x)")
-    print(f"wrote {FLAGS.output}" + (f" and {FLAGS.json}" if FLAGS.json else ""))
+    print(f"wrote {fv.output}" + (f" and {fv.json}" if fv.json else ""))
     return 0

@@ -10,17 +10,22 @@ import os
 
 from absl import flags
 
-from tfopt._cli import common
-from tfopt._cli.common import FLAGS
+from tfopt._cli import checks, common
 
 NAME = "profile"
 HELP = "Count parameters, MACs, FLOPs, weight bytes and activation memory per layer (.keras/.h5/.tflite)."
 
-flags.DEFINE_integer("profile_rows", 60, "Table rows to print (the costliest layers when the model is longer).")
+
+def define_flags(fv: flags.FlagValues) -> None:
+    common.define_json_flag(fv)
+    flags.DEFINE_integer("batch_size", 1, "Batch size the counts are for.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("max_rows", 60, "Table rows to print (the costliest layers when the model is longer).",
+                         lower_bound=1, flag_values=fv)
+    common.define_alias(fv, "profile_rows", "max_rows")
+    common.define_unsafe_flag(fv)
 
 
-def main(args: list[str]) -> int:
-    from tfopt import _keras
+def main(args: list[str], fv: flags.FlagValues) -> int:
     from tfopt.analyze.profile import profile
 
     if len(args) != 1:
@@ -31,15 +36,17 @@ def main(args: list[str]) -> int:
     source = args[0]
     if not os.path.isfile(source):
         raise common.CLIError(f"model not found: {source!r}. Pass a .keras, .h5 or .tflite file.")
-    batch_size = FLAGS.batch_size if FLAGS.batch_size is not None else 1
-    if batch_size < 1:
-        raise common.CLIError(f"--batch_size must be >= 1. Received: {batch_size}.")
-    model = source if source.endswith(".tflite") else _keras.load_model(source)
-    result = profile(model, batch_size=batch_size)
-    print(result.summary(max_rows=FLAGS.profile_rows))
-    if FLAGS.json:
+    checks.check_paths(inputs={"MODEL": source}, outputs={"--json": fv.json})
+    if source.endswith(".tflite"):
+        checks.check_tflite(source)  # a malformed flatbuffer is refused here, with one line
+        model = source
+    else:
+        model = common.load_keras(source, unsafe=fv.unsafe)
+    result = profile(model, batch_size=fv.batch_size)
+    print(result.summary(max_rows=fv.max_rows))
+    if fv.json:
         payload = {"model": os.path.abspath(source), **result.to_dict()}
-        payload["paths"] = {"json": os.path.abspath(FLAGS.json)}
-        common.write_json(FLAGS.json, payload)
-        print(f"wrote {FLAGS.json}")
+        payload["paths"] = {"json": os.path.abspath(fv.json)}
+        common.write_json(fv.json, payload)
+        print(f"wrote {fv.json}")
     return 0

@@ -1,4 +1,4 @@
-"""`tfopt prune MODEL --data DATA.npz --output OUT.keras`: prune, fine-tune, report.
+"""`tfopt prune MODEL --data DATA.npz --output OUT.keras [--structure unstructured|2:4|channels]`: prune, fine-tune, report.
 
 Fine-tunes on x_train / y_train and reports, on x_test / y_test, the accuracy
 before and after, parameter counts and the measured sparsity of each kernel.
@@ -12,39 +12,40 @@ import os
 import numpy as np
 from absl import flags
 
-from tfopt import _keras
-from tfopt._cli import common
-from tfopt._cli.common import FLAGS
+from tfopt._cli import common, training
+from tfopt._cli.common import CLIError
 
 NAME = "prune"
 HELP = "Prune a model (unstructured, 2:4 or whole channels), fine-tune it and report accuracy and sparsity."
 
-flags.DEFINE_enum("structure", "unstructured", ["unstructured", "2:4", "channels"], "Pruning structure.")
-flags.DEFINE_float("target_sparsity", 0.8, "Fraction of zeros per pruned kernel (unstructured).")
-flags.DEFINE_float("ratio", None, "Fraction of channels to remove (--structure channels).")
-flags.DEFINE_float("prune_learning_rate", 1e-3, "Adam learning rate for the fine-tune.")
 
-DEFAULT_EPOCHS = 2
-DEFAULT_BATCH_SIZE = 32
+def define_flags(fv: flags.FlagValues) -> None:
+    common.define_training_flags(fv, epochs=2, batch_size=32, learning_rate=1e-3)
+    common.define_alias(fv, "prune_learning_rate", "learning_rate")
+    flags.DEFINE_enum("structure", "unstructured", ["unstructured", "2:4", "channels"], "Pruning structure.",
+                      flag_values=fv)
+    flags.DEFINE_float("target_sparsity", 0.8, "Fraction of zeros per pruned kernel (unstructured), in [0, 1).",
+                       flag_values=fv)
+    common.define_range_validator(fv, "target_sparsity", 0, 1, high_open=True)
+    flags.DEFINE_float("ratio", None, "Fraction of channels to remove (--structure channels), in (0, 1).",
+                       flag_values=fv)
+    common.define_range_validator(fv, "ratio", 0, 1, low_open=True, high_open=True)
 
 
-def main(args: list[str]) -> int:
-    run = common.training_run(args, "prune", default_epochs=DEFAULT_EPOCHS, default_batch_size=DEFAULT_BATCH_SIZE,
-                              min_epochs=1)
+def main(args: list[str], fv: flags.FlagValues) -> int:
+    if fv.structure == "channels" and fv.ratio is None:
+        raise CLIError("--structure channels needs --ratio R (fraction of channels to remove).")
+    run = training.training_run(args, fv, NAME)
     model, epochs, batch_size = run.model, run.epochs, run.batch_size
     x_train, y_train, x_test, y_test = run.x_train, run.y_train, run.x_test, run.y_test
 
-    accuracy_before = common.keras_accuracy(model, x_test, y_test)
+    accuracy_before = training.keras_accuracy(model, x_test, y_test)
     steps = epochs * math.ceil(len(x_train) / batch_size)
     pruning = None
-    if FLAGS.structure == "channels":
-        if FLAGS.ratio is None:
-            raise common.CLIError("--structure channels needs --ratio R (fraction of channels to remove).")
+    if fv.structure == "channels":
         from tfopt.compress.channels import prune_channels
 
-        result = prune_channels(
-            model, ratio=FLAGS.ratio, include=FLAGS.include, exclude=FLAGS.exclude
-        )
+        result = prune_channels(model, ratio=fv.ratio, include=run.include, exclude=run.exclude)
         trainable = getattr(result, "model", result)
         skipped_channels = [
             {"name": name, "reason": reason} for name, reason in dict(getattr(result, "skipped_layers", {})).items()
@@ -54,17 +55,17 @@ def main(args: list[str]) -> int:
 
         trainable = prune(
             model,
-            target_sparsity=FLAGS.target_sparsity,
+            target_sparsity=fv.target_sparsity,
             end_step=max(1, (2 * steps) // 3),
-            include=FLAGS.include,
-            exclude=FLAGS.exclude,
-            m_by_n=(2, 4) if FLAGS.structure == "2:4" else None,
+            include=run.include,
+            exclude=run.exclude,
+            m_by_n=(2, 4) if fv.structure == "2:4" else None,
         )
         pruning = trainable
-    keras = _keras.keras_of(trainable)
+    keras = training.keras_of(trainable)
     trainable.compile(
-        optimizer=keras.optimizers.Adam(FLAGS.prune_learning_rate),
-        loss=common.classification_loss(keras, trainable, x_train[:64], y_train),
+        optimizer=keras.optimizers.Adam(fv.learning_rate),
+        loss=training.classification_loss(keras, trainable, x_train[:64], y_train),
         metrics=["accuracy"],
     )
     trainable.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, verbose=0)
@@ -75,17 +76,17 @@ def main(args: list[str]) -> int:
         final = strip(pruning)
     else:
         skipped, final = skipped_channels, trainable
-    accuracy_after = common.keras_accuracy(final, x_test, y_test)
-    common.save_model(final, FLAGS.output)
+    accuracy_after = training.keras_accuracy(final, x_test, y_test)
+    common.save_model(final, fv.output)
 
     result = {
         "model": os.path.abspath(args[0]),
-        "structure": FLAGS.structure,
-        "target_sparsity": FLAGS.target_sparsity if FLAGS.structure == "unstructured" else None,
-        "ratio": FLAGS.ratio if FLAGS.structure == "channels" else None,
+        "structure": fv.structure,
+        "target_sparsity": fv.target_sparsity if fv.structure == "unstructured" else None,
+        "ratio": fv.ratio if fv.structure == "channels" else None,
         "epochs": epochs,
         "batch_size": batch_size,
-        "learning_rate": FLAGS.prune_learning_rate,
+        "learning_rate": fv.learning_rate,
         "accuracy_before": accuracy_before,
         "accuracy_after": accuracy_after,
         "params_before": int(model.count_params()),
@@ -93,25 +94,18 @@ def main(args: list[str]) -> int:
         "nonzero_params_after": int(sum(np.count_nonzero(w) for w in final.get_weights())),
         "layers": _kernel_sparsity(final),
         "skipped": skipped,
-        "paths": {"output": os.path.abspath(FLAGS.output)},
+        "paths": training.report_paths(fv),
     }
-    if FLAGS.json:
-        result["paths"]["json"] = os.path.abspath(FLAGS.json)
-        common.write_json(FLAGS.json, result)
+    if fv.json:
+        common.write_json(fv.json, result)
     print(
-        f"{FLAGS.structure}: accuracy {accuracy_before:.4f} -> {accuracy_after:.4f}, params "
+        f"{fv.structure}: accuracy {accuracy_before:.4f} -> {accuracy_after:.4f}, params "
         f"{result['params_before']} -> {result['params_after']} ({result['nonzero_params_after']} non-zero)"
     )
     for layer in result["layers"]:
         print(f"  {layer['name']:<32} {layer['shape']!s:<20} sparsity {layer['sparsity']:.3f}")
-    print(f"wrote {FLAGS.output}" + (f" and {FLAGS.json}" if FLAGS.json else ""))
+    print(f"wrote {fv.output}" + (f" and {fv.json}" if fv.json else ""))
     return 0
-
-
-
-
-
-
 
 
 def _kernel_sparsity(model) -> list[dict]:

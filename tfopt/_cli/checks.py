@@ -1,0 +1,202 @@
+"""Checks a command runs before any long work: paths it writes, data files it reads, data against the model.
+
+Each check raises `CLIError` (a `tfopt.errors.InvalidArgumentError`) or `MissingFileError`
+with one line: what was received, what was expected, how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from tfopt._cli.common import CLIError
+from tfopt.errors import MissingFileError
+
+DATA_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+# ----------------------------------------------------------------------------- output paths
+
+
+def check_paths(*, inputs: Mapping[str, str | None], outputs: Mapping[str, str | None],
+                folder_outputs: Iterable[str] = ()) -> None:
+    """Refuses outputs that would overwrite an input or each other, and outputs that cannot be written.
+
+    Args:
+        inputs: label (e.g. "MODEL", "--data") -> path read by the command; `None` entries are skipped.
+        outputs: label (e.g. "--output", "--json") -> path the command writes; `None` entries are skipped.
+        folder_outputs: labels of outputs that are folders (created when missing).
+    """
+    folder_outputs = set(folder_outputs)
+    read = {}
+    for label, path in inputs.items():
+        if path:
+            read.setdefault(os.path.realpath(path), (label, path))
+    written: dict[str, str] = {}
+    for label, path in outputs.items():
+        if not path:
+            continue
+        real = os.path.realpath(path)
+        if real in read:
+            source_label, source = read[real]
+            raise CLIError(f"{label} {path!r} is the input {source_label} ({source!r}); writing it would destroy "
+                           f"the input. Pass a different {label} path.")
+        if real in written:
+            raise CLIError(f"{label} and {written[real]} are the same path {path!r}; one would overwrite the other. "
+                           "Pass different paths.")
+        written[real] = label
+        _check_writable(label, path, folder=label in folder_outputs)
+
+
+def _check_writable(label: str, path: str, *, folder: bool) -> None:
+    absolute = os.path.abspath(path)
+    if os.path.exists(absolute):
+        if folder and not os.path.isdir(absolute):
+            raise CLIError(f"{label} {path!r} is a file; expected a folder (it is created when missing).")
+        if not folder and os.path.isdir(absolute):
+            raise CLIError(f"{label} {path!r} is a folder; expected a file path, e.g. "
+                           f"{os.path.join(path, 'out' + _suffix_hint(label))!r}.")
+        target = absolute if folder else os.path.dirname(absolute)
+        if not os.access(target, os.W_OK | os.X_OK) or (not folder and not os.access(absolute, os.W_OK)):
+            raise CLIError(f"{label} {path!r} is not writable (permission denied). Pass a path you can write.")
+        return
+    parent = os.path.dirname(absolute)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise CLIError(f"{label} {path!r} lies under {parent!r}, which is a file, not a folder. Pass a path in a folder.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CLIError(f"{label} {path!r}: the folder {parent!r} is not writable (permission denied). "
+                       "Pass a path you can write.")
+
+
+def _suffix_hint(label: str) -> str:
+    return ".json" if label == "--json" else ".png" if "plot" in label else ""
+
+
+# ----------------------------------------------------------------------------- data files
+
+
+def load_npz(path: str | None, *, required: tuple[str, ...] = DATA_KEYS, label: str = "--data") -> dict[str, np.ndarray]:
+    """Loads a data file (.npz, no pickles) and checks it holds the required arrays."""
+    if not path:
+        raise CLIError(f"no data file given: pass {label} DATA.npz (with {', '.join(required) or 'x_train or x'}).")
+    if not os.path.exists(path):
+        raise MissingFileError(f"Data file not found: {path!r} ({label}). Pass an existing .npz file.")
+    if os.path.isdir(path):
+        raise CLIError(f"{label} {path!r} is a folder; expected an .npz file.")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise CLIError(f"{label} {path!r} holds a single array (.npy); expected an .npz with named arrays: "
+                           "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...).")
+        with loaded:
+            data = {key: loaded[key] for key in loaded.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+        if isinstance(err, CLIError):
+            raise
+        reason = "it holds Python objects, which are never unpickled" if "allow_pickle" in str(err) else str(err)
+        raise CLIError(f"could not read {label} {path!r} as an .npz file: {reason}.") from err
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise CLIError(f"{label} {path!r} lacks {', '.join(missing)}; it holds {', '.join(sorted(data)) or 'nothing'}. "
+                       "Save it with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...).")
+    return data
+
+
+def check_x(x: np.ndarray, name: str, source: str, *, input_shape: tuple | None = None) -> None:
+    """Inputs: numbers, at least one example, finite, and shaped like the model's input (None = any size)."""
+    if x.dtype.kind not in "biuf":
+        raise CLIError(f"{name} in {source!r} has dtype {x.dtype}; expected numbers (float32 inputs).")
+    if x.ndim == 0 or len(x) == 0:
+        raise CLIError(f"{name} in {source!r} is empty (shape {x.shape}); it needs at least one example.")
+    if x.dtype.kind == "f":
+        bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+        if bad:
+            raise CLIError(f"{name} in {source!r} holds {bad} NaN / inf value(s); clean or drop those examples.")
+    if input_shape is not None:
+        expected = tuple(input_shape)
+        got = tuple(x.shape[1:])
+        if len(got) != len(expected) or any(e is not None and e != g for e, g in zip(expected, got)):
+            shown = "(" + ", ".join("None" if e is None else str(e) for e in expected) + ")"
+            raise CLIError(f"{name} in {source!r} holds examples of shape {got}; the model expects {shown} "
+                           "(None = any size). Reshape the data or pass the matching model.")
+
+
+def check_xy(x: np.ndarray, y: np.ndarray, *, x_name: str, y_name: str, source: str,
+             num_classes: int | None = None, input_shape: tuple | None = None) -> None:
+    """Inputs as `check_x`; labels: one per example, class indices in [0, num_classes) or one-hot rows."""
+    check_x(x, x_name, source, input_shape=input_shape)
+    if y.ndim == 0 or len(y) != len(x):
+        raise CLIError(f"{x_name} has {len(x)} examples but {y_name} has {len(y) if y.ndim else 0} labels in "
+                       f"{source!r}; each example needs one label.")
+    if y.dtype.kind not in "biuf":
+        raise CLIError(f"{y_name} in {source!r} has dtype {y.dtype}; expected integer class indices 0..K-1 "
+                       "(or one-hot rows).")
+    if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
+        raise CLIError(f"{y_name} in {source!r} holds NaN / inf labels; expected integer class indices 0..K-1.")
+    one_hot = y.ndim > 1 and y.shape[-1] > 1
+    if one_hot:
+        if num_classes and y.shape[-1] != num_classes:
+            raise CLIError(f"{y_name} in {source!r} holds one-hot rows of {y.shape[-1]} classes; the model outputs "
+                           f"{num_classes}. Pass labels for this model.")
+        return
+    labels = y.reshape(-1)
+    if labels.dtype.kind == "f" and not np.all(labels == np.round(labels)):
+        example = labels[labels != np.round(labels)][0]
+        raise CLIError(f"{y_name} in {source!r} holds fractional labels (e.g. {example:g}); expected integer class "
+                       "indices 0..K-1.")
+    if labels.size and labels.min() < 0:
+        raise CLIError(f"{y_name} in {source!r} holds negative labels (min {labels.min():g}); expected class indices "
+                       "0..K-1.")
+    if num_classes and num_classes > 1 and labels.size and labels.max() >= num_classes:
+        raise CLIError(f"{y_name} in {source!r} holds labels up to {labels.max():g}, but the model outputs "
+                       f"{num_classes} classes (valid labels 0..{num_classes - 1}). Pass labels for this model.")
+
+
+def keras_io(model) -> tuple[tuple | None, int | None]:
+    """(input shape without batch, number of output classes) of a single-input, single-output Keras model."""
+    try:
+        inputs, outputs = list(model.inputs or []), list(model.outputs or [])
+    except (AttributeError, ValueError):  # a subclassed model that was never called has neither
+        return None, None
+    input_shape = tuple(inputs[0].shape)[1:] if len(inputs) == 1 else None
+    num_classes = None
+    if len(outputs) == 1 and len(outputs[0].shape) >= 2 and outputs[0].shape[-1] is not None:
+        num_classes = int(outputs[0].shape[-1])
+    return input_shape, num_classes
+
+
+def check_model_data(model, data: Mapping[str, np.ndarray], source: str, *,
+                     pairs: Iterable[tuple[str, str]] = (("x_train", "y_train"), ("x_test", "y_test"))) -> None:
+    """Checks (x, y) pairs of a data file against a Keras model's input shape and output size."""
+    input_shape, num_classes = keras_io(model)
+    for x_key, y_key in pairs:
+        check_xy(np.asarray(data[x_key]), np.asarray(data[y_key]), x_name=x_key, y_name=y_key, source=source,
+                 num_classes=num_classes, input_shape=input_shape)
+
+
+def check_tflite(path: str, label: str = "MODEL"):
+    """Refuses a missing, empty or malformed .tflite before it is run; returns its inspection."""
+    from tfopt.analyze.flatbuffer import inspect_tflite
+
+    if not os.path.exists(path):
+        raise MissingFileError(f"{label} {path!r} not found. Pass an existing .tflite file.")
+    if os.path.isdir(path):
+        raise CLIError(f"{label} {path!r} is a folder; expected a .tflite file.")
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if len(head) < 8 or head[4:8] != b"TFL3":
+        raise CLIError(f"{label} {path!r} is not a TFLite flatbuffer (no TFL3 identifier"
+                       + (", the file is empty" if not head else "") + "); pass a .tflite written by a LiteRT converter.")
+    return inspect_tflite(path)
+
+
+def tflite_num_classes(inspection) -> int | None:
+    """Output size of a single-output .tflite (None when it has several outputs)."""
+    outputs = inspection.outputs
+    if len(outputs) == 1 and len(outputs[0].shape) >= 2:
+        return int(outputs[0].shape[-1])
+    return None
