@@ -18,6 +18,7 @@ import os
 
 import numpy as np
 
+from tfopt._data import check_arrays
 from tfopt._keras import optional_import
 from tfopt.errors import InvalidArgumentError, MissingFileError
 
@@ -41,6 +42,10 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
 
+    def __post_init__(self):
+        check_arrays(self.x_train, self.y_train, name=f"{self.name} train")
+        check_arrays(self.x_test, self.y_test, name=f"{self.name} test")
+
     @property
     def num_classes(self) -> int:
         """Number of classes (largest label + 1)."""
@@ -60,6 +65,70 @@ class Dataset:
             f"Dataset({self.name!r}: train {self.x_train.shape}, test {self.x_test.shape}, "
             f"{self.num_classes} classes)"
         )
+
+
+DATA_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def load_npz(
+    path: str | os.PathLike,
+    *,
+    required: tuple[str, ...] = DATA_KEYS,
+    task: str | None = "classification",
+    num_classes: int | None = None,
+    input_shape=None,
+) -> dict[str, np.ndarray]:
+    """Loads an .npz of arrays (the CLI's `--data` format) without unpickling, and checks the data.
+
+    Never runs code from the file (`allow_pickle=False`). Every `x_<split>` /
+    `y_<split>` pair present is checked with `tfopt._data.check_arrays`: NaN/inf,
+    empty arrays, length mismatches, label dtypes and ranges, input shapes.
+
+    Args:
+        path: the .npz file.
+        required: keys the file must hold. Defaults to `("x_train", "y_train", "x_test", "y_test")`.
+        task: `"classification"`, `"regression"` or `None` (see `check_arrays`). Defaults to `"classification"`.
+        num_classes: the model's number of classes, to bound the labels. Defaults to `None`.
+        input_shape: the model's input shape, to check the examples. Defaults to `None`.
+
+    Returns:
+        `{key: array}` for every array in the file.
+
+    Raises:
+        MissingFileError: no such file.
+        InvalidArgumentError: not a readable .npz, a required key missing, or bad data.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MissingFileError(f"Data file not found: {path!r}. Pass an existing .npz file.")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise InvalidArgumentError(
+                f"{path!r} holds a single array, not an .npz archive. Expected np.savez(path, x_train=..., ...)."
+            )
+        with loaded as npz:
+            data = {key: npz[key] for key in npz.files}
+    except InvalidArgumentError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any unreadable file (zip, header, pickle refusal) is one user error
+        raise InvalidArgumentError(
+            f"Could not read {path!r} as an .npz file of numeric arrays ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200] if str(err) else ''}). Expected a file written by np.savez(path, "
+            "x_train=..., y_train=..., x_test=..., y_test=...) without object arrays."
+        ) from err
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise InvalidArgumentError(
+            f"{path!r} lacks {missing}; it holds {sorted(data)}. Expected {list(required)}: save it with "
+            "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)."
+        )
+    for key in sorted(data):
+        if key.startswith("x_"):
+            labels = data.get("y_" + key[2:])
+            check_arrays(data[key], labels, name=f"{path!r} ({key[2:]} split)", task=task, num_classes=num_classes,
+                         input_shape=input_shape)
+    return data
 
 
 def load_dataset(name: str = "mnist5k", *, seed: int = 0, data_dir: str | None = None) -> Dataset:
@@ -115,13 +184,22 @@ def _split(name: str, x: np.ndarray, y: np.ndarray, *, test_size: int, seed: int
 
 
 def _read_idx(path: str) -> np.ndarray:
-    with gzip.open(path, "rb") as handle:
-        content = handle.read()
-    if len(content) < 8 or content[:2] != b"\x00\x00":
-        raise InvalidArgumentError(f"{path!r} is not an IDX file.")
+    try:
+        with gzip.open(path, "rb") as handle:
+            content = handle.read()
+    except (OSError, EOFError) as err:
+        raise InvalidArgumentError(f"{path!r} is not a readable gzip file ({err}). Reinstall the dataset files.") from err
+    if len(content) < 8 or content[:3] != b"\x00\x00\x08":
+        raise InvalidArgumentError(f"{path!r} is not an IDX file of unsigned bytes. Reinstall the dataset files.")
     ndim = content[3]
     dims = [int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(content, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    offset = 4 + 4 * ndim
+    if len(content) < offset or int(np.prod(dims, dtype=np.int64)) != len(content) - offset:
+        raise InvalidArgumentError(
+            f"{path!r} is truncated or damaged: its header says {dims} but it holds {max(len(content) - offset, 0)} "
+            "bytes of data. Reinstall the dataset files."
+        )
+    return np.frombuffer(content, dtype=np.uint8, offset=offset).reshape(dims)
 
 
 def _fashion_mnist(data_dir: str | None) -> Dataset:
