@@ -5,8 +5,11 @@ kills the child, not the caller. The child reports progress as `tfopt-stage:`
 lines on stderr, so a crash can be placed. While the child runs, its peak
 resident memory (VmHWM) is read from /proc.
 
-`benchmark.run_isolated` does the same for the LiteRT benchmark runner; this
-version takes the module to run and returns the child's peak RSS as well.
+This is the one-shot path (a new child per call, files in `tmp`), used by the
+TFLite Micro check. LiteRT work goes through the warm worker
+(`tfopt.measure._worker`) instead. The child gets `TFOPT_PARENT_PID` so it dies
+with this process; it runs in its own process group, which is killed on a
+timeout, at exit and on SIGTERM.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import tempfile
 import time
 from typing import Any
 
-from tfopt.measure.benchmark import BenchmarkError
+from tfopt.errors import BenchmarkError
+
+_children: set[subprocess.Popen] = set()
 
 
 def run_child(
@@ -48,6 +53,10 @@ def run_child(
     )
     env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env["TFOPT_PARENT_PID"] = str(os.getpid())
+    from tfopt.measure._worker import _install_handlers
+
+    _install_handlers()
     with (
         tempfile.TemporaryFile(mode="w+") as out,
         tempfile.TemporaryFile(mode="w+") as err,
@@ -57,8 +66,13 @@ def run_child(
             stdout=out,
             stderr=err,
             env=env,
+            start_new_session=True,
         )
-        status, peak_kb = _wait(proc, timeout)
+        _children.add(proc)
+        try:
+            status, peak_kb = _wait(proc, timeout)
+        finally:
+            _kill(proc)
         err.seek(0)
         stderr = err.read()
     stages = [
@@ -114,10 +128,26 @@ def _wait(proc: subprocess.Popen, timeout: float) -> tuple[int | None, int | Non
                 peak = usage.ru_maxrss // 1024  # bytes on macOS
             return proc.returncode, peak
         if time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
+            _kill(proc)
             return None, None
         time.sleep(0.005)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """Kills the child's process group (if it still runs) and forgets it."""
+    _children.discard(proc)
+    if proc.returncode is None and proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
+        proc.wait()
+
+
+def kill_children() -> None:
+    """Kills every one-shot child still running (at exit or on a signal)."""
+    for proc in list(_children):
+        _kill(proc)
 
 
 def _hwm_kb(path: str) -> int | None:

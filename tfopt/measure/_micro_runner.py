@@ -365,6 +365,10 @@ def analyze(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
+    from tfopt.measure._serve import die_with_parent
+
+    if os.environ.get("TFOPT_PARENT_PID"):
+        die_with_parent(int(os.environ["TFOPT_PARENT_PID"]))
     with open(argv[1]) as handle:
         request = json.load(handle)
     task = {"micro": check_micro, "analyze": analyze}[request["task"]]

@@ -1,33 +1,80 @@
-"""Runs a .tflite in the LiteRT interpreter: latency, accuracy, XNNPACK coverage.
+"""Runs a .tflite in the LiteRT interpreter: timing, outputs, per-op outputs, XNNPACK coverage.
 
-This module imports only numpy and ai_edge_litert (never TensorFlow), so it can be
-run as a child process: `python -m tfopt.measure._runner REQUEST.json`. A model that
-crashes the interpreter then kills the child, not the caller. `benchmark.py` owns
-the public API; this file holds the measuring loop.
+This module imports only numpy and ai_edge_litert (never TensorFlow) and only
+ever runs in a child process: the warm worker (`tfopt.measure._serve`) calls
+`run_task`, and `python -m tfopt.measure._runner REQUEST.json` runs one
+benchmark request from files (the one-shot path of `_isolate.run_child`). A
+model that crashes the interpreter then kills the child, not the caller.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 _INT_RANGES = {np.int8: (-128, 127), np.uint8: (0, 255), np.int16: (-32768, 32767)}
+_stage_sink: Callable[[str], None] | None = None
+
+
+def set_stage_sink(sink: Callable[[str], None] | None) -> None:
+    """Where `stage` reports go (the worker's pipe); None means stderr."""
+    global _stage_sink
+    _stage_sink = sink
 
 
 def stage(name: str) -> None:
-    """Tells the parent (through stderr) which step runs, so a crash can be placed."""
-    print(f"tfopt-stage: {name}", file=sys.stderr, flush=True)
+    """Tells the parent which step runs, so a crash can be placed."""
+    if _stage_sink is not None:
+        _stage_sink(name)
+    else:
+        print(f"tfopt-stage: {name}", file=sys.stderr, flush=True)
 
 
-def make_interpreter(content: bytes, *, num_threads: int, use_xnnpack: bool):
+def warm_up() -> None:
+    """Imports the runtime now, so the first task pays no import."""
+    from ai_edge_litert.interpreter import Interpreter  # noqa: F401
+
+
+def make_interpreter(content: bytes, *, num_threads: int, use_xnnpack: bool, preserve: bool = False):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     resolver = OpResolverType.AUTO if use_xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    return Interpreter(model_content=content, num_threads=num_threads, experimental_op_resolver_type=resolver)
+    return Interpreter(
+        model_content=content,
+        num_threads=num_threads,
+        experimental_op_resolver_type=resolver,
+        experimental_preserve_all_tensors=preserve,
+    )
+
+
+def load(content: bytes, *, num_threads: int = 1, use_xnnpack: bool = True, preserve: bool = False,
+         input_shapes: dict | None = None, fallback: bool = False) -> tuple[Any, list[str]]:
+    """A ready interpreter (resized and allocated) and notes. `fallback` retries without XNNPACK."""
+    notes: list[str] = []
+    stage("load")
+    try:
+        interpreter = make_interpreter(content, num_threads=num_threads, use_xnnpack=use_xnnpack, preserve=preserve)
+        stage("resize")
+        notes += resize_inputs(interpreter, input_shapes)
+        stage("allocate")
+        interpreter.allocate_tensors()
+    except RuntimeError as err:
+        if not (fallback and use_xnnpack):
+            raise ValueError(_explain_load_error(str(err))) from err
+        # XNNPACK refuses some graphs (seen on LiteRT Quantizer models with float ops kept);
+        # the built-in kernels compute the same thing.
+        interpreter, more = load(content, num_threads=num_threads, use_xnnpack=False, preserve=preserve,
+                                 input_shapes=input_shapes)
+        notes += more + ["XNNPACK refused the model; the built-in kernels ran it"]
+    except ValueError as err:
+        raise ValueError(_explain_load_error(str(err))) from err
+    return interpreter, notes
 
 
 def resize_inputs(interpreter, input_shapes: dict[str, list[int]] | None) -> list[str]:
@@ -43,8 +90,7 @@ def resize_inputs(interpreter, input_shapes: dict[str, list[int]] | None) -> lis
             continue
         if any(d < 0 for d in signature):
             if all(d >= 0 for d in signature[1:]):
-                shape = [1] + signature[1:]
-                interpreter.resize_tensor_input(detail["index"], shape, strict=False)
+                interpreter.resize_tensor_input(detail["index"], [1] + signature[1:], strict=False)
                 notes.append(f"input {detail['name']!r} has a dynamic batch; using batch 1")
             else:
                 raise ValueError(
@@ -65,10 +111,11 @@ def quantize(x: np.ndarray, detail: dict) -> np.ndarray:
 
 
 def dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
+    """Quantized outputs -> float32 with scale and zero point; float -> float32; other ints unchanged."""
     scale, zero_point = detail.get("quantization", (0.0, 0))
     if np.issubdtype(y.dtype, np.integer) and scale:
-        return (y.astype(np.float32) - zero_point) * scale
-    return y.astype(np.float32)
+        return (y.astype(np.float32) - zero_point) * np.float32(scale)
+    return y.astype(np.float32) if y.dtype.kind == "f" else y.copy()
 
 
 def _random_input(detail: dict, rng) -> np.ndarray:
@@ -94,10 +141,7 @@ def delegated_ops(interpreter) -> dict[str, Any] | None:
     ops = get()
     original = [op for op in ops if op["op_name"] != "DELEGATE"]
     partitions = [op for op in ops if op["op_name"] == "DELEGATE"]
-    producer = {}
-    for op in original:
-        for t in op["outputs"]:
-            producer[int(t)] = op
+    producer = {int(t): op for op in original for t in op["outputs"]}
     covered: set[int] = set()
     for part in partitions:
         boundary = {int(t) for t in part["inputs"]}
@@ -112,111 +156,214 @@ def delegated_ops(interpreter) -> dict[str, Any] | None:
             covered.add(op["index"])
             stack.extend(int(t) for t in op["inputs"] if t >= 0)
     left = [f"{op['op_name']}#{op['index']}" for op in original if op["index"] not in covered]
+    return {"total_ops": len(original), "delegated_ops": len(covered), "partitions": len(partitions), "undelegated": left}
+
+
+def _input_order(interpreter, names: list[str] | None) -> list[int]:
+    """Position in get_input_details() of each data array.
+
+    Arrays follow the interpreter's input order (for a converted Keras model, the
+    model's input order); `names` (signature or tensor names) reorders them.
+    """
+    details = interpreter.get_input_details()
+    if not names:
+        return list(range(len(details)))
+    position = {d["name"]: i for i, d in enumerate(details)}
+    signatures = interpreter.get_signature_list()
+    if signatures:
+        index_of = {d["index"]: i for i, d in enumerate(details)}
+        runner = interpreter.get_signature_runner(next(iter(signatures)))
+        for key, detail in runner.get_input_details().items():
+            position.setdefault(key, index_of[detail["index"]])
+    missing = [n for n in names if n not in position]
+    if missing:
+        raise ValueError(f"the .tflite has no input named {missing}; its inputs are {sorted(position)}.")
+    return [position[n] for n in names]
+
+
+def _plain(detail: dict) -> dict[str, Any]:
+    scale, zero_point = detail.get("quantization", (0.0, 0))
     return {
-        "total_ops": len(original),
-        "delegated_ops": len(covered),
-        "partitions": len(partitions),
-        "undelegated": left,
+        "name": detail["name"],
+        "shape": [int(d) for d in detail["shape"]],
+        "dtype": np.dtype(detail["dtype"]).name,
+        "scale": float(scale),
+        "zero_point": int(zero_point),
     }
 
 
+def describe(interpreter) -> dict[str, Any]:
+    """Inputs and outputs as plain data, with the signature's names for the outputs."""
+    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+    names = [d["name"] for d in outputs]
+    signatures = interpreter.get_signature_list()
+    if len(signatures) == 1:
+        runner = interpreter.get_signature_runner(next(iter(signatures)))
+        by_index = {d["index"]: key for key, d in runner.get_output_details().items()}
+        named = [by_index.get(d["index"], d["name"]) for d in outputs]
+        names = named if len(set(named)) == len(named) else names
+    return {
+        "inputs": [_plain(d) for d in inputs],
+        "outputs": [_plain(d) for d in outputs],
+        "output_names": names,
+        "signatures": {k: {"inputs": list(v["inputs"]), "outputs": list(v["outputs"])} for k, v in signatures.items()},
+    }
+
+
+def run_outputs(interpreter, xs: list[np.ndarray], *, names: list[str] | None = None, batch_size: int = 1) -> list[np.ndarray]:
+    """Every output of the model on every example, dequantized; runs in batches when the batch is dynamic."""
+    details = interpreter.get_input_details()
+    if len(xs) != len(details):
+        raise ValueError(f"the .tflite has {len(details)} inputs but the data holds {len(xs)} arrays.")
+    order = _input_order(interpreter, names)
+    n = len(xs[0])
+    signatures = [list(d.get("shape_signature", d["shape"])) for d in details]
+    dynamic = all(len(s) and s[0] == -1 for s in signatures)
+    step = max(1, min(batch_size, n)) if dynamic else max(1, int(details[0]["shape"][0]) if len(details[0]["shape"]) else 1)
+    results: list[list[np.ndarray]] = [[] for _ in interpreter.get_output_details()]
+    stage("predict")
+    for start in range(0, n, step):
+        chunk = [xs[pos][start : start + step] for pos in range(len(xs))]
+        m = len(chunk[0])
+        if dynamic and int(details[0]["shape"][0]) != m:
+            for d in details:
+                interpreter.resize_tensor_input(d["index"], [m, *[int(v) for v in d["shape"][1:]]], strict=False)
+            interpreter.allocate_tensors()
+            details = interpreter.get_input_details()
+        elif m < step:
+            chunk = [np.concatenate([c, np.repeat(c[-1:], step - m, axis=0)]) for c in chunk]
+        for pos, i in enumerate(order):
+            _set_input(interpreter, details[i], chunk[pos])
+        interpreter.invoke()
+        for k, detail in enumerate(interpreter.get_output_details()):
+            value = dequantize(interpreter.get_tensor(detail["index"]), detail)
+            batch = max(m, step) if not dynamic else m
+            results[k].append(value[:m] if value.ndim and value.shape[0] == batch else value[None])
+    return [np.concatenate(r) for r in results]
+
+
+def _set_input(interpreter, detail: dict, x: np.ndarray) -> None:
+    shape = [int(d) for d in detail["shape"]]
+    if x.size != int(np.prod(shape)):
+        raise ValueError(
+            f"input {detail['name']!r} takes {shape[1:]} per example; the data holds {list(x.shape[1:])}. "
+            "Pass data shaped like the model's input."
+        )
+    interpreter.set_tensor(detail["index"], quantize(x.reshape(shape), detail))
+
+
+def op_outputs(content: bytes, xs: list[np.ndarray]) -> list[tuple[str, np.ndarray]]:
+    """(tensor name, float values over examples) for each op output, in execution order."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    interpreter, _ = load(content, preserve=True, fallback=True)
+    graph = flatbuffer_utils.read_model_from_bytearray(bytearray(content)).subgraphs[0]
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    ids = [int(t) for op in graph.operators for t in (op.outputs if op.outputs is not None else [])]
+    collected: dict[int, list[np.ndarray]] = {i: [] for i in ids if i in details}
+    inputs = interpreter.get_input_details()
+    if len(xs) != len(inputs):
+        raise ValueError(f"the .tflite has {len(inputs)} inputs but the data holds {len(xs)} arrays.")
+    stage("op-outputs")
+    for k in range(len(xs[0])):
+        for detail, x in zip(inputs, xs):
+            _set_input(interpreter, detail, x[k : k + 1])
+        interpreter.invoke()
+        for index in collected:
+            try:
+                value = interpreter.get_tensor(index)
+            except ValueError:
+                continue
+            collected[index].append(dequantize(value, details[index])[0] if value.ndim else value)
+    return [
+        (details[i]["name"], np.stack(v))
+        for i, v in collected.items()
+        if v and len(v) == len(xs[0]) and v[0].dtype.kind == "f"
+    ]
+
+
 def measure(request: dict[str, Any]) -> dict[str, Any]:
-    """Does the work of one benchmark request and returns a JSON-ready dict."""
-    with open(request["tflite_path"], "rb") as handle:
-        content = handle.read()
+    """One benchmark: init, first invoke, warm-up, timed runs; outputs on the data when asked."""
+    content = request["content"] if "content" in request else open(request["tflite_path"], "rb").read()
     result: dict[str, Any] = {"notes": []}
-    stage("load")
     start = time.perf_counter()
-    try:
-        interpreter = make_interpreter(content, num_threads=request["num_threads"], use_xnnpack=request["use_xnnpack"])
-    except (RuntimeError, ValueError) as err:
-        raise ValueError(_explain_load_error(str(err))) from err
+    interpreter, notes = load(content, num_threads=request["num_threads"], use_xnnpack=request["use_xnnpack"],
+                              input_shapes=request.get("input_shapes"))
+    result["init_ms"] = (time.perf_counter() - start) * 1e3
+    result["notes"] += notes
     signatures = interpreter.get_signature_list()
     if len(signatures) > 1:
         result["notes"].append(
             f"the model has {len(signatures)} signatures ({', '.join(signatures)}); LiteRT measured the first "
             "subgraph only. Split the model or export one signature per file to time the others."
         )
-    stage("resize")
-    result["notes"] += resize_inputs(interpreter, request.get("input_shapes"))
-    stage("allocate")
-    try:
-        interpreter.allocate_tensors()
-    except RuntimeError as err:
-        raise ValueError(_explain_load_error(str(err))) from err
-    result["init_ms"] = (time.perf_counter() - start) * 1e3
     result["xnnpack"] = delegated_ops(interpreter) if request["use_xnnpack"] else None
     if request.get("coverage_only"):
         return result
     inputs = interpreter.get_input_details()
-    outputs = interpreter.get_output_details()
-    result["inputs"] = [{"name": d["name"], "shape": d["shape"].tolist(), "dtype": np.dtype(d["dtype"]).name} for d in inputs]
-    result["outputs"] = [{"name": d["name"], "shape": d["shape"].tolist(), "dtype": np.dtype(d["dtype"]).name} for d in outputs]
-    data = np.load(request["data_path"]) if request.get("data_path") else None
-    xs = [data[f"x{i}"] for i in range(len(inputs))] if data is not None else None
-    order = _input_order(interpreter, request.get("input_names"))
+    info = describe(interpreter)
+    result["inputs"] = [{k: d[k] for k in ("name", "shape", "dtype")} for d in info["inputs"]]
+    result["outputs"] = [{k: d[k] for k in ("name", "shape", "dtype")} for d in info["outputs"]]
+    xs = request.get("xs")
+    if xs is None and request.get("data_path"):
+        data = np.load(request["data_path"])
+        xs = [data[f"x{i}"] for i in range(len(inputs))]
+    if xs is not None and request.get("input_names"):
+        order = _input_order(interpreter, request["input_names"])
+        by_detail = [None] * len(inputs)
+        for pos, i in enumerate(order):
+            by_detail[i] = xs[pos]
+        xs = by_detail
     rng = np.random.default_rng(0)
-    if xs is not None:
-        feed = [quantize(xs[k][:1], inputs[i]) for k, i in enumerate(order)]
-        feed_index = [inputs[i]["index"] for i in order]
-    else:
-        feed = [_random_input(d, rng) for d in inputs]
-        feed_index = [d["index"] for d in inputs]
+    feed = []
+    for pos, detail in enumerate(inputs):
+        batch = int(detail["shape"][0]) if len(detail["shape"]) else 1
+        if xs is not None and pos < len(xs) and len(xs[pos]) >= batch and xs[pos][:batch].size == int(np.prod(detail["shape"])):
+            feed.append(quantize(xs[pos][:batch].reshape(detail["shape"]), detail))
+        else:
+            feed.append(_random_input(detail, rng))
     stage("invoke")
     first = time.perf_counter()
-    for index, array in zip(feed_index, feed):
-        interpreter.set_tensor(index, array)
+    for detail, array in zip(inputs, feed):
+        interpreter.set_tensor(detail["index"], array)
     interpreter.invoke()
     result["first_invoke_ms"] = (time.perf_counter() - first) * 1e3
     for _ in range(request["warmup_runs"]):
         interpreter.invoke()
-    times = []
-    for _ in range(request["num_runs"]):
-        t0 = time.perf_counter_ns()
-        interpreter.invoke()
-        times.append((time.perf_counter_ns() - t0) / 1e6)
-    result["latencies_ms"] = times
-    if data is not None and "y" in data.files:
-        stage("accuracy")
-        result.update(_accuracy(interpreter, xs, data["y"], inputs, outputs, order))
+    times = np.empty(request["num_runs"], dtype=np.float64)
+    clock, invoke = time.perf_counter_ns, interpreter.invoke
+    for k in range(request["num_runs"]):
+        t0 = clock()
+        invoke()
+        times[k] = clock() - t0
+    result["latencies_ms"] = times / 1e6
+    if xs is not None and request.get("want_outputs"):
+        result["predictions"] = run_outputs(interpreter, xs, batch_size=1)
     return result
 
 
-def _input_order(interpreter, names: list[str] | None) -> list[int]:
-    """Position in get_input_details() of each data array (data follows the signature / model order)."""
-    details = interpreter.get_input_details()
-    if len(details) == 1:
-        return [0]
-    signatures = interpreter.get_signature_list()
-    if signatures:
-        key = next(iter(signatures))
-        runner = interpreter.get_signature_runner(key)
-        by_name = runner.get_input_details()
-        wanted = names or signatures[key]["inputs"]
-        index_of = {d["index"]: i for i, d in enumerate(details)}
-        if all(n in by_name for n in wanted):
-            return [index_of[by_name[n]["index"]] for n in wanted]
-    return list(range(len(details)))
+def run_task(task: str, request: dict[str, Any]) -> dict[str, Any]:
+    """One worker task on the bytes in `request["content"]`."""
+    if task == "benchmark":
+        return measure(request)
+    if task == "outputs":
+        interpreter, notes = load(request["content"], num_threads=request.get("num_threads", 1),
+                                  use_xnnpack=request.get("use_xnnpack", True), fallback=True)
+        info = describe(interpreter)
+        outputs = run_outputs(interpreter, request["xs"], names=request.get("input_names"),
+                              batch_size=request.get("batch_size", 1))
+        return {**info, "predictions": outputs, "notes": notes}
+    if task == "describe":
+        interpreter, notes = load(request["content"], fallback=True)
+        return {"notes": notes, **describe(interpreter)}
+    if task == "op_outputs":
+        return {"op_outputs": op_outputs(request["content"], request["xs"])}
+    if task == "analyze":
+        from ai_edge_litert import _pywrap_analyzer_wrapper
 
-
-def _accuracy(interpreter, xs, y, inputs, outputs, order) -> dict[str, Any]:
-    out = outputs[0]
-    if int(np.prod(out["shape"][1:])) < 2:
-        return {"accuracy": None, "notes_accuracy": "output has a single value; accuracy needs class scores"}
-    labels = np.asarray(y)
-    if labels.ndim > 1:
-        labels = labels.argmax(axis=-1)
-    n = len(labels)
-    correct = 0
-    predictions = np.empty(n, dtype=np.int64)
-    for k in range(n):
-        for pos, i in enumerate(order):
-            interpreter.set_tensor(inputs[i]["index"], quantize(xs[pos][k : k + 1], inputs[i]))
-        interpreter.invoke()
-        scores = dequantize(interpreter.get_tensor(out["index"]), out).reshape(-1)
-        predictions[k] = int(np.argmax(scores))
-        correct += int(predictions[k] == labels[k])
-    return {"accuracy": correct / n, "num_examples": n, "predictions": predictions.tolist()}
+        stage("analyze")
+        return {"text": _pywrap_analyzer_wrapper.ModelAnalyzer(request["content"], False, True)}
+    raise KeyError(f"unknown measurement task {task!r}")
 
 
 def _explain_load_error(message: str) -> str:
@@ -225,14 +372,23 @@ def _explain_load_error(message: str) -> str:
             f"the model uses ops this LiteRT build does not have ({message.strip().splitlines()[0]}). Custom ops "
             "need their kernels registered (InterpreterWithCustomOps); convert without custom ops to benchmark it here."
         )
+    if message.startswith(("input ", "the LiteRT interpreter")):
+        return message
     return f"the LiteRT interpreter could not load the model: {message.strip()}"
 
 
 def main(argv: list[str]) -> int:
+    """One-shot mode: `python -m tfopt.measure._runner REQUEST.json` (see `_isolate.run_child`)."""
+    from tfopt.measure._serve import die_with_parent
+
+    if os.environ.get("TFOPT_PARENT_PID"):
+        die_with_parent(int(os.environ["TFOPT_PARENT_PID"]))
     with open(argv[1]) as handle:
         request = json.load(handle)
     try:
         payload = {"ok": True, **measure(request)}
+        payload["latencies_ms"] = np.asarray(payload["latencies_ms"]).tolist()
+        payload.pop("predictions", None)
     except (ValueError, RuntimeError) as err:
         payload = {"ok": False, "error": str(err)}
     with open(request["result_path"], "w") as handle:

@@ -1,23 +1,27 @@
 """Benchmarks a .tflite on the LiteRT interpreter (XNNPACK on by default): latency, size, accuracy.
 
-Each measurement runs in a child Python process (`tfopt.measure._runner`), so a
-model that would crash the interpreter - a malformed flatbuffer, an unset dynamic
-shape, a missing custom op - is reported as a `BenchmarkError` with a clear message
-instead of taking the caller down.
+Each measurement runs in the warm measurement worker, a child process reused
+across calls (`tfopt.measure._worker`), so a model that would crash the
+interpreter - a malformed flatbuffer, an unset dynamic shape, a missing custom
+op - is reported as a `BenchmarkError` naming the step, instead of taking the
+caller down; the next call gets a fresh worker. Accuracy comes from the one
+evaluation path (`tfopt.measure.evaluate`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
-import os
-import tempfile
+import warnings
 from typing import Any
 
 import numpy as np
 
 from tfopt.analyze.flatbuffer import tflite_bytes
-from tfopt.errors import BenchmarkError, InvalidArgumentError, InvalidTypeError  # noqa: F401 - BenchmarkError re-exported
+from tfopt.errors import BenchmarkError, InvalidArgumentError  # noqa: F401 - BenchmarkError re-exported
+from tfopt.measure._worker import run_task
+from tfopt.measure.evaluate import evaluate, score, split_data
+from tfopt.measure.metrics import get_metric
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,62 +134,38 @@ def benchmark(
     for name, value, low in (("num_threads", num_threads, 1), ("num_runs", num_runs, 1), ("warmup_runs", warmup_runs, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise InvalidArgumentError(f"{name} must be an integer >= {low}. Received: {name}={value!r}.")
-    xs, y = _split_data(data, max_examples)
-    with tempfile.TemporaryDirectory(prefix="tfopt-bench-") as tmp:
-        request = {
-            "tflite_path": os.path.join(tmp, "model.tflite"),
-            "result_path": os.path.join(tmp, "result.json"),
-            "num_threads": num_threads,
-            "num_runs": num_runs,
-            "warmup_runs": warmup_runs,
-            "use_xnnpack": bool(use_xnnpack),
-            "input_shapes": {str(k): list(v) for k, v in (input_shapes or {}).items()},
-        }
-        with open(request["tflite_path"], "wb") as handle:
-            handle.write(content)
-        if xs is not None:
-            request["data_path"] = os.path.join(tmp, "data.npz")
-            arrays = {f"x{i}": x for i, x in enumerate(xs)}
-            if y is not None:
-                arrays["y"] = y
-            np.savez(request["data_path"], **arrays)
-        raw = run_isolated(request, tmp, timeout=timeout)
+    xs, y = (None, None) if data is None else split_data(data, max_examples=max_examples, label="benchmark")
+    request = {
+        "content": content,
+        "num_threads": num_threads,
+        "num_runs": num_runs,
+        "warmup_runs": warmup_runs,
+        "use_xnnpack": bool(use_xnnpack),
+        "input_shapes": {str(k): list(v) for k, v in (input_shapes or {}).items()},
+        "want_outputs": y is not None,
+    }
+    if xs is not None:
+        request["input_names"] = list(xs) if isinstance(xs, dict) else None
+        arrays = list(xs.values()) if isinstance(xs, dict) else xs
+        request["xs"] = [a.astype(np.float32) if a.dtype == np.float64 else a for a in arrays]
+    raw = run_task("benchmark", request, timeout=timeout)
+    if y is not None:
+        raw.update(_accuracy(raw.pop("predictions"), y, [d["name"] for d in raw.get("outputs", ())]))
     return _result(content, raw, num_threads=num_threads, use_xnnpack=use_xnnpack)
 
 
-def run_isolated(request: dict[str, Any], tmp: str, *, timeout: float) -> dict[str, Any]:
-    """Runs `_runner` in a child process and returns its result dict, or raises BenchmarkError.
-
-    The result also holds `peak_rss_kb`: the child's peak resident memory (VmHWM).
-    """
-    from tfopt.measure._isolate import run_child
-
-    raw, peak_kb = run_child("tfopt.measure._runner", request, tmp, timeout=timeout)
-    raw["peak_rss_kb"] = peak_kb
-    return raw
-
-
-def _split_data(data: Any, max_examples: int | None) -> tuple[list[np.ndarray] | None, np.ndarray | None]:
-    if data is None:
-        return None, None
-    if isinstance(data, tuple) and len(data) == 2:
-        x, y = data
-    else:
-        x, y = data, None
-    xs = [np.asarray(a) for a in x] if isinstance(x, (list, tuple)) else [np.asarray(x)]
-    if any(a.dtype.kind not in "biuf" for a in xs):
-        raise InvalidTypeError(f"benchmark data must be numeric arrays; received dtypes {[str(a.dtype) for a in xs]}.")
-    n = len(xs[0])
-    if any(len(a) != n for a in xs) or n == 0:
-        raise InvalidArgumentError(f"benchmark data must hold the same non-zero number of examples per input; got {[len(a) for a in xs]}.")
-    if y is not None:
-        y = np.asarray(y)
-        if len(y) != n:
-            raise InvalidArgumentError(f"data x holds {n} examples but y holds {len(y)} labels; they must match.")
-    if max_examples is not None:
-        xs = [a[:max_examples] for a in xs]
-        y = y[:max_examples] if y is not None else None
-    return xs, y
+def _accuracy(outputs: list[np.ndarray], y: Any, names: list[str]) -> dict[str, Any]:
+    """Top-1 of the first output, through the one evaluation path (`tfopt.measure.evaluate.score`)."""
+    first = outputs[0].reshape(len(outputs[0]), -1)
+    if first.shape[1] < 2:
+        return {"accuracy": None, "notes_accuracy": "output has a single value; accuracy needs class scores"}
+    value, notes = score(get_metric("top1"), outputs, y, names)
+    return {
+        "accuracy": value,
+        "num_examples": len(first),
+        "predictions": first.argmax(axis=-1).tolist(),
+        "notes_accuracy": "; ".join(notes),
+    }
 
 
 def _result(content: bytes, raw: dict[str, Any], *, num_threads: int, use_xnnpack: bool) -> BenchmarkResult:
@@ -241,7 +221,7 @@ class DelegateCoverage:
 
 
 def xnnpack_coverage(tflite: Any, *, input_shapes: dict[str, list[int]] | None = None, timeout: float = 120.0):
-    """Loads a .tflite with XNNPACK (in a child process) and reports which ops the delegate took.
+    """Internal (used by `convert`): which ops XNNPACK took, loaded in the worker. Users: `tfopt.delegate_report`.
 
     Returns `None` when this LiteRT build does not expose its execution plan.
 
@@ -252,24 +232,20 @@ def xnnpack_coverage(tflite: Any, *, input_shapes: dict[str, list[int]] | None =
 
     >>> import keras, tfopt
     >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    >>> tfopt.xnnpack_coverage(tfopt.convert(model).tflite).fully_delegated
+    >>> from tfopt.measure.benchmark import xnnpack_coverage
+    >>> xnnpack_coverage(tfopt.convert(model).tflite).fully_delegated
     True
     """
-    content = tflite_bytes(tflite)
-    with tempfile.TemporaryDirectory(prefix="tfopt-xnn-") as tmp:
-        request = {
-            "tflite_path": os.path.join(tmp, "model.tflite"),
-            "result_path": os.path.join(tmp, "result.json"),
-            "num_threads": 1,
-            "num_runs": 1,
-            "warmup_runs": 0,
-            "use_xnnpack": True,
-            "coverage_only": True,
-            "input_shapes": {str(k): list(v) for k, v in (input_shapes or {}).items()},
-        }
-        with open(request["tflite_path"], "wb") as handle:
-            handle.write(content)
-        raw = run_isolated(request, tmp, timeout=timeout)
+    request = {
+        "content": tflite_bytes(tflite),
+        "num_threads": 1,
+        "num_runs": 1,
+        "warmup_runs": 0,
+        "use_xnnpack": True,
+        "coverage_only": True,
+        "input_shapes": {str(k): list(v) for k, v in (input_shapes or {}).items()},
+    }
+    raw = run_task("benchmark", request, timeout=timeout)
     xnn = raw.get("xnnpack")
     if not xnn:
         return None
@@ -277,17 +253,14 @@ def xnnpack_coverage(tflite: Any, *, input_shapes: dict[str, list[int]] | None =
 
 
 def evaluate_tflite(tflite: Any, x: Any, y: Any, *, max_examples: int | None = None) -> float:
-    """Top-1 accuracy of a .tflite on labelled data, run on LiteRT (in a child process).
+    """Deprecated: use `tfopt.evaluate(tflite, (x, y))`. Top-1 accuracy of a .tflite on LiteRT.
 
     Example:
 
     >>> import keras, numpy as np, tfopt
     >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    >>> acc = tfopt.evaluate_tflite(tfopt.convert(model), np.ones((5, 4)), np.zeros(5, int))
-    >>> 0.0 <= acc <= 1.0
-    True
+    >>> tfopt.evaluate(tfopt.convert(model), (np.ones((5, 4)), np.zeros(5, int))).value
+    1.0
     """
-    result = benchmark(tflite, data=(x, y), num_runs=1, warmup_runs=0, max_examples=max_examples)
-    if result.accuracy is None:
-        raise InvalidArgumentError("the model's first output holds a single value; top-1 accuracy needs class scores.")
-    return result.accuracy
+    warnings.warn("evaluate_tflite is deprecated; use tfopt.evaluate(tflite, (x, y)).value", DeprecationWarning, stacklevel=2)
+    return evaluate(tflite, (x, y), metric="top1", batch_size=1, max_examples=max_examples).value

@@ -1,7 +1,8 @@
 """Which ops of a .tflite each delegate takes: XNNPACK (measured) and the GPU delegate (checked offline).
 
 XNNPACK coverage is read from the LiteRT interpreter's execution plan after the
-default delegate is applied (in a child process, as `tfopt.benchmark` does). GPU
+default delegate is applied (in the measurement worker, a child process, as
+`tfopt.benchmark` does). GPU
 compatibility cannot be measured without a phone GPU, so it is checked offline:
 LiteRT's model analyzer gives its verdict, and tfopt applies the GPU delegate's
 per-op rules by name, because the analyzer shipped in ai-edge-litert 2.3.0 /
@@ -12,12 +13,10 @@ TOPK_V2 "compatible with GPU delegate").
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import tempfile
 from typing import Any
 
-from tfopt.measure._isolate import run_child
+from tfopt.measure._worker import run_task
 from tfopt.measure.benchmark import BenchmarkError, benchmark
 from tfopt.analyze.flatbuffer import inspect_tflite, tflite_bytes
 
@@ -235,7 +234,7 @@ def delegate_report(
         num_threads: interpreter threads for the XNNPACK run. Defaults to `1`.
         input_shapes: concrete shapes for dynamic inputs, as in `tfopt.benchmark`.
             Defaults to `None`.
-        timeout: seconds for each child process. Defaults to `300`.
+        timeout: seconds for each step in the measurement worker. Defaults to `300`.
 
     Returns:
         A `DelegateReport`: per-op `xnnpack` / `gpu` flags, counts, signatures,
@@ -313,25 +312,11 @@ def delegate_report(
 def _analyzer(
     content: bytes, timeout: float, notes: list[str]
 ) -> tuple[str, bool | None]:
-    with tempfile.TemporaryDirectory(prefix="tfopt-analyze-") as tmp:
-        request = {
-            "task": "analyze",
-            "tflite_path": os.path.join(tmp, "m.tflite"),
-            "result_path": os.path.join(tmp, "r.json"),
-        }
-        with open(request["tflite_path"], "wb") as handle:
-            handle.write(content)
-        try:
-            raw, _ = run_child(
-                "tfopt.measure._micro_runner",
-                request,
-                tmp,
-                timeout=timeout,
-                runtime="LiteRT's model analyzer",
-            )
-        except BenchmarkError as err:
-            notes.append(f"LiteRT's analyzer could not read the model: {err}")
-            return "", None
+    try:
+        raw = run_task("analyze", {"content": content}, timeout=timeout, runtime="LiteRT's model analyzer")
+    except BenchmarkError as err:
+        notes.append(f"LiteRT's analyzer could not read the model: {err}")
+        return "", None
     text = raw["text"]
     if (
         re.search(r"compatib\w* with GPU delegate", text)

@@ -8,8 +8,9 @@ match intermediate tensors - by layer name between Keras models and .tflite
 tensor names, or by tensor name between two .tflite files - it also measures
 each layer and names the first one whose SNR falls below a threshold.
 
-.tflite files run in-process on `ai_edge_litert` (XNNPACK on), one example at a
-time at the batch size they were converted with.
+.tflite files run on LiteRT (XNNPACK on) in the measurement worker, a child
+process (`tfopt.measure._worker`), never in the caller's; accuracies come from
+the one evaluation path (`tfopt.measure.evaluate`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ import numpy as np
 from tfopt import _keras
 from tfopt.analyze.flatbuffer import tflite_bytes
 from tfopt.errors import InvalidArgumentError, InvalidTypeError
+from tfopt.measure._worker import run_task
+from tfopt.measure.evaluate import predict_keras, predict_tflite, score, split_data
+from tfopt.measure.metrics import get_metric, top_k_accuracy
 
 # --- pure metrics (plain numpy) ------------------------------------------------------------------
 
@@ -54,8 +58,7 @@ def cosine_similarity(reference: np.ndarray, candidate: np.ndarray) -> float:
 def top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
     """Fraction of examples whose argmax over the last axis is the same."""
     a = np.asarray(reference).reshape(len(reference), -1)
-    b = np.asarray(candidate).reshape(len(candidate), -1)
-    return float(np.mean(np.argmax(a, axis=-1) == np.argmax(b, axis=-1)))
+    return top_k_accuracy(np.argmax(a, axis=-1), np.asarray(candidate).reshape(len(candidate), -1))
 
 
 # --- results --------------------------------------------------------------------------------------
@@ -143,20 +146,29 @@ class ParityResult:
 # --- runners --------------------------------------------------------------------------------------
 
 
+def _feed(xs: Any) -> Any:
+    return xs if isinstance(xs, dict) else (xs[0] if len(xs) == 1 else xs)
+
+
+def _head(xs: Any, n: int) -> Any:
+    return {k: v[:n] for k, v in xs.items()} if isinstance(xs, dict) else [a[:n] for a in xs]
+
+
+def _arrays(xs: Any) -> list[np.ndarray]:
+    return list(xs.values()) if isinstance(xs, dict) else list(xs)
+
+
 class _KerasRunner:
     def __init__(self, model: Any):
         self.model = model
         self.kind = f"Keras model {model.name!r} ({_keras.keras_flavor(model)})"
         self.output_names = list(getattr(model, "output_names", None) or [])
 
-    def outputs(self, xs: list[np.ndarray]) -> list[np.ndarray]:
-        feed = xs[0] if len(xs) == 1 else xs
-        result = self.model.predict(feed, batch_size=256, verbose=0)
-        flat = list(result.values()) if isinstance(result, dict) else result
-        flat = flat if isinstance(flat, (list, tuple)) else [flat]
-        return [np.asarray(a, np.float32) for a in flat]
+    def outputs(self, xs: Any) -> list[np.ndarray]:
+        outputs, _ = predict_keras(self.model, xs, batch_size=256)
+        return [np.asarray(a, np.float32) for a in outputs]
 
-    def layer_outputs(self, xs: list[np.ndarray]) -> dict[str, np.ndarray]:
+    def layer_outputs(self, xs: Any) -> dict[str, np.ndarray]:
         """Output of every single-output layer of a functional model, keyed by (normalised) layer name."""
         keras = _keras.keras_of(self.model)
         layers = [l for l in self.model.layers if type(l).__name__ != "InputLayer"]
@@ -175,7 +187,7 @@ class _KerasRunner:
             probe = keras.Model(self.model.inputs, [o for _, o in picked])
         except (ValueError, TypeError, AttributeError):
             return {}
-        values = probe.predict(xs[0] if len(xs) == 1 else xs, batch_size=64, verbose=0)
+        values = probe.predict(_feed(xs), batch_size=64, verbose=0)
         values = values if isinstance(values, (list, tuple)) else [values]
         return {_plain_layer_name(l.name): np.asarray(v, np.float32) for (l, _), v in zip(picked, values)}
 
@@ -184,103 +196,32 @@ class _KerasRunner:
 
 
 class _TFLiteRunner:
-    def __init__(self, tflite: Any, *, preserve: bool = False):
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    """A .tflite seen from the caller: every run happens on LiteRT in the measurement worker (a child process).
 
+    `inputs` / `output_details` are plain dicts (name, shape, dtype, scale, zero_point).
+    `preserve` is accepted for compatibility; per-op outputs always keep their tensors.
+    """
+
+    def __init__(self, tflite: Any, *, preserve: bool = False, timeout: float = 600.0):  # noqa: ARG002
         self.content = tflite_bytes(tflite)
+        self.timeout = timeout
+        info = run_task("describe", {"content": self.content}, timeout=timeout)
         self.kind = f"TFLite ({len(self.content) / 1024:.1f} KB)"
-        self.interpreter = Interpreter(model_content=self.content, experimental_preserve_all_tensors=preserve)
-        try:
-            self.interpreter.allocate_tensors()
-        except RuntimeError:
-            # XNNPACK refuses some graphs (seen on LiteRT Quantizer models with float ops kept);
-            # the built-in kernels compute the same thing.
-            self.interpreter = Interpreter(
-                model_content=self.content,
-                experimental_preserve_all_tensors=preserve,
-                experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-            )
-            self.interpreter.allocate_tensors()
+        if any("XNNPACK refused" in note for note in info["notes"]):
             self.kind += ", XNNPACK refused it: built-in kernels"
-        self.inputs = self.interpreter.get_input_details()
-        self.output_details = self.interpreter.get_output_details()
-        self.output_names = _signature_output_names(self.interpreter, self.output_details)
+        self.inputs = info["inputs"]
+        self.output_details = info["outputs"]
+        self.output_names = info["output_names"]
 
-    def _run_one(self, example: list[np.ndarray]) -> None:
-        for detail, array in zip(self.inputs, example):
-            self.interpreter.set_tensor(detail["index"], _quantize(array.reshape(detail["shape"]), detail))
-        self.interpreter.invoke()
+    def outputs(self, xs: Any) -> list[np.ndarray]:
+        """Every output on every example, dequantized to float32."""
+        raw = predict_tflite(self.content, xs, batch_size=1, timeout=self.timeout)
+        return [np.asarray(a, np.float32) for a in raw["predictions"]]
 
-    def outputs(self, xs: list[np.ndarray]) -> list[np.ndarray]:
-        order = _match_inputs(self.inputs, len(xs))
-        batch = int(self.inputs[0]["shape"][0]) or 1
-        if batch != 1:
-            raise InvalidArgumentError(f"compare() runs .tflite models one example at a time; this one has batch {batch}.")
-        results: list[list[np.ndarray]] = [[] for _ in self.output_details]
-        for i in range(len(xs[0])):
-            self._run_one([xs[j][i : i + 1] for j in order])
-            for k, detail in enumerate(self.output_details):
-                results[k].append(_dequantize(self.interpreter.get_tensor(detail["index"]), detail)[0])
-        return [np.stack(r) for r in results]
-
-    def op_outputs(self, xs: list[np.ndarray]) -> list[tuple[str, np.ndarray]]:
+    def op_outputs(self, xs: Any) -> list[tuple[str, np.ndarray]]:
         """(tensor name, outputs over examples) for each op output, in execution order."""
-        from ai_edge_litert.tools import flatbuffer_utils
-
-        model = flatbuffer_utils.read_model_from_bytearray(bytearray(self.content))
-        graph = model.subgraphs[0]
-        details = {d["index"]: d for d in self.interpreter.get_tensor_details()}
-        order = _match_inputs(self.inputs, len(xs))
-        ids = [int(t) for op in graph.operators for t in (op.outputs if op.outputs is not None else [])]
-        collected: dict[int, list[np.ndarray]] = {i: [] for i in ids if i in details}
-        for i in range(len(xs[0])):
-            self._run_one([xs[j][i : i + 1] for j in order])
-            for index in collected:
-                try:
-                    value = self.interpreter.get_tensor(index)
-                except ValueError:
-                    continue
-                collected[index].append(_dequantize(value, details[index])[0] if value.ndim else value)
-        return [
-            (details[i]["name"], np.stack(v))
-            for i, v in collected.items()
-            if v and len(v) == len(xs[0]) and v[0].dtype.kind == "f"
-        ]
-
-
-def _signature_output_names(interpreter, details) -> list[str]:
-    signatures = interpreter.get_signature_list()
-    if len(signatures) != 1:
-        return [d["name"] for d in details]
-    runner_outputs = next(iter(signatures.values())).get("outputs", [])
-    by_index = {}
-    key = next(iter(signatures))
-    for name, detail in interpreter.get_signature_runner(key).get_output_details().items():
-        by_index[detail["index"]] = name
-    names = [by_index.get(d["index"], d["name"]) for d in details]
-    return names if len(set(names)) == len(names) else list(runner_outputs)
-
-
-def _match_inputs(details, count: int) -> list[int]:
-    if count != len(details):
-        raise InvalidArgumentError(f"the .tflite has {len(details)} inputs but the data holds {count} arrays.")
-    return list(range(count))
-
-
-def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
-    dtype = detail["dtype"]
-    scale, zero_point = detail.get("quantization", (0.0, 0))
-    if np.issubdtype(dtype, np.integer) and scale:
-        info = np.iinfo(dtype)
-        return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
-    return x.astype(dtype)
-
-
-def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
-    scale, zero_point = detail.get("quantization", (0.0, 0))
-    if np.issubdtype(y.dtype, np.integer) and scale:
-        return (y.astype(np.float32) - zero_point) * scale
-    return y.astype(np.float32) if y.dtype.kind == "f" else y
+        request = {"content": self.content, "xs": _arrays(xs)}
+        return run_task("op_outputs", request, timeout=self.timeout)["op_outputs"]
 
 
 def _runner(model: Any, label: str, *, preserve: bool = False):
@@ -317,34 +258,6 @@ def _layers_in_tensor_name(tensor_name: str, known: set[str]) -> set[str]:
 
 
 # --- compare --------------------------------------------------------------------------------------
-
-
-def _split_data(data: Any) -> tuple[list[np.ndarray], np.ndarray | None]:
-    y = None
-    if isinstance(data, tuple) and len(data) == 2 and not isinstance(data[0], (int, float)):
-        data, y = data
-    if isinstance(data, dict):
-        xs = [np.asarray(v) for v in data.values()]
-    elif isinstance(data, (list, tuple)):
-        xs = [np.asarray(v) for v in data]
-    else:
-        xs = [np.asarray(data)]
-    if not xs or any(a.dtype.kind not in "biuf" for a in xs):
-        raise InvalidTypeError(
-            "compare() data must be numeric arrays: x, a list of arrays (one per input), or (x, y). "
-            f"Received dtypes {[str(a.dtype) for a in xs]}."
-        )
-    n = len(xs[0])
-    if n == 0 or any(len(a) != n for a in xs):
-        raise InvalidArgumentError(f"compare() data must hold the same non-zero number of examples per input; got {[len(a) for a in xs]}.")
-    if y is not None:
-        y = np.asarray(y)
-        if len(y) != n:
-            raise InvalidArgumentError(f"data x holds {n} examples but y holds {len(y)} labels; they must match.")
-        if y.ndim > 1 and y.shape[-1] > 1:
-            y = np.argmax(y, axis=-1)
-        y = y.reshape(-1)
-    return [a.astype(np.float32) if a.dtype.kind == "f" else a for a in xs], y
 
 
 def compare(
@@ -396,9 +309,7 @@ def compare(
     """
     if max_examples is not None and (isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1):
         raise InvalidArgumentError(f"max_examples must be a positive integer or None. Received: max_examples={max_examples!r}.")
-    xs, y = _split_data(data)
-    if max_examples is not None:
-        xs, y = [a[:max_examples] for a in xs], (y[:max_examples] if y is not None else None)
+    xs, y = split_data(data, max_examples=max_examples, label="compare()")
     ref, cand = _runner(reference, "reference"), _runner(candidate, "candidate")
     ref_out, cand_out = ref.outputs(xs), cand.outputs(xs)
     if len(ref_out) != len(cand_out):
@@ -415,10 +326,12 @@ def compare(
         outputs.append(OutputParity(name, float(diff.max()), float(diff.mean()), snr_db(a, b), cosine_similarity(a, b), agreement))
     accuracies = (None, None)
     if y is not None and outputs[0].top1_agreement is not None:
-        accuracies = tuple(float(np.mean(np.argmax(o.reshape(len(o), -1), -1) == y)) for o in (ref_out[0], cand_out[0].reshape(ref_out[0].shape)))
+        labels = y[0] if isinstance(y, (list, tuple)) else y
+        top1 = get_metric("top1")
+        accuracies = tuple(score(top1, [o], labels, ["output_0"])[0] for o in (ref_out[0], cand_out[0].reshape(ref_out[0].shape)))
     layers: tuple[LayerParity, ...] = ()
     if localize:
-        sample = [a[:num_localize_examples] for a in xs]
+        sample = _head(xs, num_localize_examples)
         layers, note = _localize(ref, cand, reference, candidate, sample)
         if note:
             notes.append(note)
@@ -426,7 +339,7 @@ def compare(
     return ParityResult(
         reference=ref.kind,
         candidate=cand.kind,
-        num_examples=len(xs[0]),
+        num_examples=len(_arrays(xs)[0]),
         top1_agreement=outputs[0].top1_agreement,
         max_abs_error=max(o.max_abs_error for o in outputs),
         mean_abs_error=float(np.mean([o.mean_abs_error for o in outputs])),

@@ -1,10 +1,12 @@
 """Benchmark depth: thread and batch sweeps with peak memory, variant comparisons, and trade-off plots.
 
-Every point runs LiteRT in its own child process (the `tfopt.benchmark` runner),
-so a configuration the model cannot take - a batch size its RESHAPE ops fix, a
-crash - becomes a row with an error, not a crash of the caller. The child's peak
-resident memory comes from `os.wait4`; a child running a one-op model gives the
-runtime's own footprint, so the model's share is the difference.
+Every point runs LiteRT in a fresh child process of its own (the measurement
+worker, started for that point and ended after it, so its peak memory belongs
+to that point alone), so a configuration the model cannot take - a batch size
+its RESHAPE ops fix, a crash - becomes a row with an error, not a crash of the
+caller. The child reports its peak resident memory (VmHWM); a child running a
+one-op model gives the runtime's own footprint, so the model's share is the
+difference.
 
 Per-op timing: ai-edge-litert 2.3.0 exposes no op profiler to Python (the
 Interpreter has no profiling hook, CompiledModel neither; the C++
@@ -17,14 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from tfopt.measure._isolate import run_child
-from tfopt.measure.benchmark import BenchmarkError, BenchmarkResult, benchmark
+from tfopt.measure._worker import run_task
+from tfopt.measure.benchmark import BenchmarkError, BenchmarkResult, benchmark  # noqa: F401 - re-exported
 from tfopt.analyze.flatbuffer import inspect_tflite, tflite_bytes
 from tfopt.errors import InvalidArgumentError
 
@@ -187,28 +188,17 @@ def benchmark_sweep(
         _positive_ints("batch_sizes", batch_sizes),
     )
     points = []
-    with tempfile.TemporaryDirectory(prefix="tfopt-sweep-") as tmp:
-        runtime_kb = _runtime_rss_kb(tmp, timeout)
-        for batch in batch_sizes:
-            try:
-                shapes = _batched_shapes(info, batch, input_shapes)
-            except ValueError as err:
-                points.extend(SweepPoint(t, batch, error=str(err)) for t in threads)
-                continue
-            for t in threads:
-                points.append(
-                    _measure(
-                        content,
-                        tmp,
-                        t,
-                        batch,
-                        shapes,
-                        num_runs,
-                        warmup_runs,
-                        use_xnnpack,
-                        timeout,
-                    )
-                )
+    runtime_kb = _runtime_rss_kb(timeout)
+    for batch in batch_sizes:
+        try:
+            shapes = _batched_shapes(info, batch, input_shapes)
+        except ValueError as err:
+            points.extend(SweepPoint(t, batch, error=str(err)) for t in threads)
+            continue
+        for t in threads:
+            points.append(
+                _measure(content, t, batch, shapes, num_runs, warmup_runs, use_xnnpack, timeout)
+            )
     notes = [PER_OP_TIMING_NOTE]
     if len(info.signatures) > 1:
         notes.append(
@@ -257,21 +247,18 @@ def _batched_shapes(
 
 
 def _measure(
-    content, tmp, threads, batch, shapes, num_runs, warmup_runs, use_xnnpack, timeout
+    content, threads, batch, shapes, num_runs, warmup_runs, use_xnnpack, timeout
 ) -> SweepPoint:
     request = {
-        "tflite_path": os.path.join(tmp, "model.tflite"),
-        "result_path": os.path.join(tmp, f"result-{threads}-{batch}.json"),
+        "content": content,
         "num_threads": threads,
         "num_runs": num_runs,
         "warmup_runs": warmup_runs,
         "use_xnnpack": bool(use_xnnpack),
         "input_shapes": shapes,
     }
-    with open(request["tflite_path"], "wb") as handle:
-        handle.write(content)
     try:
-        raw, peak_kb = run_child("tfopt.measure._runner", request, tmp, timeout=timeout)
+        raw = run_task("benchmark", request, timeout=timeout, fresh=True)
     except BenchmarkError as err:
         reason = str(err)
         if batch != 1 and (
@@ -288,28 +275,23 @@ def _measure(
         latency_ms_median=median,
         latency_ms_p90=float(np.percentile(times, 90)),
         throughput_per_s=batch * 1000.0 / median if median > 0 else None,
-        peak_rss_mb=peak_kb / 1024 if peak_kb else None,
+        peak_rss_mb=raw["peak_rss_kb"] / 1024 if raw.get("peak_rss_kb") else None,
         xnnpack_ops=f"{xnn['delegated_ops']}/{xnn['total_ops']}" if xnn else None,
     )
 
 
-def _runtime_rss_kb(tmp: str, timeout: float) -> int | None:
-    """Peak RSS of a child that runs a one-op model: the runtime's own memory."""
-    sub = os.path.join(tmp, "runtime")
-    os.makedirs(sub, exist_ok=True)
+def _runtime_rss_kb(timeout: float) -> int | None:
+    """Peak RSS of a fresh child that runs a one-op model: the runtime's own memory."""
     request = {
-        "tflite_path": os.path.join(sub, "relu.tflite"),
-        "result_path": os.path.join(sub, "result.json"),
+        "content": one_op_model(),
         "num_threads": 1,
         "num_runs": 1,
         "warmup_runs": 0,
         "use_xnnpack": True,
         "input_shapes": {},
     }
-    with open(request["tflite_path"], "wb") as handle:
-        handle.write(one_op_model())
     try:
-        return run_child("tfopt.measure._runner", request, sub, timeout=timeout)[1]
+        return run_task("benchmark", request, timeout=timeout, fresh=True).get("peak_rss_kb")
     except BenchmarkError:
         return None
 
