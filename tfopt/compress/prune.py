@@ -1,11 +1,14 @@
-"""Unstructured and m:n (2:4) magnitude pruning on tfmot, for Keras 3 and tf_keras models.
+"""Unstructured and m:n (2:4) magnitude pruning: Keras 3 in, Keras 3 out; tf_keras in, tf_keras out.
 
-`prune` returns a tf_keras model whose prunable layers are wrapped by tfmot's
-`PruneLowMagnitude`; it trains correctly under a plain `model.fit` (no
-`UpdatePruningStep` callback needed: the wrappers start at step 0 and count
-their own steps). `strip` returns a plain model with the zeros in place, in
-the Keras flavour the caller gave to `prune`. `pruning_summary` lists what is
-pruned, how sparse it is now, and which layers were skipped and why.
+`prune` wraps each selected layer of a Keras 3 model in `PruneWrapper`
+(`tfopt.compress.prune_layer`), a native Keras 3 layer whose masks and step
+counter are layer variables: the model trains under a plain `model.fit` with
+your own Keras 3 optimizer objects and callbacks, a `tf.GradientTape` loop or a
+`tf.distribute` strategy, and saves and loads with `model.save` /
+`keras.models.load_model`. tf_keras models go through tfmot instead
+(`tfopt._legacy.prune`) and come back as tf_keras. `strip_pruning` returns a
+plain model with the zeros in place; `pruning_summary` lists what is pruned, how
+sparse it is now, and which layers were skipped and why.
 
 The schedule maths lives in `tfopt.compress.schedules` (plain numpy).
 """
@@ -13,34 +16,24 @@ The schedule maths lives in `tfopt.compress.schedules` (plain numpy).
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import warnings
 import weakref
+import zipfile
 from typing import Any, Mapping
 
 import numpy as np
 
 from tfopt import _keras
-from tfopt._legacy import bridge
 from tfopt.compress import schedules
-from tfopt.compress.select import LayerRule, layer_predicate
-from tfopt.errors import InvalidArgumentError, InvalidTypeError
+from tfopt.compress import prune_plan
+from tfopt.compress.prune_layer import PruneWrapper
+from tfopt.compress.prune_plan import SkippedLayer, unsupported_reason  # noqa: F401 - re-exported
+from tfopt.compress.select import LayerRule
+from tfopt.errors import InvalidArgumentError
 
-
-# tf_keras layer classes whose kernels tfmot prunes (its registry).
-_PRUNABLE = {
-    "Conv1D", "Conv2D", "Conv3D", "Conv2DTranspose", "Conv3DTranspose", "SeparableConv1D", "SeparableConv2D",
-    "Dense", "Embedding", "LocallyConnected1D", "LocallyConnected2D", "MultiHeadAttention",
-    "LSTM", "GRU", "SimpleRNN",
-}
-_M_BY_N_LAYERS = {"Conv2D", "Dense"}
-_REASONS = {
-    "DepthwiseConv2D": "tfmot does not prune depthwise kernels (few weights, very sensitive)",
-    "BatchNormalization": "normalization parameters are not pruned",
-    "LayerNormalization": "normalization parameters are not pruned",
-    "Normalization": "preprocessing statistics are not pruned",
-    "Keras3Layer": "Keras 3 layer or op without a tf_keras equivalent, run as is (kept dense)",
-}
-# Pruned model -> what `strip` and `pruning_summary` need to know (flavour given, skipped layers).
+# Pruned model -> the layers `prune` skipped and why (lost on save; a loaded model lists unwrapped layers).
 _PLANS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 
 
@@ -55,15 +48,6 @@ class LayerSparsity:
     sparsity: float
     step: int
     end_step: int
-
-
-@dataclasses.dataclass
-class SkippedLayer:
-    """A layer with weights that is left dense, and why."""
-
-    name: str
-    class_name: str
-    reason: str
 
 
 @dataclasses.dataclass
@@ -106,6 +90,7 @@ class PruningSummary:
         }
 
 
+
 def prune(
     model: Any,
     *,
@@ -118,22 +103,27 @@ def prune(
     exclude: LayerRule = None,
     m_by_n: tuple[int, int] | None = None,
 ):
-    """Wraps a model for magnitude pruning; train it with a plain `model.fit`.
+    """Wraps a model for magnitude pruning; train it with your own `fit` or training loop.
 
     Each selected layer's kernel is pruned to `target_sparsity` by magnitude,
-    following the schedule, while you fine-tune. No callback is needed. The
-    result is a tf_keras model (tfmot only speaks tf_keras; a Keras 3 model is
-    converted with identical weights): compile it with string identifiers
-    (`"adam"`, `"sparse_categorical_crossentropy"`) or `tf_keras` objects,
-    train it, then call `strip` to get a plain model back in your flavour.
+    following the schedule, while you fine-tune. No callback is needed: the
+    step counter and masks live in the layers. A Keras 3 model comes back as a
+    Keras 3 model (compile it with `keras.optimizers` objects, use
+    `keras.callbacks`, save it as `.keras`); a tf_keras model is wrapped with
+    tfmot and comes back as tf_keras. Then call `strip_pruning` (or
+    `tfopt.strip`) for a plain model with the zeros in place.
+
+    The step advances once per call with `training=True`: once per batch in
+    `fit`, and in a custom `tf.GradientTape` loop once per
+    `model(x, training=True)`. Masks apply to every call, training or not.
 
     By default (`include=None`) every Conv/Dense-like layer is pruned except the
     first and the last weight layer (small and the most sensitive), when the
-    model has at least three. Layers tfmot cannot prune (DepthwiseConv2D,
-    custom layers, Rescaling, TFOpLambda, Keras 3 ops, ...) stay dense and are
-    listed by `pruning_summary`. A subclassed model is traced into a functional
-    model first (see `tfopt._legacy.bridge.as_functional`); `strip` then
-    returns that functional model.
+    model has at least three. Layers that cannot be pruned (DepthwiseConv2D,
+    normalization, nested models, custom layers without
+    `get_prunable_weights()`) stay dense and are listed by `pruning_summary`.
+    A built subclassed model is traced into a functional model first (its
+    `call` run on a `keras.Input`).
 
     Args:
         model: a built Keras 3 or tf_keras model: functional, Sequential, or
@@ -153,7 +143,8 @@ def prune(
             first epoch of most fine-tunes (constant schedule: no end).
         frequency: steps between mask updates. Defaults to `None`: a divisor of
             the ramp giving about 10 updates, so the last update lands exactly
-            on `end_step`.
+            on `end_step` (constant schedule: 100; its first update already
+            reaches the target).
         include: layers to prune: a name, `"re:<regex>"`, a list of those, or a
             callable `layer -> bool`. Defaults to `None` (see above).
         exclude: layers never to prune, same forms. Defaults to `None`.
@@ -162,80 +153,86 @@ def prune(
             step and kept (the schedule does not apply). Defaults to `None`.
 
     Returns:
-        A new, uncompiled tf_keras model with pruning wrappers.
+        A new, uncompiled model with pruning wrappers, in the caller's Keras flavour.
 
     Raises:
         ValueError: for out-of-range options, a rule matching no layer, a
             `frequency` longer than the ramp, or no layer left to prune.
+        TypeError: `model` is not a Keras model, or a target is not a number.
         NotImplementedError: for a subclassed model that cannot be traced.
 
     Example:
 
     >>> import keras, numpy as np
-    >>> from tfopt.compress.prune import prune, strip
+    >>> from tfopt.compress.prune import prune, strip_pruning
     >>> m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.Dense(2)])
     >>> p = prune(m, target_sparsity=0.5, end_step=2, include=["re:dense.*"])
-    >>> p.compile("sgd", "mse"); _ = p.fit(np.ones((8, 8)), np.ones((8, 2)), epochs=2, verbose=0)
-    >>> float(np.mean(strip(p).layers[0].get_weights()[0] == 0))
+    >>> p.compile(keras.optimizers.SGD(0.01), "mse")
+    >>> _ = p.fit(np.ones((8, 8)), np.ones((8, 2)), epochs=2, verbose=0)
+    >>> float(np.mean(strip_pruning(p).layers[0].get_weights()[0] == 0))
     0.5
     """
-    targets = _check_targets(target_sparsity)
-    if schedule not in schedules.SCHEDULES:
-        raise InvalidArgumentError(f"schedule must be one of {schedules.SCHEDULES}. Received: schedule={schedule!r}.")
-    if m_by_n is not None:
-        if not (isinstance(m_by_n, (tuple, list)) and len(m_by_n) == 2):
-            raise InvalidArgumentError(f"m_by_n must be a pair (m, n) such as (2, 4). Received: m_by_n={m_by_n!r}.")
-        schedules.m_by_n_mask(np.zeros((m_by_n[1], 1)), *m_by_n)  # validates m, n
-        if isinstance(targets, dict):
-            raise InvalidArgumentError("m_by_n sets 50% in every pruned layer; pass a single target_sparsity with it, not a dict.")
-    flavor = _keras.keras_flavor(model)
-    source = bridge.as_functional(model)
-    tfmot = _keras.import_tfmot()
-    make = lambda target: _make_schedule(  # noqa: E731
-        tfmot, target, schedule, begin_step, end_step, frequency, m_by_n
-    )
-    default_schedule = make(targets if isinstance(targets, float) else max(targets.values()))
-    work = bridge.to_tf_keras(source) if flavor == _keras.KERAS3 else _keras.clone_model(source)
+    targets = prune_plan.check_targets(target_sparsity)
+    m_by_n = prune_plan.check_m_by_n(m_by_n, targets)
+    made: dict[float, schedules.PruningSchedule] = {}
 
-    chosen, skipped = _select_layers(work, include, exclude, m_by_n, targets if isinstance(targets, dict) else None)
+    def schedule_for(target: float) -> schedules.PruningSchedule:
+        if target not in made:
+            made[target] = schedules.make_schedule(
+                target, schedule, begin_step=begin_step, end_step=end_step, frequency=frequency, m_by_n=m_by_n
+            )
+        return made[target]
+
+    schedule_for(targets if isinstance(targets, float) else max(targets.values()))  # validates before any copy
+    flavor = _keras.keras_flavor(model)
+    if flavor == _keras.TF_KERAS:
+        from tfopt._legacy import prune as legacy
+
+        work = legacy.working_copy(model)
+    else:
+        work = _keras.clone_model(prune_plan.as_functional(model))
+    chosen, skipped = prune_plan.select_layers(work, include, exclude, m_by_n, targets if isinstance(targets, dict) else None)
     if not chosen:
         raise InvalidArgumentError(
             f"No layer of {model.name!r} can be pruned with these options; skipped: "
             + "; ".join(f"{s.name}: {s.reason}" for s in skipped)
             + ". Pass include= to choose layers, or check that the model has Conv/Dense layers."
         )
+    plan = {name: schedule_for(targets[name] if isinstance(targets, dict) else targets) for name in chosen}
+    if flavor == _keras.TF_KERAS:
+        pruned = legacy.wrap(work, {name: spec.to_dict() for name, spec in plan.items()}, m_by_n=m_by_n)
+    else:
+        import keras
 
-    by_target: dict = {}
+        def wrap(layer):
+            spec = plan.get(layer.name)
+            if spec is None:
+                return layer
+            options = spec.to_dict()
+            return PruneWrapper(layer, schedule=options.pop("kind"), m_by_n=m_by_n, **options)
 
-    def wrap(layer):
-        if layer.name not in chosen:
-            return layer
-        if isinstance(targets, dict):
-            target = targets[layer.name]
-            layer_schedule = by_target.setdefault(target, make(target))
-        else:
-            layer_schedule = default_schedule
-        return tfmot.sparsity.keras.prune_low_magnitude(
-            layer, pruning_schedule=layer_schedule, sparsity_m_by_n=tuple(m_by_n) if m_by_n else None
-        )
-
-    tf_keras = _keras.keras_module(_keras.TF_KERAS)
-    pruned = tf_keras.models.clone_model(work, clone_function=wrap)
-    for wrapper in _wrappers(pruned):
-        # tfmot starts at -1 and relies on UpdatePruningStep to set 0; the wrapper
-        # then counts its own steps. Starting at 0 makes the callback unnecessary.
-        wrapper.pruning_step.assign(0)
-    # `strip` rebuilds a Keras 3 model from the (traced) original's architecture, so Keras 3 ops and
-    # custom layers come back as themselves.
-    _PLANS[pruned] = {"flavor": flavor, "skipped": skipped, "template": source if flavor == _keras.KERAS3 else None}
+        pruned = keras.models.clone_model(work, clone_function=wrap)
+    _PLANS[pruned] = {"skipped": skipped}
     return pruned
 
 
-def strip(model: Any, *, flavor: str | None = None, batchnorm_data: Any = None):
+def has_wrappers(model: Any) -> bool:
+    """True when `model` carries pruning wrappers (tfopt's Keras 3 `PruneWrapper` or tfmot's).
+
+    >>> import keras
+    >>> has_wrappers(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
+    False
+    """
+    return bool(_wrappers(model))
+
+
+def strip_pruning(model: Any, *, batchnorm_data: Any = None):
     """Removes the pruning wrappers: a plain Keras model with the zeros in place.
 
-    The masks are applied to the kernels explicitly, so the zeros are there even
-    if the last optimizer step moved masked weights. The returned model is not
+    Works on the model `prune` returned and on one loaded from a file in
+    another process. The masks are applied to the kernels explicitly, so the
+    zeros are there even if the last optimizer step moved masked weights. The
+    result is in the wrapped model's flavour (Keras 3 or tf_keras) and not
     compiled (the optimizer state belonged to the wrapped model): compile it
     again before further training, and note that training it without masks
     lets the zeros grow back. Warns when a layer has not finished its schedule.
@@ -246,9 +243,7 @@ def strip(model: Any, *, flavor: str | None = None, batchnorm_data: Any = None):
     model, which costs accuracy at evaluation (measured in docs/pruning.md).
 
     Args:
-        model: a model returned by `prune` (or loaded with `load_pruned`). Not modified.
-        flavor: `"keras3"` or `"tf_keras"`. Defaults to `None`: the flavour of the
-            model given to `prune` (tf_keras when unknown, e.g. after loading).
+        model: a model returned by `prune` (or loaded from its saved file). Not modified.
         batchnorm_data: inputs (array, list of arrays, or a batched `tf.data.Dataset`)
             to re-estimate BatchNorm statistics from (see
             `tfopt.compress.batchnorm.reestimate_batchnorm`). Defaults to `None` (kept as trained).
@@ -261,24 +256,19 @@ def strip(model: Any, *, flavor: str | None = None, batchnorm_data: Any = None):
 
     Example:
 
-    >>> import keras
-    >>> from tfopt.compress.prune import prune, strip
+    >>> import keras, warnings
+    >>> from tfopt.compress.prune import prune, strip_pruning
     >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4)])
-    >>> import warnings; warnings.simplefilter("ignore")
-    >>> type(strip(prune(m, include="re:dense.*"))).__module__.split(".")[0]
-    'keras'
+    >>> warnings.simplefilter("ignore")
+    >>> [type(layer).__name__ for layer in strip_pruning(prune(m, include="re:dense.*")).layers]
+    ['Dense']
     """
-    wrappers = _wrappers(model)
-    if not wrappers:
+    if not has_wrappers(model):
         raise InvalidArgumentError(
-            f"Model {model.name!r} has no pruning wrappers. Pass the model returned by tfopt.prune "
-            "(or one loaded with load_pruned)."
+            f"Model {getattr(model, 'name', model)!r} has no pruning wrappers. Pass the model returned by "
+            "tfopt.prune (or loaded from the file it was saved to)."
         )
-    target = flavor or _PLANS.get(model, {}).get("flavor", _keras.TF_KERAS)
-    if target not in (_keras.KERAS3, _keras.TF_KERAS):
-        raise InvalidArgumentError(f"flavor must be 'keras3' or 'tf_keras'. Received: flavor={flavor!r}.")
-    summary = pruning_summary(model)
-    late = [l for l in summary.layers if l.step < l.end_step]
+    late = [l for l in pruning_summary(model).layers if l.step < l.end_step]
     if late:
         warnings.warn(
             f"{len(late)} pruned layer(s) have not finished their schedule (e.g. {late[0].name!r} at step "
@@ -286,39 +276,20 @@ def strip(model: Any, *, flavor: str | None = None, batchnorm_data: Any = None):
             f"{late[0].target_sparsity:.3f}). Train longer or pass a smaller end_step to prune().",
             stacklevel=2,
         )
-    tf_keras = _keras.keras_module(_keras.TF_KERAS)
-    by_name = {(l.layer.name if _is_wrapper(l) else l.name): l for l in model.layers}
+    if _keras.keras_flavor(model) == _keras.TF_KERAS:
+        from tfopt._legacy import prune as legacy
 
-    def unwrap(layer):
-        inner = layer.layer if _is_wrapper(layer) else layer
-        return inner.__class__.from_config(inner.get_config())
-
-    bridge.register_wrapper()
-    plain = tf_keras.models.clone_model(model, clone_function=unwrap)
-    for layer in plain.layers:
-        source = by_name.get(layer.name)
-        if source is None or not layer.weights:
-            continue
-        values = source.get_weights()
-        if _is_wrapper(source):
-            inner_weights = source.layer.weights
-            for weight, mask, _ in source.pruning_vars:
-                index = next(i for i, w in enumerate(inner_weights) if w is weight)
-                values[index] = values[index] * mask.numpy()
-        layer.set_weights(values)
-    if target == _keras.KERAS3:
-        template = _PLANS.get(model, {}).get("template")
-        if template is None:
-            plain = bridge.to_keras3(plain)
-        else:
-            rebuilt = _keras.keras_module(_keras.KERAS3).models.clone_model(template)
-            bridge.copy_weights(plain, rebuilt)
-            plain = rebuilt
+        plain = legacy.strip(model)
+    else:
+        plain = _strip_keras3(model)
     if batchnorm_data is not None:
         from tfopt.compress.batchnorm import reestimate_inplace
 
         reestimate_inplace(plain, batchnorm_data)
     return plain
+
+
+strip = strip_pruning  # the name this module used before `tfopt.strip` dispatched here
 
 
 def pruning_summary(model: Any) -> PruningSummary:
@@ -332,25 +303,12 @@ def pruning_summary(model: Any) -> PruningSummary:
     >>> pruning_summary(prune(m, include="re:dense.*")).layers[0].step
     0
     """
-    layers = []
-    for wrapper in _wrappers(model):
-        config = wrapper.pruning_schedule.get_config()["config"]
-        target = config.get("final_sparsity", config.get("target_sparsity", 0.0))
-        end = config["end_step"] if config["end_step"] >= 0 else config["begin_step"]
-        masks = [mask.numpy() for _, mask, _ in wrapper.pruning_vars]
-        size = int(sum(m.size for m in masks))
-        zeros = float(sum(np.sum(m == 0) for m in masks))
-        layers.append(
-            LayerSparsity(
-                name=wrapper.layer.name,
-                class_name=type(wrapper.layer).__name__,
-                num_weights=size,
-                target_sparsity=float(target),
-                sparsity=zeros / size if size else 0.0,
-                step=int(wrapper.pruning_step.numpy()),
-                end_step=int(end),
-            )
-        )
+    if _keras.keras_flavor(model) == _keras.TF_KERAS:
+        from tfopt._legacy import prune as legacy
+
+        layers = [LayerSparsity(**state) for state in legacy.layer_states(model)]
+    else:
+        layers = [_layer_sparsity(wrapper) for wrapper in _wrappers(model)]
     skipped = _PLANS.get(model, {}).get("skipped")
     if skipped is None:
         skipped = [
@@ -361,180 +319,152 @@ def pruning_summary(model: Any) -> PruningSummary:
     return PruningSummary(layers=layers, skipped=list(skipped))
 
 
-def load_pruned(path: str):
-    """Loads a pruned tf_keras model saved with `model.save(path)` (`.keras` or `.h5`).
+def load_pruned(path: str | os.PathLike):
+    """Loads a pruned model saved with `model.save(path)`, in the flavour it was saved from.
 
-    Training can continue with a plain `fit`: the step count is saved with the
-    model. (tfmot does not save the `m_by_n` option: save 2:4 models after
-    fine-tuning, or strip them first.)
+    A Keras 3 file is `keras.models.load_model(path)` (the same works directly
+    in any process that imported `tfopt`); a tf_keras file is loaded inside
+    tfmot's `prune_scope()`. Training continues with a plain `fit` from the
+    saved step. (tfmot does not save the `m_by_n` option: save tf_keras 2:4
+    models after fine-tuning, or strip them first. Keras 3 saves it.)
+
+    Raises:
+        FileNotFoundError: the file does not exist.
 
     Example:
 
-    >>> import keras, os, tempfile, tfopt
+    >>> import keras, os, tempfile
+    >>> from tfopt.compress.prune import load_pruned, prune, pruning_summary
     >>> layers = [keras.Input((8,)), keras.layers.Dense(16, name="hidden"), keras.layers.Dense(4, name="out")]
     >>> path = os.path.join(tempfile.mkdtemp(), "pruned.keras")
-    >>> tfopt.prune(keras.Sequential(layers), target_sparsity=0.5, include=["hidden"]).save(path)
-    >>> len(tfopt.pruning_summary(tfopt.load_pruned(path)).layers)
-    1
+    >>> prune(keras.Sequential(layers), target_sparsity=0.5, include=["hidden"]).save(path)
+    >>> [layer.name for layer in pruning_summary(load_pruned(path)).layers]
+    ['hidden']
     """
-    tfmot = _keras.import_tfmot()
-    tf_keras = _keras.keras_module(_keras.TF_KERAS)
-    bridge.register_wrapper()
-    with tfmot.sparsity.keras.prune_scope():
-        return tf_keras.models.load_model(path)
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise _missing(path)
+    if _saved_by_tf_keras(path):
+        from tfopt._legacy import prune as legacy
+
+        return legacy.load(path)
+    import keras
+
+    try:
+        return keras.models.load_model(path)
+    except (ValueError, TypeError) as err:
+        if path.endswith(".keras"):
+            raise
+        from tfopt._legacy import prune as legacy
+
+        try:
+            return legacy.load(path)
+        except Exception:  # noqa: BLE001 - report the Keras 3 error, the likelier one
+            raise err from None
 
 
-def sparsity_logger(log_dir: str | None = None):
-    """An optional tf_keras callback logging each pruned layer's sparsity at each epoch end.
+def sparsity_logger(log_dir: str | None = None, *, flavor: str = _keras.KERAS3):
+    """An optional callback logging each pruned layer's sparsity at each epoch end.
 
     Adds `sparsity/<layer>` entries to the epoch logs (printed by `fit`, kept in
     `History`) and, with `log_dir`, writes them as TensorBoard scalars. It is
     never needed for correctness.
 
+    Args:
+        log_dir: TensorBoard folder. Defaults to `None` (logs only).
+        flavor: `"keras3"` for a `keras.callbacks.Callback`, `"tf_keras"` for a
+            tf_keras model's `fit`. Defaults to `"keras3"`.
+
     Example:
 
-    >>> import keras, numpy as np, tfopt
+    >>> import keras, numpy as np
+    >>> from tfopt.compress.prune import prune, sparsity_logger
     >>> layers = [keras.Input((8,)), keras.layers.Dense(16, name="hidden"), keras.layers.Dense(4, name="out")]
-    >>> pruned = tfopt.prune(keras.Sequential(layers), target_sparsity=0.5, end_step=4, include=["hidden"])
-    >>> pruned.compile("adam", "mse")
+    >>> pruned = prune(keras.Sequential(layers), target_sparsity=0.5, end_step=4, include=["hidden"])
+    >>> pruned.compile(keras.optimizers.Adam(), "mse")
     >>> history = pruned.fit(np.ones((32, 8)), np.ones((32, 4)), epochs=1, batch_size=8,
-    ...                      callbacks=[tfopt.sparsity_logger()], verbose=0)
-    >>> "sparsity/hidden" in history.history
-    True
+    ...                      callbacks=[sparsity_logger()], verbose=0)
+    >>> history.history["sparsity/hidden"]
+    [0.5]
     """
+    summarize = lambda m: {l.name: l.sparsity for l in pruning_summary(m).layers}  # noqa: E731
+    if flavor == _keras.TF_KERAS:
+        from tfopt._legacy import prune as legacy
+
+        return legacy.sparsity_logger(log_dir, summarize)
+    if flavor != _keras.KERAS3:
+        raise InvalidArgumentError(f"flavor must be 'keras3' or 'tf_keras'. Received: flavor={flavor!r}.")
+    import keras
     import tensorflow as tf
 
-    tf_keras = _keras.keras_module(_keras.TF_KERAS)
-
-    class SparsityLogger(tf_keras.callbacks.Callback):
+    class SparsityLogger(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
             self._writer = tf.summary.create_file_writer(log_dir) if log_dir else None
 
         def on_epoch_end(self, epoch, logs=None):
-            summary = pruning_summary(self.model)
-            for layer in summary.layers:
+            for name, sparsity in summarize(self.model).items():
                 if logs is not None:
-                    logs[f"sparsity/{layer.name}"] = layer.sparsity
+                    logs[f"sparsity/{name}"] = sparsity
                 if self._writer is not None:
                     with self._writer.as_default():
-                        tf.summary.scalar(f"sparsity/{layer.name}", layer.sparsity, step=epoch)
+                        tf.summary.scalar(f"sparsity/{name}", sparsity, step=epoch)
 
     return SparsityLogger()
 
 
-def _make_schedule(tfmot, target, schedule, begin_step, end_step, frequency, m_by_n):
-    for name, value in (("begin_step", begin_step), ("end_step", end_step), ("frequency", frequency)):
-        if value is not None and (not isinstance(value, (int, np.integer)) or value < 0):
-            raise InvalidArgumentError(f"{name} must be a non-negative integer or None. Received: {name}={value!r}.")
-    sparsity = tfmot.sparsity.keras
-    begin = max(int(begin_step), 1)  # tfmot's first training step is 1
-    if m_by_n is not None:
-        # tfmot sets m:n masks once, at step 1. This schedule only matters after a reload
-        # (tfmot does not save m_by_n): it never fires again, so the pattern survives.
-        return sparsity.ConstantSparsity(m_by_n[0] / m_by_n[1], begin_step=1, end_step=1, frequency=1)
-    if schedule == "constant":
-        end = -1 if end_step is None else max(int(end_step), begin)
-        return sparsity.ConstantSparsity(float(target), begin_step=begin, end_step=end, frequency=frequency or 100)
-    end = begin + schedules.DEFAULT_RAMP_STEPS if end_step is None else int(end_step)
-    if end < begin:
-        raise InvalidArgumentError(f"end_step must be >= begin_step. Received: begin_step={begin_step}, end_step={end_step}.")
-    span = end - begin
-    if span == 0:  # a one-step ramp; tfmot's PolynomialDecay would divide by zero
-        return sparsity.ConstantSparsity(float(target), begin_step=begin, end_step=end, frequency=1)
-    if frequency is None:
-        frequency = schedules.choose_frequency(begin, end)
-    elif frequency > span:
-        raise InvalidArgumentError(
-            f"frequency={frequency} is longer than the pruning ramp ({begin}..{end}): the target sparsity would "
-            f"never be reached. Use frequency <= {span}, or leave frequency=None to choose one."
-        )
-    elif span % frequency:
-        new_end = begin + -(-span // frequency) * frequency
-        warnings.warn(
-            f"end_step={end} is not begin_step + a multiple of frequency={frequency}; the last mask update "
-            f"would miss the target. Using end_step={new_end}.",
-            stacklevel=3,
-        )
-        end = new_end
-    return sparsity.PolynomialDecay(
-        initial_sparsity=0.0, final_sparsity=float(target), begin_step=begin, end_step=end, frequency=int(frequency)
+# ------------------------------------------------------------------ helpers
+def _layer_sparsity(wrapper: PruneWrapper) -> LayerSparsity:
+    masks = [mask.numpy() for mask in wrapper.masks]
+    size = int(sum(m.size for m in masks))
+    zeros = float(sum(np.sum(m == 0) for m in masks))
+    target = wrapper.target_sparsity if wrapper.m_by_n is None else wrapper.m_by_n[0] / wrapper.m_by_n[1]
+    return LayerSparsity(
+        name=wrapper.layer.name, class_name=type(wrapper.layer).__name__, num_weights=size,
+        target_sparsity=float(target), sparsity=zeros / size if size else 0.0,
+        step=int(wrapper.pruning_step.numpy()),
+        end_step=wrapper.end_step if wrapper.end_step >= 0 else wrapper.begin_step,
     )
 
 
-def _check_targets(target_sparsity: Any) -> float | dict:
-    if isinstance(target_sparsity, Mapping):
-        if not target_sparsity:
-            raise InvalidArgumentError("target_sparsity is an empty dict; give at least one layer name -> sparsity.")
-        targets = {}
-        for name, value in target_sparsity.items():
-            if not isinstance(name, str) or isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
-                raise InvalidTypeError(
-                    f"target_sparsity dict must map layer names to numbers. Received: {name!r}: {value!r}."
-                )
-            if not 0.0 <= float(value) < 1.0:
-                raise InvalidArgumentError(f"target_sparsity for {name!r} must be in [0, 1). Received: {value!r}.")
-            targets[name] = float(value)
-        return targets
-    if isinstance(target_sparsity, bool) or not isinstance(target_sparsity, (int, float, np.floating)) or not (
-        0.0 <= target_sparsity < 1.0
-    ):
-        raise InvalidArgumentError(f"target_sparsity must be a number in [0, 1). Received: target_sparsity={target_sparsity!r}.")
-    return float(target_sparsity)
+def _strip_keras3(model: Any):
+    import keras
+
+    def unwrap(layer):
+        inner = layer.layer if isinstance(layer, PruneWrapper) else layer
+        return inner.__class__.from_config(inner.get_config())
+
+    by_name = {(l.layer.name if isinstance(l, PruneWrapper) else l.name): l for l in model.layers}
+    plain = keras.models.clone_model(model, clone_function=unwrap)
+    for layer in plain.layers:
+        source = by_name.get(layer.name)
+        if source is None or not layer.weights:
+            continue
+        layer.set_weights(source.masked_weights() if isinstance(source, PruneWrapper) else source.get_weights())
+    return plain
 
 
-def _select_layers(model, include: LayerRule, exclude: LayerRule, m_by_n, targets: dict | None = None) -> tuple[set, list]:
-    layers = [layer for layer in model.layers if layer.weights]
-    include_rule = layer_predicate(include, model.layers, "include")
-    exclude_rule = layer_predicate(exclude, model.layers, "exclude")
-    if targets is not None:
-        unknown = sorted(set(targets) - {layer.name for layer in model.layers})
-        if unknown:
-            raise InvalidArgumentError(f"target_sparsity names unknown layers {unknown}. Layers: {_names(model)}.")
-    supported = [layer for layer in layers if _unsupported_reason(layer) is None]
-    protected = (
-        {supported[0].name, supported[-1].name} if include is None and targets is None and len(supported) >= 3 else set()
-    )
-    chosen, skipped = set(), []
-    for layer in layers:
-        reason = _unsupported_reason(layer)
-        if reason is None and targets is not None and targets.get(layer.name, 0.0) == 0.0:
-            reason = "no target in target_sparsity" if layer.name not in targets else "target_sparsity 0"
-        if reason is None and include_rule is not None and not include_rule(layer):
-            reason = "not matched by include"
-        if reason is None and exclude_rule is not None and exclude_rule(layer):
-            reason = "matched by exclude"
-        if reason is None and layer.name in protected:
-            reason = "first/last weight layer, kept dense by default (pass include= to prune it)"
-        if reason is None and m_by_n is not None and type(layer).__name__ not in _M_BY_N_LAYERS:
-            reason = "m:n sparsity applies to Conv2D and Dense only"
-        if reason is None:
-            chosen.add(layer.name)
-        else:
-            skipped.append(SkippedLayer(layer.name, type(layer).__name__, reason))
-    return chosen, skipped
+def _saved_by_tf_keras(path: str) -> bool:
+    if not path.endswith(".keras") or not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        try:
+            metadata = json.loads(archive.read("metadata.json"))
+        except (KeyError, ValueError):
+            return False
+    return str(metadata.get("keras_version", "3")).startswith("2.")
 
 
-def _unsupported_reason(layer) -> str | None:
-    name = type(layer).__name__
-    if hasattr(layer, "get_prunable_weights"):
-        return None
-    if name in _PRUNABLE and type(layer).__module__.startswith(("tf_keras.", "keras.")):
-        return None
-    if hasattr(layer, "layers"):
-        return "nested model: prune it separately"
-    return _REASONS.get(name, "layer type not supported by tfmot pruning (custom layers can define get_prunable_weights)")
+def _missing(path: str):
+    from tfopt.errors import MissingFileError
 
-
-
-
-def _names(model) -> str:
-    names = [layer.name for layer in model.layers]
-    return ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+    return MissingFileError(f"Model file not found: {path!r}. Pass the path the pruned model was saved to.")
 
 
 def _is_wrapper(layer) -> bool:
+    if isinstance(layer, PruneWrapper):
+        return True
     return hasattr(layer, "pruning_vars") and hasattr(layer, "pruning_step") and hasattr(layer, "layer")
 
 
 def _wrappers(model) -> list:
-    return [layer for layer in model.layers if _is_wrapper(layer)]
+    return [layer for layer in getattr(model, "layers", []) if _is_wrapper(layer)]

@@ -2,15 +2,19 @@
 
 These functions say, for a training step, which sparsity a layer should have
 and whether its mask is recomputed, and compute magnitude masks and m:n masks.
-`tfopt.compress.prune` maps them onto tfmot's schedule objects; the tests
-check both agree, so the maths here is the contract.
+`PruningSchedule` holds one resolved schedule (validated, frequency chosen);
+the Keras 3 wrapper (`tfopt.compress.prune_layer`) computes the same values in
+the graph and the tf_keras path maps them onto tfmot's schedule objects; the
+tests check all three agree, so the maths here is the contract.
 
 Steps are counted as tfmot counts them: the first training batch is step 1.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 
 import numpy as np
 
@@ -119,3 +123,117 @@ def m_by_n_mask(weights: np.ndarray, m: int = 2, n: int = 4, *, axis: int = -2) 
     np.put_along_axis(keep, order[..., : n - m], True, axis=-1)
     keep = keep.reshape(moved.shape[:-1] + (padded_length,))[..., :length]
     return np.moveaxis(keep, -1, axis).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class PruningSchedule:
+    """One resolved pruning schedule: when masks are recomputed, and to which sparsity.
+
+    `kind` is `"polynomial"` (cubic ramp from 0 to `target_sparsity` between
+    `begin_step` and `end_step`) or `"constant"` (`target_sparsity` from
+    `begin_step` on; `end_step=-1` means no last update). Masks are recomputed
+    at `begin_step, begin_step + frequency, ...` up to `end_step`. Build it with
+    `make_schedule`, which validates and chooses the frequency.
+
+    >>> s = make_schedule(0.5, "polynomial", begin_step=0, end_step=10)
+    >>> s.sparsity(11), s.updates_at(11), s.updates_at(12)
+    (0.5, True, False)
+    """
+
+    kind: str
+    target_sparsity: float
+    begin_step: int
+    end_step: int
+    frequency: int
+
+    def sparsity(self, step: int) -> float:
+        """Sparsity the masks get when they are recomputed at `step`."""
+        if self.kind == "constant":
+            return constant_sparsity(step, target_sparsity=self.target_sparsity, begin_step=self.begin_step)
+        return polynomial_sparsity(
+            step, final_sparsity=self.target_sparsity, begin_step=self.begin_step, end_step=self.end_step
+        )
+
+    def updates_at(self, step: int) -> bool:
+        """True when masks are recomputed at training step `step`."""
+        if step < self.begin_step or (self.end_step >= 0 and step > self.end_step):
+            return False
+        return (step - self.begin_step) % self.frequency == 0
+
+    @property
+    def last_step(self) -> int:
+        """The step of the last mask update (`begin_step` for an open constant schedule)."""
+        return self.end_step if self.end_step >= 0 else self.begin_step
+
+    def to_dict(self) -> dict:
+        """Plain values (what the Keras wrapper saves in its config)."""
+        return dataclasses.asdict(self)
+
+
+def _check_step(name: str, value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0):
+        raise InvalidArgumentError(f"{name} must be a non-negative integer or None. Received: {name}={value!r}.")
+
+
+def make_schedule(
+    target_sparsity: float,
+    schedule: str = "polynomial",
+    *,
+    begin_step: int = 0,
+    end_step: int | None = None,
+    frequency: int | None = None,
+    m_by_n: tuple[int, int] | None = None,
+) -> PruningSchedule:
+    """Validates the `prune` schedule options and resolves them into a `PruningSchedule`.
+
+    `begin_step` 0 and 1 both mean the first batch. A polynomial ramp without
+    `end_step` lasts `DEFAULT_RAMP_STEPS`; without `frequency` it gets a divisor
+    of the ramp (about `DEFAULT_NUM_UPDATES` updates), so the last update lands
+    on `end_step` and a short fine-tune cannot end at 0% (tfmot's
+    `frequency=100` trap). A `frequency` longer than the ramp is an error; one
+    that does not divide it moves `end_step` to the next update, with a warning.
+    With `m_by_n`, the mask is set once at `begin_step` and kept.
+
+    Raises:
+        ValueError: negative steps, `end_step < begin_step`, an unknown schedule,
+            or a frequency longer than the ramp.
+
+    >>> make_schedule(0.8, begin_step=0, end_step=None)
+    PruningSchedule(kind='polynomial', target_sparsity=0.8, begin_step=1, end_step=201, frequency=20)
+    """
+    if schedule not in SCHEDULES:
+        raise InvalidArgumentError(f"schedule must be one of {SCHEDULES}. Received: schedule={schedule!r}.")
+    for name, value in (("begin_step", begin_step), ("end_step", end_step), ("frequency", frequency)):
+        _check_step(name, value)
+    if frequency is not None and frequency < 1:
+        raise InvalidArgumentError(f"frequency must be >= 1 or None. Received: frequency={frequency}.")
+    begin = max(int(begin_step), 1)
+    if m_by_n is not None:
+        return PruningSchedule("constant", m_by_n[0] / m_by_n[1], begin, begin, 1)
+    if schedule == "constant":
+        end = -1 if end_step is None else max(int(end_step), begin)
+        return PruningSchedule("constant", float(target_sparsity), begin, end, int(frequency or 100))
+    end = begin + DEFAULT_RAMP_STEPS if end_step is None else int(end_step)
+    if end < begin:
+        raise InvalidArgumentError(
+            f"end_step must be >= begin_step. Received: begin_step={begin_step}, end_step={end_step}."
+        )
+    span = end - begin
+    if span == 0:
+        return PruningSchedule("constant", float(target_sparsity), begin, end, 1)
+    if frequency is None:
+        frequency = choose_frequency(begin, end)
+    elif frequency > span:
+        raise InvalidArgumentError(
+            f"frequency={frequency} is longer than the pruning ramp ({begin}..{end}): the target sparsity would "
+            f"never be reached. Use frequency <= {span}, or leave frequency=None to choose one."
+        )
+    elif span % frequency:
+        new_end = begin + -(-span // frequency) * frequency
+        warnings.warn(
+            f"end_step={end} is not begin_step + a multiple of frequency={frequency}; the last mask update "
+            f"would miss the target. Using end_step={new_end}.",
+            stacklevel=3,
+        )
+        end = new_end
+    return PruningSchedule("polynomial", float(target_sparsity), begin, end, int(frequency))

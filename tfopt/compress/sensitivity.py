@@ -27,7 +27,7 @@ from tfopt.compress.select import layer_predicate
 from tfopt.errors import InvalidArgumentError
 
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
-# Weights tfmot prunes in each prunable layer, by variable name.
+# Weights pruning masks in each prunable layer, by variable name.
 _PRUNED_WEIGHT_NAMES = ("kernel", "pointwise_kernel", "recurrent_kernel", "embeddings")
 # Resolution of the allocation (sparsity steps).
 _STEP = 0.005
@@ -159,7 +159,7 @@ def prune_sensitivity(
     >>> [layer.name for layer in result.layers], result.baseline_accuracy
     (['a', 'b'], 1.0)
     """
-    from tfopt.compress.prune import _unsupported_reason
+    from tfopt.compress.prune_plan import unsupported_reason
 
     grid = _check_sparsities(sparsities)
     x, labels = _check_data(data)
@@ -169,7 +169,7 @@ def prune_sensitivity(
         layer
         for layer in work.layers
         if layer.weights
-        and _unsupported_reason(layer) is None
+        and unsupported_reason(layer) is None
         and (include_rule is None or include_rule(layer))
         and (exclude_rule is None or not exclude_rule(layer))
         and _pruned_indices(layer)
@@ -307,7 +307,7 @@ def allocate_sparsity(
 
 
 def _pruned_indices(layer) -> list[int]:
-    """Indexes in `layer.get_weights()` of the weights tfmot prunes (kernels, not biases or depthwise)."""
+    """Indexes in `layer.get_weights()` of the weights pruning masks (kernels, not biases or depthwise)."""
     names = [w.name.split("/")[-1].split(":")[0] for w in layer.weights]
     return [i for i, n in enumerate(names) if n in _PRUNED_WEIGHT_NAMES]
 
