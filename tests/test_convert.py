@@ -93,11 +93,19 @@ def test_convert_refuses_lambda_file_by_default(tmp_path):
     "kwargs, match",
     [
         ({"mode": "int4"}, "Unknown mode 'int4'"),
+        ({"engine": "tflm"}, "engine must be one of"),
+        ({"mode": "float16", "engine": "litert_quantizer"}, "no float16 recipe"),
+        ({"mode": "int8", "engine": "litert_quantizer", "input_type": "float32"}, "integer inputs and outputs"),
+        ({"mode": "float16", "float_fallback": ["conv"]}, "quantizes nothing"),
+        ({"mode": "int8", "calibration": np.zeros((2, 8, 8, 1)), "float_fallback": ["nope"]}, "matched no op"),
+        ({"mode": "int8", "validation": (np.zeros((2, 8, 8, 1)), np.zeros(2))}, "only used by float_fallback='auto'"),
+        ({"mode": "int8", "float_fallback": "auto", "max_accuracy_drop": 2}, "max_accuracy_drop is a fraction"),
         ({"mode": "int8"}, "needs calibration data"),
         ({"mode": "float16", "input_type": "int8"}, "input_type='int8' is not available"),
         ({"mode": "float32", "calibration": np.zeros((2, 8, 8, 1))}, "only used by modes"),
     ],
-    ids=["unknown-mode", "int8-no-calibration", "bad-io-type", "calibration-unused"],
+    ids=["unknown-mode", "unknown-engine", "litert-float16", "litert-float-io", "fallback-float16", "fallback-no-match",
+         "validation-unused", "bad-drop", "int8-no-calibration", "bad-io-type", "calibration-unused"],
 )
 def test_convert_errors(tiny_cnn, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -115,7 +123,7 @@ def test_convert_bad_model_inputs(tmp_path):
         tfopt.convert(str(empty))
     bogus = tmp_path / "x.keras"
     bogus.write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="Could not load"):
+    with pytest.raises(ValueError, match="Could not load|not a Keras model file"):
         tfopt.convert(str(bogus))
 
 
@@ -137,7 +145,9 @@ def test_convert_sparse_encoding_of_pruned_weights():
     dense, sparse = tfopt.convert(model), tfopt.convert(model, sparse=True)
     assert sparse.inspection.op_counts.get("DENSIFY", 0) >= 1
     assert sparse.size_bytes < dense.size_bytes
-    report = tfopt.tflite_sparsity(sparse)
+    from tfopt.analyze.sparsity import tflite_sparsity
+
+    report = tflite_sparsity(sparse)
     assert max(t.sparsity for t in report.tensors) == pytest.approx(0.9, abs=0.01)
 
 
@@ -157,5 +167,125 @@ def test_convert_warns_when_xnnpack_leaves_ops(rng):
         return tf.math.cumsum(tf.sin(x) * 3.0, axis=-1)  # CUMSUM has no XNNPACK kernel
 
     content = tf.lite.TFLiteConverter.from_concrete_functions([odd.get_concrete_function()]).convert()
-    coverage = tfopt.xnnpack_coverage(content)
+    from tfopt.measure.benchmark import xnnpack_coverage
+
+    coverage = xnnpack_coverage(content)
     assert not coverage.fully_delegated and any("CUMSUM" in op for op in coverage.undelegated)
+
+
+# --- one entry point: engines, per-tensor Dense, float fallback, 16x8 alias, QAT models -------------------------
+
+
+def _dense_weight_scales(content: bytes) -> list[int]:
+    """Number of quantization scales of each FULLY_CONNECTED weight tensor, read from the flatbuffer."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    graph = model.subgraphs[0]
+    counts = []
+    for op in graph.operators:
+        if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) == "FULLY_CONNECTED":
+            quant = graph.tensors[int(op.inputs[1])].quantization
+            counts.append(0 if quant is None or quant.scale is None else len(quant.scale))
+    return counts
+
+
+@pytest.fixture()
+def mlp(rng):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,), name="features"), keras.layers.Dense(16, activation="relu", name="hidden"),
+                              keras.layers.Dense(4, name="head")])
+    return model, rng.random((64, 8), dtype=np.float32)
+
+
+@pytest.mark.parametrize("engine", ["converter", "litert_quantizer"])
+def test_convert_per_channel_dense_false_gives_one_scale_per_dense_weight(mlp, engine):
+    model, x = mlp
+    per_channel = tfopt.convert(model, mode="int8", engine=engine, calibration=x, check_delegation=False)
+    per_tensor = tfopt.convert(model, mode="int8", engine=engine, calibration=x, per_channel_dense=False,
+                               check_delegation=False)
+    assert _dense_weight_scales(per_channel.tflite) == [16, 4]
+    assert _dense_weight_scales(per_tensor.tflite) == [1, 1]
+    assert per_tensor.size_bytes < per_channel.size_bytes
+    assert per_tensor.inspection.precision_counts == {"int8": 2}
+
+
+def test_convert_litert_engine_result(mlp):
+    model, x = mlp
+    result = tfopt.convert(model, mode="int8", engine="litert_quantizer", calibration=x, check_delegation=False)
+    assert (result.engine, result.recipe, result.mode) == ("litert_quantizer", "static_wi8_ai8", "int8")
+    assert result.inspection.inputs[0].dtype == "INT8" and result.inspection.precision_counts == {"int8": 2}
+    assert result.to_dict()["engine"] == "litert_quantizer" and "litert_quantizer (static_wi8_ai8)" in result.summary()
+    again = tfopt.convert(tfopt.convert(model, check_delegation=False), mode="int4", engine="litert_quantizer",
+                          check_delegation=False)  # a float .tflite goes in too
+    assert again.recipe == "dynamic_wi4_afp32" and set(again.inspection.precision_counts) == {"hybrid"}
+
+
+@pytest.mark.parametrize("engine", ["converter", "litert_quantizer"])
+def test_convert_int16x8_alias(mlp, engine):
+    model, x = mlp
+    result = tfopt.convert(model, mode="16x8", engine=engine, calibration=x, check_delegation=False)
+    assert result.mode == "int16x8"
+    assert result.inspection.precision_counts == {"int16x8": 2}
+
+
+@pytest.mark.parametrize("engine", ["converter", "litert_quantizer"])
+def test_convert_float_fallback_by_name(mlp, engine):
+    model, x = mlp
+    result = tfopt.convert(model, mode="int8", engine=engine, calibration=x, float_fallback=["hidden"],
+                           check_delegation=False)
+    assert result.inspection.precision_counts == {"int8": 1, "float32": 1}
+    assert len(result.float_fallback) == 1 and "hidden" in result.float_fallback[0]
+    assert not result.warnings  # float on purpose is not a surprise
+    assert result.to_dict()["float_fallback"] == list(result.float_fallback)
+
+
+def _fake_quant_mlp():
+    """A Keras 3 MLP whose layers call keras.quantizers.fake_quant_with_min_max_vars, as QAT wrappers do."""
+    import keras
+    from keras import ops
+
+    class FakeQuantDense(keras.layers.Layer):
+        def __init__(self, units, low, high, relu=False, **kwargs):
+            super().__init__(**kwargs)
+            self.units, self.low, self.high, self.relu = units, low, high, relu
+
+        def build(self, shape):
+            self.kernel = self.add_weight(shape=(shape[-1], self.units), initializer="glorot_uniform")
+            self.bias = self.add_weight(shape=(self.units,), initializer="zeros")
+
+        def call(self, x):
+            bound = ops.max(ops.abs(self.kernel))
+            kernel = keras.quantizers.fake_quant_with_min_max_vars(self.kernel, -bound, bound, narrow_range=True)
+            y = ops.matmul(x, kernel) + self.bias
+            y = ops.relu(y) if self.relu else y
+            return keras.quantizers.fake_quant_with_min_max_vars(y, self.low, self.high)
+
+    class FakeQuantInput(keras.layers.Layer):
+        def call(self, x):
+            return keras.quantizers.fake_quant_with_min_max_vars(x, -1.0, 1.0)
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,))
+    x = FakeQuantInput()(inputs)
+    x = FakeQuantDense(16, 0.0, 4.0, relu=True)(x)
+    outputs = FakeQuantDense(4, -4.0, 4.0)(x)
+    return keras.Model(inputs, outputs)
+
+
+def test_convert_fake_quant_model_to_int8_without_and_with_calibration(rng):
+    from tfopt.measure.parity import compare
+
+    model = _fake_quant_mlp()
+    before = weights_snapshot(model)
+    x = rng.uniform(-1, 1, (32, 8)).astype(np.float32)
+    plain = tfopt.convert(model, mode="int8", check_delegation=False)
+    assert plain.inspection.precision_counts == {"int8": 2} and not plain.inspection.float_compute_ops
+    full = tfopt.convert(model, mode="int8", input_type="int8", output_type="int8", check_delegation=False)
+    assert full.inspection.inputs[0].dtype == "INT8" and set(full.inspection.op_counts) == {"FULLY_CONNECTED"}
+    assert compare(model, full, x, localize=False).top1_agreement >= 0.95
+    calibrated = tfopt.convert(model, mode="int8", calibration=x, check_delegation=False)
+    assert calibrated.inspection.precision_counts == {"int8": 2}
+    assert_weights_unchanged(model, before)

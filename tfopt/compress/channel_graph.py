@@ -271,11 +271,13 @@ def build_graph(model: Any) -> ChannelGraph:
             prev = (name, 0, 0)
         inputs, outputs = [(first, 0, 0)], [prev]
     for name, layer in live.items():
-        if calls.get(name, 1) == 1:
+        if calls.get(name, 1) <= 1:  # tf_keras configs list no inbound node for an InputLayer
             for index, shape in enumerate(_layer_shapes(layer)):
                 shapes.setdefault((name, 0, index), shape)
-    for ref, tensor in zip(outputs, model.outputs):
-        shapes.setdefault(ref, tuple(tensor.shape))
+    # tf_keras configs carry no tensor shapes: take the model's own input and output shapes.
+    for refs, tensors in ((inputs, model.inputs), (outputs, model.outputs)):
+        for ref, tensor in zip(refs, tensors):
+            shapes.setdefault(ref, tuple(tensor.shape))
     extra_outputs: dict = {}
     for node in nodes:
         for ref in node.inputs:

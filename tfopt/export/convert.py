@@ -1,27 +1,31 @@
-"""Keras model (Keras 3 or tf_keras), SavedModel or model file -> .tflite, and what really got quantized.
+"""Post-training quantization and conversion to LiteRT (.tflite): the one entry point, `convert`.
 
 Modes: `float32`, `float16` (weights), `dynamic` (int8 weights, float activations),
 `int8` (full integer, calibrated) and `int16x8` (int16 activations, int8 weights).
-Keras models are traced with a fixed batch of 1 (what phones and microcontrollers
-run), with a `serving_default` signature whose input and output names are the
-model's own, so they stay stable across conversions.
+Two engines do the work: the TensorFlow Lite converter (`engine="converter"`)
+and LiteRT Quantizer (`engine="litert_quantizer"`), which rewrites the float
+.tflite with a recipe. Keras models are traced with a fixed batch of 1 (what
+phones and microcontrollers run), with a `serving_default` signature whose input
+and output names are the model's own, so they stay stable across conversions.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import tempfile
-from typing import Any
+import re
+from typing import Any, Sequence
 
 from tfopt import _keras
 from tfopt._io import atomic_write
-from tfopt.export.calibration import CalibrationData, calibration_data
-from tfopt.analyze.flatbuffer import TFLiteInspection, inspect_tflite
+from tfopt.analyze.flatbuffer import TFLiteInspection, inspect_tflite, tflite_bytes
 from tfopt.errors import InvalidArgumentError, InvalidTypeError
+from tfopt.export import _converter, _fallback, _litert
+from tfopt.export.calibration import CalibrationData, calibration_data
 
 CONVERT_MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
+MODE_ALIASES = {"16x8": "int16x8"}
+ENGINES = ("converter", "litert_quantizer")
 _IO_TYPES = {
     "float32": ("float32",),
     "float16": ("float32",),
@@ -37,6 +41,19 @@ class ConversionResult:
 
     `bytes(result)` or `result.tflite` gives the flatbuffer; pass the result itself
     to `tfopt.benchmark` or `tfopt.inspect_tflite`.
+
+    Attributes:
+        tflite: the flatbuffer bytes.
+        mode: the mode asked for (`"int8"`, ...; a recipe name for other LiteRT Quantizer recipes).
+        inspection: the flatbuffer inspection (op precision, float ops left, inputs and outputs).
+        path: where the .tflite was written, or `None`.
+        warnings: what the user should know (ops left in float, undelegated ops, ...).
+        xnnpack: the XNNPACK delegation check, or `None` when not checked.
+        engine: `"converter"` or `"litert_quantizer"`.
+        recipe: the LiteRT Quantizer recipe used, or `None`.
+        float_fallback: output tensor names of the ops kept in float on purpose.
+        fallback_search: with `float_fallback="auto"`, the record of the search
+            (criterion, float and fully quantized scores, steps, most sensitive ops).
     """
 
     tflite: bytes = dataclasses.field(repr=False)
@@ -45,6 +62,10 @@ class ConversionResult:
     path: str | None = None
     warnings: tuple[str, ...] = ()
     xnnpack: Any = None  # DelegateCoverage, or None when not checked
+    engine: str = "converter"
+    recipe: str | None = None
+    float_fallback: tuple[str, ...] = ()
+    fallback_search: dict | None = dataclasses.field(default=None, repr=False)
 
     def __bytes__(self) -> bytes:
         return self.tflite
@@ -60,8 +81,21 @@ class ConversionResult:
 
     def summary(self) -> str:
         """What the conversion produced."""
-        lines = [f"mode {self.mode}: {self.size_bytes / 1024:.1f} KB" + (f" -> {self.path}" if self.path else "")]
+        engine = self.engine + (f" ({self.recipe})" if self.recipe else "")
+        lines = [
+            f"mode {self.mode}, engine {engine}: {self.size_bytes / 1024:.1f} KB"
+            + (f" -> {self.path}" if self.path else "")
+        ]
         lines.append(self.inspection.summary())
+        if self.float_fallback:
+            lines.append(f"  kept float on purpose: {', '.join(self.float_fallback)}")
+        search = self.fallback_search
+        if search:
+            lines.append(
+                f"  float fallback search ({search['criterion']}): float {search['reference']:.4f}, fully quantized "
+                f"{search['fully_quantized']:.4f}, final {search['final']:.4f} "
+                f"(tolerance {search['max_accuracy_drop']:.4f}{'' if search['met'] else ', NOT met'})"
+            )
         if self.xnnpack is not None:
             lines.append("  " + self.xnnpack.summary())
         lines.extend(f"warning: {w}" for w in self.warnings)
@@ -71,9 +105,13 @@ class ConversionResult:
         """A JSON-ready dict (without the bytes)."""
         return {
             "mode": self.mode,
+            "engine": self.engine,
+            "recipe": self.recipe,
             "size_bytes": self.size_bytes,
             "path": self.path,
             "warnings": list(self.warnings),
+            "float_fallback": list(self.float_fallback),
+            "fallback_search": self.fallback_search,
             "inspection": self.inspection.to_dict(),
             "xnnpack": self.xnnpack.to_dict() if self.xnnpack is not None else None,
         }
@@ -83,98 +121,229 @@ def convert(
     model: Any,
     *,
     mode: str = "float32",
+    engine: str = "converter",
     calibration: Any = None,
-    input_type: str = "float32",
-    output_type: str = "float32",
+    float_fallback: str | Sequence[str] | None = None,
+    per_channel_dense: bool = True,
+    input_type: str | None = None,
+    output_type: str | None = None,
     output: str | os.PathLike | None = None,
     sparse: bool = False,
     check_delegation: bool = True,
     safe_mode: bool = True,
+    validation: tuple[Any, Any] | None = None,
+    max_accuracy_drop: float = 0.005,
 ) -> ConversionResult:
-    """Converts a model to a LiteRT (.tflite) flatbuffer and reports what got quantized.
+    """Converts a model to a LiteRT (.tflite) flatbuffer, quantizing it after training, and reports what got quantized.
 
-    Use `float16` to halve the file, `dynamic` for int8 weights without calibration,
-    `int8` for full-integer models (fastest under XNNPACK on CPUs, and what
-    microcontrollers need: pass `input_type="int8", output_type="int8"`), and
-    `int16x8` when int8 activations lose too much accuracy.
+    The one entry point for post-training quantization. Use `float16` to halve
+    the file, `dynamic` for int8 weights without calibration, `int8` for
+    full-integer models (fastest under XNNPACK on CPUs, and what microcontrollers
+    need: pass `input_type="int8", output_type="int8"`), and `int16x8` when int8
+    activations lose too much accuracy. A model trained with quantization-aware
+    training (it holds fake-quant ops, e.g. from `tfopt.qat`) converts to int8
+    from its own ranges, without calibration data.
 
     Args:
         model: a Keras 3 or tf_keras model, a `.keras` / `.h5` file path, or a
-            SavedModel folder.
-        mode: one of `"float32"`, `"float16"`, `"dynamic"`, `"int8"`, `"int16x8"`.
+            SavedModel folder; with `engine="litert_quantizer"` also a float
+            .tflite (bytes, path or `ConversionResult`).
+        mode: `"float32"`, `"float16"`, `"dynamic"`, `"int8"` or `"int16x8"`
+            (`"16x8"` is accepted). With `engine="litert_quantizer"` also any
+            recipe name of `tfopt.export.quantizer.RECIPES` or `"int4"`.
             Defaults to `"float32"`.
+        engine: `"converter"` (the TensorFlow Lite converter) or
+            `"litert_quantizer"` (LiteRT Quantizer recipes applied to the float
+            .tflite; `pip install litert-quantizer`). Defaults to `"converter"`.
         calibration: representative data for `int8` / `int16x8`: a
             `tfopt.CalibrationData`, or anything `tfopt.calibration_data` accepts
-            (then 200 examples are drawn). Defaults to `None`.
+            (then 200 examples are drawn). Optional for a model with fake-quant
+            ops. Defaults to `None`.
+        float_fallback: ops to keep in float in a quantized model: a list of Keras
+            layer names or `"re:<regex>"` rules (searched in each op's output
+            tensor names; every rule must match an op), or `"auto"`: quantize
+            everything, then keep the ops that add the most quantization error
+            float, one at a time, until the model is within `max_accuracy_drop`
+            of the float .tflite. Needs calibration data. Defaults to `None`.
+        per_channel_dense: quantize Dense (FULLY_CONNECTED) weights with one scale
+            per output channel. `False` uses one scale per tensor, as the MLPerf
+            Tiny reference models do: a smaller file and a much smaller TFLite
+            Micro arena, sometimes at some accuracy. Defaults to `True`.
         input_type: dtype of the model input: `"float32"`, or `"int8"` / `"uint8"`
-            (mode `int8`), `"int16"` (mode `int16x8`). Defaults to `"float32"`.
-        output_type: dtype of the model output, same choices. Defaults to `"float32"`.
+            (mode `int8`), `"int16"` (mode `int16x8`). Defaults to `None`: float32
+            with the converter; LiteRT Quantizer's static recipes always give
+            integer inputs and outputs (int8, or int16 for int16x8).
+        output_type: dtype of the model output, same choices. Defaults to `None`.
         output: also write the .tflite here (atomically). Defaults to `None`.
         sparse: store mostly-zero weights in LiteRT's sparse encoding
-            (`tf.lite.Optimize.EXPERIMENTAL_SPARSITY`; fed through DENSIFY ops). It
-            shrinks the raw file of a pruned model, but compresses worse than dense
-            storage (measured on a pruned CNN: 40.6 -> 28.5 KB raw, 13.6 -> 18.5 KB
-            gzip), and XNNPACK runs sparse kernels only on some ARM CPUs. Defaults to `False`.
+            (`tf.lite.Optimize.EXPERIMENTAL_SPARSITY`; fed through DENSIFY ops;
+            converter engine). It shrinks the raw file of a pruned model but may
+            compress worse under gzip than dense storage, and XNNPACK runs sparse
+            kernels only on some ARM CPUs. Defaults to `False`.
         check_delegation: load the result in LiteRT with XNNPACK (in a child
             process) and report which ops the delegate takes. Defaults to `True`.
         safe_mode: when `model` is a file, refuse to deserialize Python lambdas so
             loading cannot run arbitrary code. Defaults to `True`.
+        validation: `(x, y)` labelled data for `float_fallback="auto"`: the
+            tolerance then applies to top-1 accuracy; without it, to the top-1
+            agreement with the float model on the calibration data. Defaults to `None`.
+        max_accuracy_drop: tolerance of `float_fallback="auto"`, a fraction
+            (0.005 = half a point). Defaults to `0.005`.
 
     Returns:
         A `ConversionResult` holding the bytes, the flatbuffer inspection (op
-        precision, float ops left) and any warnings.
+        precision, float ops left), the ops kept float and any warnings.
 
     Raises:
-        ValueError: unknown mode or type, missing calibration data, or a model the
-            converter rejects (the converter's reason is included).
+        ValueError: unknown mode, engine or type, missing calibration data, a
+            float_fallback rule matching no op, or a model the converter rejects
+            (the converter's reason is included).
         TypeError: `model` is not a Keras model or a path.
+        ImportError: `engine="litert_quantizer"` without `litert-quantizer` installed.
 
     Example:
 
     >>> import keras, numpy as np, tfopt
     >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
-    >>> result = tfopt.convert(model, mode="int8", calibration=np.random.rand(50, 8).astype("float32"))
+    >>> x = np.random.rand(50, 8).astype("float32")
+    >>> result = tfopt.convert(model, mode="int8", calibration=x)
     >>> result.inspection.precision_counts
     {'int8': 1}
+    >>> tfopt.convert(model, mode="int8", engine="litert_quantizer", calibration=x).inspection.inputs[0].dtype
+    'INT8'
     """
-    if mode not in CONVERT_MODES:
-        raise InvalidArgumentError(f"Unknown mode {mode!r}. Expected one of {CONVERT_MODES}.")
-    for label, value in (("input_type", input_type), ("output_type", output_type)):
-        if value not in _IO_TYPES[mode]:
-            raise InvalidArgumentError(
-                f"{label}={value!r} is not available with mode={mode!r}; expected one of {_IO_TYPES[mode]}."
-            )
-    import tensorflow as tf
+    return _convert(
+        model, mode=mode, engine=engine, calibration=calibration, float_fallback=float_fallback,
+        per_channel_dense=per_channel_dense, input_type=input_type, output_type=output_type, output=output,
+        sparse=sparse, check_delegation=check_delegation, safe_mode=safe_mode, validation=validation,
+        max_accuracy_drop=max_accuracy_drop,
+    )
 
-    converter, keras_model, scratch = _make_converter(model, safe_mode=safe_mode)
-    if mode != "float32":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if sparse:
-        converter.optimizations = [*converter.optimizations, tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
-    if mode == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-    if mode in ("int8", "int16x8"):
-        converter.representative_dataset = _representative(calibration, keras_model, mode)
-        if mode == "int8":
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        else:
-            converter.target_spec.supported_ops = [
-                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
-            ]
-        dtypes = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8, "int16": tf.int16}
-        converter.inference_input_type = dtypes[input_type]
-        converter.inference_output_type = dtypes[output_type]
-    elif calibration is not None:
-        raise InvalidArgumentError(f"calibration data is only used by modes 'int8' and 'int16x8'; received it with mode={mode!r}.")
-    try:
-        content = converter.convert()
-    except Exception as err:  # noqa: BLE001 - the converter raises many types; keep its reason
-        raise InvalidArgumentError(f"The TFLite converter rejected the model in mode {mode!r}: {_first_lines(err)}") from err
-    finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+
+def _check_options(mode, engine, float_fallback, input_type, output_type, max_accuracy_drop, validation, sparse):
+    """Validates the options; returns (mode, recipe or None, input_type, output_type)."""
+    if engine not in ENGINES:
+        raise InvalidArgumentError(f"engine must be one of {ENGINES}. Received: engine={engine!r}.")
+    if not isinstance(mode, str):
+        raise InvalidTypeError(f"mode must be a string. Received: mode={mode!r}.")
+    mode = MODE_ALIASES.get(mode, mode)
+    recipe = None
+    if engine == "litert_quantizer":
+        if mode == "float16":
+            raise InvalidArgumentError("LiteRT Quantizer has no float16 recipe; use engine='converter' for mode='float16'.")
+        if sparse:
+            raise InvalidArgumentError("sparse=True is a converter option; use engine='converter'.")
+        if mode != "float32":
+            recipe = _litert.recipe_for(mode)
+            mode = next((m for m, r in _litert.MODE_ALIASES.items() if r == recipe and m in CONVERT_MODES), recipe)
+    elif mode not in CONVERT_MODES:
+        raise InvalidArgumentError(
+            f"Unknown mode {mode!r}. Expected one of {CONVERT_MODES} (or '16x8'); LiteRT Quantizer recipes such as "
+            "'int4' need engine='litert_quantizer'."
+        )
+    natural = _litert.RECIPE_IO.get(recipe, "float32") if engine == "litert_quantizer" else "float32"
+    allowed = (natural,) if engine == "litert_quantizer" else _IO_TYPES[mode]
+    types = []
+    for label, value in (("input_type", input_type), ("output_type", output_type)):
+        value = natural if value is None else value
+        if value not in allowed:
+            hint = (" LiteRT Quantizer's static recipes give integer inputs and outputs; use engine='converter' "
+                    "for float ones." if engine == "litert_quantizer" else "")
+            raise InvalidArgumentError(
+                f"{label}={value!r} is not available with mode={mode!r}, engine={engine!r}; expected one of {allowed}.{hint}"
+            )
+        types.append(value)
+    if float_fallback is not None:
+        if mode in ("float32", "float16"):
+            raise InvalidArgumentError(f"float_fallback keeps ops of a quantized model float; mode={mode!r} quantizes nothing.")
+        if isinstance(float_fallback, str) and float_fallback != "auto" and not float_fallback.startswith("re:"):
+            float_fallback = [float_fallback]
+    if validation is not None and float_fallback != "auto":
+        raise InvalidArgumentError("validation= is only used by float_fallback='auto'.")
+    if isinstance(max_accuracy_drop, bool) or not isinstance(max_accuracy_drop, (int, float)) or not 0 <= max_accuracy_drop < 1:
+        raise InvalidArgumentError(
+            f"max_accuracy_drop is a fraction in [0, 1) (0.005 = half a point). Received: max_accuracy_drop={max_accuracy_drop!r}."
+        )
+    return mode, recipe, types[0], types[1], float_fallback
+
+
+def _is_tflite(model: Any) -> bool:
+    if isinstance(model, (bytes, bytearray, ConversionResult)):
+        return True
+    return isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".tflite")
+
+
+def _convert(
+    model, *, mode, engine, calibration, float_fallback, per_channel_dense, input_type, output_type, output,
+    sparse, check_delegation, safe_mode, validation, max_accuracy_drop, calibration_method="minmax",
+    max_float_ops=8, base_rules=None,
+) -> ConversionResult:
+    mode, recipe, input_type, output_type, float_fallback = _check_options(
+        mode, engine, float_fallback, input_type, output_type, max_accuracy_drop, validation, sparse
+    )
+    if isinstance(model, (str, os.PathLike)) and not _is_tflite(model) and not os.path.isdir(model):
+        model = _keras.load_model(os.fspath(model), safe_mode=safe_mode)
+    keras_model = model if _keras.is_keras_model(model) else None
+    if calibration is not None and not isinstance(calibration, CalibrationData):
+        calibration = calibration_data(calibration, model=keras_model)
+    if _is_tflite(model):
+        if engine != "litert_quantizer":
+            raise InvalidArgumentError(
+                "A .tflite can only be quantized further with engine='litert_quantizer'; the converter needs the "
+                "Keras model or SavedModel."
+            )
+        float_content = tflite_bytes(model)
+        counts = inspect_tflite(float_content).precision_counts
+        if counts and set(counts) - {"float32"}:
+            raise InvalidArgumentError(
+                f"engine='litert_quantizer' expects a float32 .tflite; this one already has compute ops at {counts}. "
+                "Pass the float model (tfopt.convert(model, mode='float32'))."
+            )
+    elif engine == "litert_quantizer" or float_fallback is not None:
+        float_content, keras_model, _ = _converter.run_converter(
+            model, mode="float32", calibration=None, input_type="float32", output_type="float32", sparse=False,
+            per_channel_dense=True, safe_mode=safe_mode,
+        )
+    else:
+        float_content = None
+
+    def quantize(float_ops: list) -> bytes:
+        if engine == "litert_quantizer":
+            if recipe is None:
+                return float_content
+            scopes = [f"^{re.escape(_litert.op_scope(outs))}$" for outs in float_ops]
+            return _litert.run_litert(
+                float_content, recipe=recipe, calibration=calibration, float_scopes=scopes,
+                calibration_method=calibration_method, per_channel_dense=per_channel_dense,
+            )
+        content, _, _ = _converter.run_converter(
+            keras_model if keras_model is not None else model, mode=mode, calibration=calibration,
+            input_type=input_type, output_type=output_type, sparse=sparse, per_channel_dense=per_channel_dense,
+            safe_mode=safe_mode, float_nodes=[name for outs in float_ops for name in outs],
+        )
+        return content
+
+    kept: list = []
+    search = None
+    if float_fallback == "auto":
+        if calibration is None:
+            raise InvalidArgumentError("float_fallback='auto' needs calibration data (it measures each op's error on it).")
+        base = _fallback.resolve_rules(base_rules, float_content, keras_model) if base_rules else []
+        content, kept, search = _fallback.auto_fallback(
+            float_content, quantize, base, calibration=calibration, validation=validation,
+            max_accuracy_drop=max_accuracy_drop, max_float_ops=max_float_ops,
+        )
+    else:
+        if float_fallback is not None:
+            kept = _fallback.resolve_rules(float_fallback, float_content, keras_model)
+        content = quantize(kept)
+    return _result(content, mode=mode, engine=engine, recipe=recipe, kept=kept, search=search, output=output,
+                   check_delegation=check_delegation)
+
+
+def _result(content, *, mode, engine, recipe, kept, search, output, check_delegation) -> ConversionResult:
     inspection = inspect_tflite(content)
-    warnings = _warnings(mode, inspection)
+    warnings = _warnings(mode, inspection, expected_float=bool(kept))
     coverage = None
     if check_delegation:
         from tfopt.measure.benchmark import BenchmarkError, xnnpack_coverage
@@ -188,128 +357,27 @@ def convert(
                 f"XNNPACK takes {coverage.delegated_ops} of {coverage.total_ops} ops; "
                 f"{', '.join(coverage.undelegated[:6])} run on LiteRT's reference kernels."
             )
+    if search is not None and not search["met"]:
+        warnings.append(
+            f"float_fallback='auto' kept {len(kept)} op(s) float and still loses "
+            f"{search['reference'] - search['final']:.4f} ({search['criterion']}), more than max_accuracy_drop="
+            f"{search['max_accuracy_drop']}."
+        )
     path = atomic_write(output, content) if output is not None else None
     return ConversionResult(
-        tflite=content, mode=mode, inspection=inspection, path=path, warnings=tuple(warnings), xnnpack=coverage
+        tflite=content, mode=mode, inspection=inspection, path=path, warnings=tuple(warnings),
+        xnnpack=coverage, engine=engine, recipe=recipe,
+        float_fallback=tuple(_litert.op_scope(outs)[:-1] for outs in kept), fallback_search=search,
     )
 
 
-def _first_lines(err: Exception, limit: int = 6) -> str:
-    lines = [line for line in str(err).splitlines() if line.strip()]
-    return " | ".join(lines[:limit]) or type(err).__name__
-
-
-def _make_converter(model: Any, *, safe_mode: bool):
-    """Returns (converter, keras_model or None, temporary folder or None)."""
-    import tensorflow as tf
-
-    if isinstance(model, (str, os.PathLike)):
-        path = os.fspath(model)
-        if os.path.isdir(path):
-            if not os.path.exists(os.path.join(path, "saved_model.pb")):
-                raise InvalidArgumentError(f"{path!r} is a folder without saved_model.pb; expected a SavedModel folder.")
-            return tf.lite.TFLiteConverter.from_saved_model(path), None, None
-        model = _keras.load_model(path, safe_mode=safe_mode)
-    elif not _keras.is_keras_model(model):
-        raise InvalidTypeError(
-            "convert() expects a Keras model, a .keras / .h5 path or a SavedModel folder. "
-            f"Received: an object of type {type(model).__name__}."
-        )
-    converter, scratch = _keras_converter(model)
-    return converter, model, scratch
-
-
-def _keras_converter(model: Any):  # -> (converter, temporary folder to remove or None)
-    """Traces the model with batch 1 under a `serving_default` signature named after its inputs and outputs.
-
-    Keras 3 models go through Keras' own SavedModel export (`keras.export.ExportArchive`),
-    which the calibrator can run; tf_keras models through a concrete function.
-    """
-    import tensorflow as tf
-
-    inputs = getattr(model, "inputs", None)
-    if not inputs:
-        raise InvalidArgumentError(
-            f"Model {model.name!r} has no defined inputs. Call it once on real data (or build it with keras.Input) "
-            "before converting."
-        )
-    names = [t.name.split(":")[0] for t in inputs]
-    specs = [
-        tf.TensorSpec((1, *tuple(t.shape[1:])), getattr(t.dtype, "name", t.dtype), name=name)
-        for name, t in zip(names, inputs)
-    ]
-    output_names = list(getattr(model, "output_names", None) or [f"output_{i}" for i in range(len(model.outputs))])
-    single = len(inputs) == 1
-
-    def serve(*features):
-        result = model(features[0] if single else list(features), training=False)
-        if isinstance(result, dict):
-            return result
-        flat = result if isinstance(result, (list, tuple)) else [result]
-        return {name: value for name, value in zip(output_names, flat)}
-
-    if _keras.keras_flavor(model) == _keras.KERAS3:
-        import keras
-
-        folder = tempfile.mkdtemp(prefix="tfopt-export-")
-        try:
-            archive = keras.export.ExportArchive()
-            archive.track(model)
-            archive.add_endpoint("serving_default", serve, input_signature=specs)
-            archive.write_out(folder, verbose=False)
-            converter = tf.lite.TFLiteConverter.from_saved_model(folder)
-        except Exception:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        return converter, folder
-    traced = tf.function(serve, input_signature=specs, autograph=False)
-    return tf.lite.TFLiteConverter.from_concrete_functions([traced.get_concrete_function()], model), None
-
-
-def _representative(calibration: Any, model: Any, mode: str):
-    if calibration is None:
-        raise InvalidArgumentError(
-            f"mode={mode!r} needs calibration data to set activation ranges. Pass "
-            "calibration=tfopt.calibration_data(x_train, model=model) (100-500 real examples)."
-        )
-    if not isinstance(calibration, CalibrationData):
-        calibration = calibration_data(calibration, model=model)
-    elif model is not None:
-        expected = [tuple(t.shape[1:]) for t in model.inputs]
-        held = [tuple(s.shape) for s in calibration.specs]
-        if len(expected) != len(held) or any(
-            len(e) != len(h) or any(a is not None and b is not None and a != b for a, b in zip(e, h))
-            for e, h in zip(expected, held)
-        ):
-            raise InvalidArgumentError(
-                f"calibration data holds examples of shapes {held}, but the model's inputs are {expected}. "
-                "Build it with tfopt.calibration_data(data, model=model)."
-            )
-    if len(calibration.specs) == 1:
-        return calibration
-    if _keras.keras_flavor(model) == _keras.KERAS3:
-        # Dict samples are matched to the SavedModel signature by input name.
-        return lambda: iter(calibration.as_signature_inputs())
-    # tf_keras, several inputs: the calibrator takes a list in the flatbuffer's input
-    # order, which need not be the model's, so learn it from a float conversion.
-    float_inputs = inspect_tflite(_keras_converter(model)[0].convert()).inputs
-    names = [s.name for s in calibration.specs]
-    order = []
-    for tensor in float_inputs:
-        matches = [i for i, n in enumerate(names) if tensor.name in (n, f"serving_default_{n}:0")]
-        if len(matches) != 1:
-            raise InvalidArgumentError(f"Cannot match TFLite input {tensor.name!r} to the model inputs {names}.")
-        order.append(matches[0])
-    return lambda: ([example[i] for i in order] for example in calibration)
-
-
-def _warnings(mode: str, inspection: TFLiteInspection) -> list[str]:
+def _warnings(mode: str, inspection: TFLiteInspection, *, expected_float: bool = False) -> list[str]:
     warnings = []
-    if mode in ("int8", "int16x8", "dynamic") and inspection.float_compute_ops:
+    if mode in ("int8", "int16x8", "dynamic") and inspection.float_compute_ops and not expected_float:
         ops = ", ".join(f"{op.name}#{op.index}" for op in inspection.float_compute_ops[:8])
         warnings.append(
             f"{len(inspection.float_compute_ops)} compute op(s) stayed in float in mode {mode!r}: {ops}. "
-            "They run at float speed; check the converter log, or keep them float on purpose."
+            "They run at float speed; check the converter log, or keep them float on purpose with float_fallback."
         )
     if mode == "dynamic" and inspection.precision_counts.get("hybrid"):
         warnings.append(
