@@ -25,55 +25,14 @@ def check_paths(*, inputs: Mapping[str, str | None], outputs: Mapping[str, str |
     """Refuses outputs that would overwrite an input or each other, and outputs that cannot be written.
 
     Args:
-        inputs: label (e.g. "MODEL", "--data") -> path read by the command; `None` entries are skipped.
-        outputs: label (e.g. "--output", "--json") -> path the command writes; `None` entries are skipped.
+        inputs: label (e.g. "MODEL", "--data") -> path read by the command; empty entries are skipped.
+        outputs: label (e.g. "--output", "--json") -> path the command writes; empty entries are skipped.
         folder_outputs: labels of outputs that are folders (created when missing).
     """
-    folder_outputs = set(folder_outputs)
-    read = {}
-    for label, path in inputs.items():
-        if path:
-            read.setdefault(os.path.realpath(path), (label, path))
-    written: dict[str, str] = {}
-    for label, path in outputs.items():
-        if not path:
-            continue
-        real = os.path.realpath(path)
-        if real in read:
-            source_label, source = read[real]
-            raise CLIError(f"{label} {path!r} is the input {source_label} ({source!r}); writing it would destroy "
-                           f"the input. Pass a different {label} path.")
-        if real in written:
-            raise CLIError(f"{label} and {written[real]} are the same path {path!r}; one would overwrite the other. "
-                           "Pass different paths.")
-        written[real] = label
-        _check_writable(label, path, folder=label in folder_outputs)
+    from tfopt._io import check_outputs
 
-
-def _check_writable(label: str, path: str, *, folder: bool) -> None:
-    absolute = os.path.abspath(path)
-    if os.path.exists(absolute):
-        if folder and not os.path.isdir(absolute):
-            raise CLIError(f"{label} {path!r} is a file; expected a folder (it is created when missing).")
-        if not folder and os.path.isdir(absolute):
-            raise CLIError(f"{label} {path!r} is a folder; expected a file path, e.g. "
-                           f"{os.path.join(path, 'out' + _suffix_hint(label))!r}.")
-        target = absolute if folder else os.path.dirname(absolute)
-        if not os.access(target, os.W_OK | os.X_OK) or (not folder and not os.access(absolute, os.W_OK)):
-            raise CLIError(f"{label} {path!r} is not writable (permission denied). Pass a path you can write.")
-        return
-    parent = os.path.dirname(absolute)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise CLIError(f"{label} {path!r} lies under {parent!r}, which is a file, not a folder. Pass a path in a folder.")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise CLIError(f"{label} {path!r}: the folder {parent!r} is not writable (permission denied). "
-                       "Pass a path you can write.")
-
-
-def _suffix_hint(label: str) -> str:
-    return ".json" if label == "--json" else ".png" if "plot" in label else ""
+    check_outputs({label: path for label, path in outputs.items() if path},
+                  {label: path for label, path in inputs.items() if path}, folders=folder_outputs)
 
 
 # ----------------------------------------------------------------------------- data files
