@@ -272,7 +272,7 @@ def test_profile_errors_say_what_to_do(tmp_path):
 
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         profile(_conv7x7(keras), batch_size=0)
-    with pytest.raises(ValueError, match="Not a TFLite flatbuffer"):
+    with pytest.raises(ValueError, match="not a valid .tflite"):
         profile(b"definitely not a model")
     with pytest.raises(ValueError, match="Expected a .tflite path"):
         profile(str(tmp_path / "model.keras"))

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from tfopt.analyze import flatbuffer as fb
 from tfopt.analyze import flops as F
-from tfopt.errors import InvalidArgumentError
 
 
 @dataclasses.dataclass
@@ -37,33 +37,25 @@ class _Graph:
 
 
 def _tflite_graph(content: bytes, *, batch_size: int, name: str) -> _Graph:
-    """Reads the main subgraph of a flatbuffer into a cost graph (float and quantized models)."""
-    from tfopt._keras import optional_import
+    """Reads the main subgraph of a flatbuffer into a cost graph (float and quantized models).
 
-    if len(content) < 8 or content[4:8] != b"TFL3":
-        raise InvalidArgumentError(
-            f"Not a TFLite flatbuffer: {name!r} ({len(content)} bytes) lacks the 'TFL3' identifier. "
-            "Pass the bytes or path of a .tflite file (e.g. from tfopt.convert)."
-        )
-    fb = optional_import("ai_edge_litert.tools.flatbuffer_utils", "ai-edge-litert")
-    schema = optional_import("ai_edge_litert.schema_py_generated", "ai-edge-litert")
-    model = fb.read_model_from_bytearray(bytearray(content))
+    The bytes are parsed and checked by `tfopt.analyze.flatbuffer.read_model`, so a damaged
+    file gives `InvalidArgumentError("not a valid .tflite ...")`.
+    """
+    model = fb.read_model(content, where=repr(name))
     sub = model.subgraphs[0]
-    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     tensors = sub.tensors
 
     def data_of(index: int):
-        buffer = model.buffers[tensors[index].buffer] if tensors[index].buffer < len(model.buffers) else None
-        data = getattr(buffer, "data", None)
-        return data if data is not None and len(data) else None
+        return fb.buffer_bytes(model, tensors[index])
 
     def dtype_of(index: int) -> str:
-        return fb.type_to_name(tensors[index].type).lower()
+        return fb.type_name(tensors[index].type).lower()
 
     def shape_of(index: int) -> tuple:
-        return tuple(int(d) for d in (tensors[index].shape if tensors[index].shape is not None else ()))
+        return tuple(tensors[index].shape)
 
-    first_input = shape_of(sub.inputs[0]) if len(sub.inputs) else ()
+    first_input = shape_of(sub.inputs[0]) if sub.inputs else ()
     file_batch = first_input[0] if first_input and first_input[0] > 0 else 1
     scale = batch_size / file_batch
     graph = _Graph(name=name, source="tflite", trainable_params=0)
@@ -86,13 +78,11 @@ def _tflite_graph(content: bytes, *, batch_size: int, name: str) -> _Graph:
 
     graph.input_ids = [add_tensor(i) for i in sub.inputs]
     for op in sub.operators:
-        code = fb.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex])
-        kind = op_names.get(code, f"BUILTIN_{code}")
+        kind = fb.op_name(model, op.opcodeIndex)
         if kind == "CUSTOM":
-            custom = model.operatorCodes[op.opcodeIndex].customCode
-            kind = f"CUSTOM({custom.decode() if isinstance(custom, bytes) else custom})"
+            kind = f"CUSTOM({fb.custom_code(model, op.opcodeIndex)})"
         inputs = [i for i in op.inputs if i >= 0]
-        if kind == "DEQUANTIZE" and inputs and all(i in constants for i in inputs):
+        if kind == "DEQUANTIZE" and inputs and op.outputs and all(i in constants for i in inputs):
             # A dequantized constant (float16 / weight-only models) is a weight, not an activation.
             elements, stored = constants[inputs[0]]
             constants[op.outputs[0]] = (elements, stored)
@@ -108,11 +98,11 @@ def _tflite_graph(content: bytes, *, batch_size: int, name: str) -> _Graph:
         try:
             macs, other = F.tflite_op_cost(kind, [shape_of(i) for i in inputs], [shape_of(i) for i in op.outputs],
                                            options)
-        except (ValueError, IndexError, TypeError):
-            macs, other = None, 0
-        raw_name = tensors[op.outputs[0]].name if len(op.outputs) else kind
+        except (ValueError, IndexError, TypeError, KeyError, ZeroDivisionError, OverflowError):
+            macs, other = None, 0  # options or shapes that no formula fits: counted as unknown
+        raw_name = tensors[op.outputs[0]].name if op.outputs else kind
         graph.nodes.append(_Node(
-            name=(raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)).split(";")[0], kind=kind,
+            name=fb.decode_name(raw_name).split(";")[0] or kind, kind=kind,
             inputs=[add_tensor(i) for i in inputs if i not in constants],
             outputs=[add_tensor(i) for i in op.outputs],
             params=params, macs=None if macs is None else int(round(macs * scale)),

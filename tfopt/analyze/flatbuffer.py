@@ -1,7 +1,12 @@
-"""Reads a .tflite flatbuffer: ops, tensor dtypes, quantization, which compute ops stayed float.
+"""Reads a .tflite flatbuffer: the one parser of tfopt, and `inspect_tflite` (ops, dtypes, precision).
 
-Parsing uses LiteRT's own schema (`ai_edge_litert.tools.flatbuffer_utils`), which is
-pure Python: a malformed file raises a clear error here instead of crashing.
+Every reader of .tflite bytes in tfopt goes through `read_model`: it parses with
+LiteRT's own schema (`ai_edge_litert.tools.flatbuffer_utils`, pure Python) and
+then checks that every index in the file points somewhere (operator codes,
+tensors, buffers) and every tensor type is known, so code downstream can walk
+the model without guarding each access. Untrusted bytes (truncated, fuzzed)
+give `InvalidArgumentError("not a valid .tflite ...")`, never a crash.
+`op_name` is the one table from operator codes to names.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ def tflite_bytes(tflite: Any) -> bytes:
     if len(content) < 8 or content[4:8] != b"TFL3":
         head = content[:8]
         raise InvalidArgumentError(
-            f"{where} is not a TFLite flatbuffer ({len(content)} bytes; the file identifier at bytes 4-8 is "
+            f"not a valid .tflite: {where} is not a TFLite flatbuffer ({len(content)} bytes; the file identifier at bytes 4-8 is "
             f"{head[4:8]!r}, expected b'TFL3'). Pass a .tflite file written by the TFLite converter or tfopt.convert."
         )
     return content
@@ -188,13 +193,150 @@ def _itemsize(dtype: str) -> int:
     return _ITEMSIZE.get(dtype.upper(), 1)
 
 
-def _read_model(content: bytes):
+def _not_valid(where: str, problem: str) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        f"not a valid .tflite ({where}): {problem}. Pass a .tflite file written by the TFLite converter or "
+        "tfopt.convert; if it was copied or downloaded, fetch it again."
+    )
+
+
+def read_model(tflite: Any, *, where: str | None = None):
+    """Parses and checks a .tflite; returns LiteRT's object API (`schema_py_generated.ModelT`).
+
+    After this call every operator's `opcodeIndex`, every tensor index in operator
+    and subgraph inputs/outputs (`-1` only for omitted optional inputs), every
+    tensor's `buffer` and `type` are valid; shapes are lists of ints.
+
+    Args:
+        tflite: flatbuffer bytes, a path to a .tflite file, or a `ConversionResult`.
+        where: how to name the source in messages. Defaults to a description of `tflite`.
+
+    Raises:
+        InvalidArgumentError: "not a valid .tflite ..." for anything that is not a well-formed model.
+        MissingFileError: for a path that does not exist.
+    """
+    content = tflite_bytes(tflite)
+    where = where or (repr(os.fspath(tflite)) if isinstance(tflite, (str, os.PathLike)) else f"{len(content)} bytes")
     from ai_edge_litert.tools import flatbuffer_utils
 
     try:
-        return flatbuffer_utils.read_model_from_bytearray(bytearray(content))
-    except Exception as err:  # noqa: BLE001 - any parse failure means a malformed file
-        raise InvalidArgumentError(f"The TFLite flatbuffer is malformed and cannot be parsed: {type(err).__name__}: {err}") from err
+        model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    except Exception as err:  # noqa: BLE001 - the generated parser raises anything on damaged bytes
+        raise _not_valid(where, f"the flatbuffer is malformed or truncated ({type(err).__name__})") from err
+    _validate(model, where)
+    return model
+
+
+def _int_list(values, what: str, where: str) -> list[int]:
+    if values is None:
+        return []
+    try:
+        out = [int(v) for v in values]
+    except (TypeError, ValueError, OverflowError) as err:
+        raise _not_valid(where, f"{what} is not a list of integers") from err
+    return out
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _validate(model, where: str) -> None:
+    """Checks the cross references of a parsed model; normalises index and shape vectors to lists of ints."""
+    subgraphs = model.subgraphs or []
+    if not subgraphs:
+        raise _not_valid(where, "the model has no subgraph")
+    codes = model.operatorCodes or []
+    model.operatorCodes = codes
+    buffers = model.buffers or []
+    model.buffers = buffers
+    for i, code in enumerate(codes):
+        if not _is_int(code.builtinCode) or not _is_int(code.deprecatedBuiltinCode):
+            raise _not_valid(where, f"operator code {i} is not an integer")
+        code.builtinCode, code.deprecatedBuiltinCode = int(code.builtinCode), int(code.deprecatedBuiltinCode)
+    for i, buffer in enumerate(buffers):
+        if buffer.data is not None and not isinstance(buffer.data, (np.ndarray, bytes, bytearray)):
+            raise _not_valid(where, f"buffer {i} holds no byte data")
+    for g, subgraph in enumerate(subgraphs):
+        tensors = subgraph.tensors or []
+        subgraph.tensors = tensors
+        subgraph.operators = subgraph.operators or []
+        for t, tensor in enumerate(tensors):
+            if not _is_int(tensor.type) or int(tensor.type) not in _type_names():
+                raise _not_valid(where, f"subgraph {g} tensor {t} has an unknown type {tensor.type!r}")
+            tensor.shape = _int_list(tensor.shape, f"subgraph {g} tensor {t} shape", where)
+            if tensor.shapeSignature is not None:
+                tensor.shapeSignature = _int_list(tensor.shapeSignature, f"subgraph {g} tensor {t} shape", where)
+            if any(d < -1 for d in tensor.shape + list(tensor.shapeSignature or [])):
+                raise _not_valid(where, f"subgraph {g} tensor {t} has a negative dimension {tensor.shape}")
+            if not _is_int(tensor.buffer) or not 0 <= tensor.buffer < max(len(buffers), 1):
+                raise _not_valid(where, f"subgraph {g} tensor {t} points to buffer {tensor.buffer} of {len(buffers)}")
+            tensor.buffer = int(tensor.buffer)
+        for name in ("inputs", "outputs"):
+            ids = _int_list(getattr(subgraph, name), f"subgraph {g} {name}", where)
+            if any(not 0 <= i < len(tensors) for i in ids):
+                raise _not_valid(where, f"subgraph {g} {name} {ids} point outside its {len(tensors)} tensors")
+            setattr(subgraph, name, ids)
+        for o, op in enumerate(subgraph.operators):
+            if not _is_int(op.opcodeIndex) or not 0 <= op.opcodeIndex < len(codes):
+                raise _not_valid(where, f"subgraph {g} operator {o} uses operator code {op.opcodeIndex} of {len(codes)}")
+            op.opcodeIndex = int(op.opcodeIndex)
+            op.inputs = _int_list(op.inputs, f"subgraph {g} operator {o} inputs", where)
+            op.outputs = _int_list(op.outputs, f"subgraph {g} operator {o} outputs", where)
+            if any(not -1 <= i < len(tensors) for i in op.inputs) or any(
+                not 0 <= i < len(tensors) for i in op.outputs
+            ):
+                raise _not_valid(where, f"subgraph {g} operator {o} reads or writes a tensor outside its {len(tensors)}")
+
+
+def op_name(model, opcode_index: int) -> str:
+    """The operator name of `model.operatorCodes[opcode_index]`, e.g. `"CONV_2D"`; `"CUSTOM"` for custom ops.
+
+    The one op-name table of tfopt (from LiteRT's schema); unknown codes give `"BUILTIN_<code>"`.
+    """
+    code = model.operatorCodes[opcode_index]
+    number = max(code.builtinCode, code.deprecatedBuiltinCode)
+    return _op_names().get(number, f"BUILTIN_{number}")
+
+
+def custom_code(model, opcode_index: int) -> str:
+    """The custom op's name (`customCode`) of an operator code, or `""`."""
+    return _name(model.operatorCodes[opcode_index].customCode)
+
+
+def type_name(tensor_type: int) -> str:
+    """The TFLite tensor type name, e.g. `"INT8"`."""
+    return _type_names().get(tensor_type, f"TYPE_{tensor_type}")
+
+
+def buffer_bytes(model, tensor) -> np.ndarray | None:
+    """The constant data of a tensor as uint8, or `None` for activations (a validated model)."""
+    if tensor.buffer <= 0 or tensor.buffer >= len(model.buffers):
+        return None
+    data = model.buffers[tensor.buffer].data
+    if data is None or len(data) == 0:
+        return None
+    return np.frombuffer(bytes(data) if not isinstance(data, np.ndarray) else data.tobytes(), dtype=np.uint8)
+
+
+_CACHE: dict[str, dict[int, str]] = {}
+
+
+def _schema_table(enum_name: str) -> dict[int, str]:
+    if enum_name not in _CACHE:
+        from ai_edge_litert import schema_py_generated as schema
+
+        enum = getattr(schema, enum_name)
+        _CACHE[enum_name] = {v: k for k, v in vars(enum).items() if not k.startswith("_") and isinstance(v, int)}
+    return _CACHE[enum_name]
+
+
+def _op_names() -> dict[int, str]:
+    return _schema_table("BuiltinOperator")
+
+
+def _type_names() -> dict[int, str]:
+    return _schema_table("TensorType")
 
 
 def inspect_tflite(tflite: Any) -> TFLiteInspection:
@@ -221,49 +363,50 @@ def inspect_tflite(tflite: Any) -> TFLiteInspection:
     >>> info.precision_counts
     {'float32': 1}
     """
-    from ai_edge_litert.tools import flatbuffer_utils
-
     content = tflite_bytes(tflite)
-    model = _read_model(content)
-    try:
-        return _inspect(model, content, flatbuffer_utils)
-    except (IndexError, TypeError, AttributeError, KeyError) as err:
-        raise InvalidArgumentError(f"The TFLite flatbuffer is malformed: {type(err).__name__}: {err}") from err
+    model = read_model(content, where=repr(os.fspath(tflite)) if isinstance(tflite, (str, os.PathLike)) else None)
+    return _inspect(model, content)
+
+
+def decode_name(value) -> str:
+    """A flatbuffer string (bytes) as text; invalid UTF-8 is replaced, `None` gives `""`."""
+    return _name(value)
 
 
 def _name(value) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    return "" if value is None else str(value)
 
 
-def _inspect(model, content: bytes, fu) -> TFLiteInspection:
+def _inspect(model, content: bytes) -> TFLiteInspection:
     ops: list[OpInfo] = []
     weights: list[WeightInfo] = []
     custom: list[str] = []
     inputs: list[TensorInfo] = []
     outputs: list[TensorInfo] = []
-    for sg_index, subgraph in enumerate(model.subgraphs or []):
-        tensors = subgraph.tensors or []
-        constant = {i for i, t in enumerate(tensors) if _buffer_data(model, t) is not None}
+    for sg_index, subgraph in enumerate(model.subgraphs):
+        tensors = subgraph.tensors
+        constant = {i for i, t in enumerate(tensors) if buffer_bytes(model, t) is not None}
         producers = {}
-        for op_index, op in enumerate(subgraph.operators or []):
-            for out in op.outputs if op.outputs is not None else []:
-                producers[int(out)] = op
+        for op in subgraph.operators:
+            for out in op.outputs:
+                producers[out] = op
         for i in sorted(constant):
             weights.append(_weight_info(model, tensors[i]))
-        for op_index, op in enumerate(subgraph.operators or []):
-            code = model.operatorCodes[op.opcodeIndex]
-            name = fu.opcode_to_name(model, op.opcodeIndex) or "UNKNOWN"
+        for op_index, op in enumerate(subgraph.operators):
+            name = op_name(model, op.opcodeIndex)
             if name == "CUSTOM":
-                custom_name = _name(code.customCode)
+                custom_name = custom_code(model, op.opcodeIndex)
                 name = f"CUSTOM:{custom_name}"
                 custom.append(custom_name)
-            in_types = tuple(fu.type_to_name(tensors[i].type) if i >= 0 else "NONE" for i in _ids(op.inputs))
-            out_types = tuple(fu.type_to_name(tensors[i].type) for i in _ids(op.outputs))
-            precision = _precision(name, op, tensors, constant, producers, model, fu)
+            in_types = tuple(type_name(tensors[i].type) if i >= 0 else "NONE" for i in op.inputs)
+            out_types = tuple(type_name(tensors[i].type) for i in op.outputs)
+            precision = _precision(name, op, tensors, constant, producers, model)
             ops.append(OpInfo(op_index, sg_index, name, in_types, out_types, precision))
         if sg_index == 0:
-            inputs = [_tensor_info(tensors[i], fu) for i in _ids(subgraph.inputs)]
-            outputs = [_tensor_info(tensors[i], fu) for i in _ids(subgraph.outputs)]
+            inputs = [_tensor_info(tensors[i]) for i in subgraph.inputs]
+            outputs = [_tensor_info(tensors[i]) for i in subgraph.outputs]
     signatures = {}
     for sig in model.signatureDefs or []:
         signatures[_name(sig.signatureKey)] = {
@@ -273,25 +416,10 @@ def _inspect(model, content: bytes, fu) -> TFLiteInspection:
     return TFLiteInspection(len(content), inputs, outputs, ops, weights, signatures, sorted(set(custom)))
 
 
-def _ids(values) -> list[int]:
-    return [int(v) for v in (values if values is not None else [])]
-
-
-def _buffer_data(model, tensor):
-    if tensor.buffer is None or tensor.buffer <= 0 or tensor.buffer >= len(model.buffers):
-        return None
-    data = model.buffers[tensor.buffer].data
-    if data is None or len(data) == 0:
-        return None
-    return data
-
-
 def _weight_info(model, tensor) -> WeightInfo:
-    from ai_edge_litert.tools import flatbuffer_utils as fu
-
-    dtype = fu.type_to_name(tensor.type)
-    data = np.asarray(_buffer_data(model, tensor), dtype=np.uint8)
-    shape = tuple(int(d) for d in (tensor.shape if tensor.shape is not None else []))
+    dtype = type_name(tensor.type)
+    data = buffer_bytes(model, tensor)
+    shape = tuple(tensor.shape)
     np_dtype = _NUMPY.get(dtype.upper())
     if np_dtype is not None and data.size % np.dtype(np_dtype).itemsize == 0:
         values = data.view(np_dtype)
@@ -302,25 +430,24 @@ def _weight_info(model, tensor) -> WeightInfo:
     return WeightInfo(_name(tensor.name), dtype, shape, int(values.size), zero, unique)
 
 
-def _tensor_info(tensor, fu) -> TensorInfo:
-    sig = tensor.shapeSignature if tensor.shapeSignature is not None and len(tensor.shapeSignature) else tensor.shape
-    shape = tuple(int(d) for d in (sig if sig is not None else []))
+def _tensor_info(tensor) -> TensorInfo:
+    shape = tuple(tensor.shapeSignature if tensor.shapeSignature else tensor.shape)
     scale = zero_point = None
     q = tensor.quantization
-    if q is not None and q.scale is not None and len(q.scale) == 1:
+    if q is not None and q.scale is not None and len(q.scale) == 1 and q.zeroPoint is not None and len(q.zeroPoint):
         scale, zero_point = float(q.scale[0]), int(q.zeroPoint[0])
-    return TensorInfo(_name(tensor.name), shape, fu.type_to_name(tensor.type), scale, zero_point)
+    return TensorInfo(_name(tensor.name), shape, type_name(tensor.type), scale, zero_point)
 
 
-def _precision(name, op, tensors, constant, producers, model, fu) -> str:
+def _precision(name, op, tensors, constant, producers, model) -> str:
     if name not in COMPUTE_OPS:
         return "other"
-    ids = [i for i in _ids(op.inputs) if i >= 0]
+    ids = [i for i in op.inputs if i >= 0]
     if len(ids) < 2:
         return "other"
     activation, weight = ids[0], ids[1]
-    act_type = fu.type_to_name(tensors[activation].type)
-    w_type = fu.type_to_name(tensors[weight].type)
+    act_type = type_name(tensors[activation].type)
+    w_type = type_name(tensors[weight].type)
     if name == "BATCH_MATMUL" and weight not in constant:
         return {"INT8": "int8", "INT16": "int16x8"}.get(act_type, act_type.lower())
     if act_type == "INT8" and w_type in ("INT8", "INT4"):
@@ -331,9 +458,9 @@ def _precision(name, op, tensors, constant, producers, model, fu) -> str:
         return "hybrid"
     if act_type == "FLOAT32" and w_type == "FLOAT32":
         producer = producers.get(weight)
-        if producer is not None and fu.opcode_to_name(model, producer.opcodeIndex) == "DEQUANTIZE":
-            source = _ids(producer.inputs)[0]
-            source_type = fu.type_to_name(tensors[source].type)
+        if producer is not None and op_name(model, producer.opcodeIndex) == "DEQUANTIZE":
+            sources = [i for i in producer.inputs if i >= 0]
+            source_type = type_name(tensors[sources[0]].type) if sources else "UNKNOWN"
             return "float16-weights" if source_type == "FLOAT16" else "dequantized-" + source_type.lower()
         return "float32"
     return f"{act_type.lower()}/{w_type.lower()}"

@@ -7,13 +7,14 @@ they equal their zero point. Used to check that pruning survives conversion.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
 
-from tfopt import _keras
+from tfopt.analyze import flatbuffer as fb
 from tfopt.analyze import weights as schedules
-from tfopt.analyze.flatbuffer import tflite_bytes
+from tfopt.errors import InvalidArgumentError
 
 _WEIGHT_OPS = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1, "TRANSPOSE_CONV": 1, "CONV_3D": 1}
 _TFLITE_DTYPES = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 4: np.int64, 7: np.int16, 9: np.int8}
@@ -65,6 +66,10 @@ def tflite_sparsity(tflite: Any, *, m_by_n: tuple[int, int] | None = None) -> TF
     Returns:
         A `TFLiteSparsity` with one entry per weight tensor.
 
+    Raises:
+        InvalidArgumentError: "not a valid .tflite ..." for bytes that are not a well-formed model,
+            or `m_by_n` that is not a pair of ints.
+
     Example:
 
     >>> import keras, tfopt
@@ -72,42 +77,54 @@ def tflite_sparsity(tflite: Any, *, m_by_n: tuple[int, int] | None = None) -> TF
     >>> tfopt.tflite_sparsity(tfopt.convert(m)).tensors[0].sparsity
     1.0
     """
-    tflite = tflite_bytes(tflite)
-    flatbuffer_utils = _keras.optional_import("ai_edge_litert.tools.flatbuffer_utils", "ai-edge-litert")
-    schema = _keras.optional_import("ai_edge_litert.schema_py_generated", "ai-edge-litert")
-    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite))
+    model = fb.read_model(tflite)
+    if m_by_n is not None:
+        if (not isinstance(m_by_n, (tuple, list)) or len(m_by_n) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in m_by_n)):
+            raise InvalidArgumentError(f"m_by_n must be a pair of ints such as (2, 4). Received: m_by_n={m_by_n!r}.")
     found = []
     for graph in model.subgraphs:
-        producers = {out: op for op in graph.operators for out in (op.outputs if op.outputs is not None else [])}
+        producers = {out: op for op in graph.operators for out in op.outputs}
         for op in graph.operators:
-            code = model.operatorCodes[op.opcodeIndex]
-            name = op_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
-            if name not in _WEIGHT_OPS or op.inputs is None or len(op.inputs) <= _WEIGHT_OPS[name]:
+            name = fb.op_name(model, op.opcodeIndex)
+            if name not in _WEIGHT_OPS or len(op.inputs) <= _WEIGHT_OPS[name] or op.inputs[_WEIGHT_OPS[name]] < 0:
                 continue
-            index = int(op.inputs[_WEIGHT_OPS[name]])
+            index = op.inputs[_WEIGHT_OPS[name]]
             producer = producers.get(index)
-            if producer is not None:  # DENSIFY (sparse storage) or DEQUANTIZE (float16) in front of the op
-                index = int(producer.inputs[0])
+            if producer is not None and producer.inputs and producer.inputs[0] >= 0:
+                index = producer.inputs[0]  # DENSIFY (sparse storage) or DEQUANTIZE (float16) in front of the op
             tensor = graph.tensors[index]
-            data = model.buffers[tensor.buffer].data
+            data = fb.buffer_bytes(model, tensor)
             if data is None or tensor.type not in _TFLITE_DTYPES:
                 continue
-            values = np.frombuffer(bytes(bytearray(data)), dtype=_TFLITE_DTYPES[tensor.type])
-            shape = [int(d) for d in tensor.shape]
-            size = int(np.prod(shape))
+            dtype = np.dtype(_TFLITE_DTYPES[tensor.type])
+            if data.size % dtype.itemsize:
+                raise InvalidArgumentError(
+                    f"not a valid .tflite: weight {fb.decode_name(tensor.name)!r} holds {data.size} bytes, not a "
+                    f"whole number of {dtype.name} values. Pass a .tflite written by the TFLite converter."
+                )
+            values = data.view(dtype)
+            shape = list(tensor.shape)
+            size = math.prod(shape)
             zero = 0
             quant = tensor.quantization
             if quant is not None and quant.zeroPoint is not None and len(quant.zeroPoint) == 1:
                 zero = int(quant.zeroPoint[0])
             encoded = tensor.sparsity is not None
             if encoded:
-                sparsity = 1.0 - float(np.count_nonzero(values != zero)) / size
+                sparsity = 1.0 - float(np.count_nonzero(values != zero)) / size if size > 0 else 0.0
                 holds = None
             else:
+                if size != values.size:
+                    raise InvalidArgumentError(
+                        f"not a valid .tflite: weight {fb.decode_name(tensor.name)!r} has shape {shape} "
+                        f"({size} values) but its buffer holds {values.size}. Pass a .tflite written by the TFLite "
+                        "converter."
+                    )
                 dense = values.reshape(shape)
                 sparsity = schedules.sparsity_of(dense.astype(np.int64) - zero if dense.dtype.kind == "i" else dense)
-                holds = schedules.m_by_n_holds(dense != zero, *m_by_n, axis=-1) if m_by_n and name != "DEPTHWISE_CONV_2D" else None
-            tensor_name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
-            found.append(TensorSparsity(tensor_name, name, shape, np.dtype(_TFLITE_DTYPES[tensor.type]).name, sparsity, encoded, holds))
+                holds = None
+                if m_by_n and name != "DEPTHWISE_CONV_2D" and dense.ndim >= 1 and dense.size:
+                    holds = schedules.m_by_n_holds(dense != zero, *m_by_n, axis=-1)
+            found.append(TensorSparsity(fb.decode_name(tensor.name), name, shape, dtype.name, sparsity, encoded, holds))
     return TFLiteSparsity(tensors=found, m_by_n=tuple(m_by_n) if m_by_n else None)
