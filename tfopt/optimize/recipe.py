@@ -1,0 +1,142 @@
+"""Runs a recipe (a list of config dicts) with `tfopt.apply`: the one place optimize reaches the techniques.
+
+A trial's recipe is the `to_dict()` of tfopt configs: structural steps
+(`ChannelPruneConfig`, `LowRankConfig`), wrapper steps (`PruneConfig`,
+`ClusterConfig`, `QATConfig`), training steps (`FineTuneConfig`, or
+`DistillConfig` with the original model as teacher) and a final `PTQConfig`.
+Two things are resolved here, on the model as it is at that point, and written
+back into the recipe so it replays as it ran: per-layer pruning targets from
+measured sensitivity, and the pruning schedule (ramp ending at 2/3 of the
+fine-tune that follows).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from tfopt.errors import InvalidArgumentError
+
+TRAINING = ("fine_tune", "distill")
+
+
+def sensitivity_targets(model, validation, *, global_sparsity: float | None = None, robust_24: bool = False):
+    """Per-layer pruning targets from measured sensitivity (no blanket keep-first/last rule).
+
+    With `global_sparsity`: a dict layer -> sparsity whose weight-weighted mean
+    is the global target (big insensitive layers go furthest). With
+    `robust_24`: the names of the layers that lose at most half a point at 50%
+    sparsity alone (the ones 2:4 may prune).
+    """
+    from tfopt.compress.sensitivity import prune_sensitivity
+
+    result = prune_sensitivity(model, validation, sparsities=(0.5, 0.7, 0.8, 0.9, 0.95, 0.98))
+    if robust_24:
+        index = result.sparsities.index(0.5)
+        names = [layer.name for layer in result.layers if layer.drops[index] <= 0.005]
+        return names or [max(result.layers, key=lambda layer: layer.num_weights).name]
+    try:
+        targets = result.per_layer_targets(global_sparsity, max_sparsity=0.98)
+    except ValueError:
+        targets = result.per_layer_targets(min(global_sparsity, 0.9))
+    return {name: value for name, value in targets.items() if value > 0}
+
+
+def _schedule(step: dict[str, Any], following: dict[str, Any] | None, num_train: int) -> dict[str, Any]:
+    step = dict(step)
+    if step.get("end_step") is None and following is not None and step.get("m_by_n") is None:
+        epochs = int(following.get("epochs") or 1)
+        total = max(1, math.ceil(num_train / int(following.get("batch_size", 64)))) * epochs
+        step["end_step"] = max(2, int(total * 2 / 3))
+    return step
+
+
+def _resolve(recipe: Sequence[dict[str, Any]], model, data) -> list[dict[str, Any]]:
+    """Fills in `_allocate` / `_robust_24` prune steps on `model` (the model entering the prune step)."""
+    out = []
+    validation = (data["x_val"], data["y_val"])
+    for index, step in enumerate(recipe):
+        step = dict(step)
+        if step.get("technique") == "prune":
+            if "_allocate" in step:
+                step["target_sparsity"] = sensitivity_targets(model, validation, global_sparsity=step["_allocate"])
+            if step.get("_robust_24"):
+                step["include"] = sensitivity_targets(model, validation, robust_24=True)
+            following = next((s for s in recipe[index + 1:] if s.get("technique") in TRAINING), None)
+            step = _schedule(step, following, len(data["x_train"]))
+        out.append({k: v for k, v in step.items() if not k.startswith("_")})
+    return out
+
+
+def _apply(model, steps, data, teacher):
+    from tfopt.api import apply
+
+    if not steps:
+        return model
+    return apply(model, *steps, data=(data["x_train"], data["y_train"]), teacher=teacher)
+
+
+def _plain(model):
+    """The model without pruning / clustering wrappers (QAT models are kept: they convert as they are)."""
+    from tfopt import api
+
+    found = api._wrapper_module(model)
+    if found is None or found[1] == "strip_qat":
+        return model
+    return api.strip(model)
+
+
+def convert_step(model, step: dict[str, Any], calibration, validation, allowed_drop: float | None) -> bytes:
+    """The `ptq` step on a plain or QAT model, with validation data for `float_fallback="auto"`."""
+    from tfopt.export.convert import convert
+
+    options = {k: v for k, v in step.items() if k != "technique"}
+    if options.get("mode") in ("int8", "int16x8"):
+        options["calibration"] = calibration
+    if options.get("float_fallback") == "auto":
+        options["validation"] = validation
+        options["max_accuracy_drop"] = float(allowed_drop) if allowed_drop else 0.005
+    parameters = inspect.signature(convert).parameters
+    missing = [k for k, v in options.items() if k not in parameters and v not in (None, True)]
+    if missing:
+        raise InvalidArgumentError(f"This tfopt.convert does not take {missing}.")
+    options = {k: v for k, v in options.items() if k in parameters}
+    return bytes(convert(model, check_delegation=False, **options).tflite)
+
+
+def run_recipe(
+    model,
+    recipe: Sequence[dict[str, Any]],
+    data: dict[str, np.ndarray],
+    *,
+    calibration,
+    teacher=None,
+    allowed_drop: float | None = None,
+) -> tuple[Any, bytes, list[dict[str, Any]]]:
+    """Applies `recipe` to `model` (never changed) with `tfopt.apply`.
+
+    Returns `(keras_model, tflite_bytes, resolved_recipe)`: the Keras model
+    before conversion (stripped; the QAT model for QAT recipes), the .tflite of
+    the final `ptq` step, and the recipe as it ran (replayable with
+    `tfopt.apply(model, *resolved_recipe, data=...)`).
+    """
+    if not recipe or recipe[-1].get("technique") != "ptq":
+        raise InvalidArgumentError("A recipe must end with a 'ptq' step (the conversion to .tflite).")
+    body, ptq = list(recipe[:-1]), dict(recipe[-1])
+    cut = next((i for i, s in enumerate(body) if s.get("technique") == "prune"), len(body))
+    teacher = teacher if teacher is not None else model
+    first = _resolve(body[:cut], model, data)  # no prune step here: nothing to measure
+    current = _apply(model, first, data, teacher)
+    rest = _resolve(body[cut:], current, data)
+    current = _apply(current, rest, data, teacher)
+    current = _plain(current)
+    from tfopt._keras import clone_model
+
+    if current is model:  # a conversion-only recipe: convert a copy, never the caller's object
+        current = clone_model(model)
+        current.set_weights(model.get_weights())
+    tflite = convert_step(current, ptq, calibration, (data["x_val"], data["y_val"]), allowed_drop)
+    return current, tflite, [*first, *rest, ptq]

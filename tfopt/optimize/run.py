@@ -1,0 +1,207 @@
+"""`optimize`: a trained model, data and constraints in; the Pareto front of measured .tflite models out."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+from tfopt.errors import InvalidArgumentError
+from tfopt.optimize import space
+from tfopt.optimize import storage as store
+from tfopt.optimize.constraints import check_request, metric_name
+from tfopt.optimize.result import OptimizeResult, build_result, write_report
+from tfopt.optimize.search import Job, Runner, open_study, run_worker
+
+
+def _positive(value, name: str, kind=int) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) or value <= 0:
+        raise InvalidArgumentError(f"{name} must be a positive {'number' if kind is float else 'integer'} or None. Received: {name}={value!r}.")
+
+
+def optimize(
+    model: Any,
+    data: Any,
+    *,
+    constraints: Any = None,
+    objective: str = "size",
+    level: int = 1,
+    target: str = "cpu",
+    metric: str | Callable = "top1",
+    output_dir: str | os.PathLike,
+    max_trials: int | None = None,
+    time_budget_min: float | None = None,
+    storage: str | None = None,
+    workers: int = 1,
+    seed: int = 0,
+    verbose: bool = True,
+) -> OptimizeResult:
+    """Searches compression recipes for the smallest (fastest, leanest) model within your constraints.
+
+    Use it when you know what you may lose ("at most half a point") and what
+    you want ("as small as possible for this CPU / microcontroller"), not which
+    techniques get there. Every trial applies a recipe (a list of tfopt configs:
+    pruning, clustering, QAT, channel pruning, low-rank, fine-tunes, and a
+    final conversion), converts it, and measures the .tflite on the runtime:
+    the metric on LiteRT, file and gzip size, XNNPACK latency against the
+    float32 baseline timed in the same trial, the TFLite Micro arena for
+    `target="micro"`. Optuna proposes the trials (multi-objective TPE with
+    constraints); its storage makes the run resumable (restart the same call
+    after a crash: finished trials are not redone) and shareable by several
+    processes or machines.
+
+    Args:
+        model: a trained Keras model, or a `.keras` / `.h5` path. Not modified.
+        data: an `.npz` path or dict with `x_train`, `y_train`, `x_test`,
+            `y_test` (and optionally `x_val`, `y_val`), a `tfopt.datasets.Dataset`,
+            or `((x_train, y_train), (x_test, y_test))`. Selection uses a
+            validation split (carved from `x_train` unless given); reported
+            numbers use the test split.
+        constraints: a `Constraints` or dict of bounds (`max_accuracy_drop` in
+            points, `max_metric_drop`, `max_size_kb`, `max_latency_ms`,
+            `max_arena_kb`). Defaults to `None` (unbounded).
+        objective: what to minimize: `"size"` (gzip bytes), `"latency"`
+            (ratio to float32) or `"arena"` (micro only). Defaults to `"size"`.
+        level: `1` conversions only (minutes), `2` adds short fine-tunes
+            (pruning, 2:4, clustering, QAT), `3` adds channel pruning, low-rank and
+            distillation. Defaults to `1`.
+        target: `"cpu"` (LiteRT, XNNPACK) or `"micro"` (int8 I/O, TFLite Micro
+            arena, C arrays). Defaults to `"cpu"`.
+        metric: `"top1"`, `"top5"`, `"mae"`, `"mse"` or a callable
+            `(y_true, y_pred) -> float` (higher is better unless it has
+            `lower_is_better = True`). Defaults to `"top1"`.
+        output_dir: folder for trials.jsonl, report.json / .md, pareto.png, the
+            study journal and the Pareto candidates' files.
+        max_trials: trial budget shared by all workers. Defaults to `None`
+            (level 1: every conversion; level 2: 10; level 3: 14).
+        time_budget_min: stop starting trials after this many minutes.
+            Defaults to `None`.
+        storage: an Optuna storage URL (`sqlite:///x.db`, `postgresql://...`)
+            shared by several machines. Defaults to `None`: `output_dir/study.journal`.
+        workers: local processes sharing the study. Defaults to `1`.
+        seed: seed of the validation split, sampler and training. Defaults to `0`.
+        verbose: progress bar and one line per trial. Defaults to `True`.
+
+    Returns:
+        An `OptimizeResult` (`candidates`, `pareto_front`, `best`, `summary()`, `plot()`, `to_dict()`).
+
+    Raises:
+        tfopt.errors.InvalidArgumentError: bad constraints, objective, level, target or
+            metric (before any work), or a storage that holds a study of another model.
+
+    Example:
+
+    ```python
+    result = tfopt.optimize(model, "data.npz", constraints=tfopt.Constraints(max_accuracy_drop=1.0),
+                            level=2, output_dir="opt")
+    print(result.summary())
+    ```
+    """
+    bounds = check_request(constraints, objective=objective, level=level, target=target, metric=metric)
+    _positive(max_trials, "max_trials")
+    _positive(time_budget_min, "time_budget_min", float)
+    _positive(workers, "workers")
+    if workers > 1 and not isinstance(metric, str):
+        raise InvalidArgumentError("workers > 1 needs a metric by name (a callable cannot be sent to other processes).")
+    from tfopt.optimize.inputs import fingerprint, load_model, save_inputs, split_data
+
+    start = time.time()
+    say = print if verbose else (lambda *a, **k: None)
+    output_dir = os.path.abspath(os.fspath(output_dir))
+    os.makedirs(output_dir, exist_ok=True)
+    model = load_model(model)
+    parts = split_data(data, seed=seed)
+    stamp = fingerprint(model, parts)
+    budget = max_trials or space.default_trials(level, target)
+    job = Job(
+        output_dir=output_dir, level=level, objective=objective, target=target, metric=metric_name(metric),
+        constraints=bounds.to_dict(), max_trials=budget, storage=storage, seed=seed, verbose=verbose,
+        deadline=start + 60 * time_budget_min if time_budget_min else None,
+    )
+    study = open_study(job, create=True)
+    _check_same_study(study, stamp, level=level, objective=objective, target=target, metric=job.metric)
+    resumed = len(store.completed(study))
+    for params in store.fail_orphans(study):
+        study.enqueue_trial(params)
+    for params in space.seeds(level, target):
+        study.enqueue_trial(params, skip_if_exists=True)
+    if resumed:
+        say(f"[tfopt optimize] resuming: {resumed} finished trial(s) in the study are kept")
+    inputs = save_inputs(model, parts, os.path.join(output_dir, "inputs")) if workers > 1 else {}
+    say(f"[tfopt optimize] measuring the float32 baseline ({len(parts['x_val'])} validation, {len(parts['x_test'])} test examples)")
+    runner = Runner(job, model, parts, metric=metric, say=say)
+    children = _spawn(job, workers - 1) if inputs else []
+    progress = _progress(budget, resumed, verbose)
+    try:
+        run_worker(job, runner, study, progress=progress)
+    finally:
+        for child in children:
+            child.wait()
+        if progress is not None:
+            progress.close()
+    return _finish(study, runner, job, resumed)
+
+
+def _check_same_study(study, stamp: str, **settings) -> None:
+    attrs = study.user_attrs
+    if not attrs:
+        study.set_user_attr("fingerprint", stamp)
+        for key, value in settings.items():
+            study.set_user_attr(key, value)
+        return
+    if attrs.get("fingerprint") != stamp:
+        raise InvalidArgumentError(
+            "The study in this output folder / storage was started with another model or data "
+            f"(fingerprint {attrs.get('fingerprint')} vs {stamp}). Use a new --output folder or --storage, "
+            "or delete the old study.journal."
+        )
+    changed = {k: (attrs.get(k), v) for k, v in settings.items() if attrs.get(k) != v}
+    if changed:
+        raise InvalidArgumentError(
+            f"The study here was started with other settings {changed} (stored, requested). "
+            "Resume with the same settings, or use a new output folder."
+        )
+
+
+def _spawn(job: Job, count: int) -> list:
+    path = os.path.join(job.output_dir, "inputs", "job.json")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(job.to_json())
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    return [
+        subprocess.Popen([sys.executable, "-m", "tfopt.optimize.search", path, str(i + 1)], env=env)
+        for i in range(count)
+    ]
+
+
+def _progress(total: int, done: int, verbose: bool):
+    if not verbose:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=min(done, total), desc="optimize", unit="trial", dynamic_ncols=True)
+
+
+def _finish(study, runner: Runner, job: Job, resumed: int) -> OptimizeResult:
+    rows = []
+    for trial in store.completed(study):
+        row = dict(trial.user_attrs["row"])
+        row.update(name=trial.user_attrs["name"], recipe=trial.user_attrs["recipe"], number=trial.number, params=dict(trial.params))
+        rows.append(row)
+    baseline = dict(runner.baseline)
+    baseline["size_ratio"] = 1.0
+    result = build_result(
+        rows, baseline, constraints=runner.constraints, trials_completed=len(rows), trials_resumed=resumed,
+        objective=job.objective, metric=job.metric, output_dir=job.output_dir, level=job.level, target=job.target,
+    )
+    write_report(result)
+    if job.verbose:
+        print()
+        print(result.summary())
+        print(f"\nwritten: {', '.join(result.paths.values())}")
+    return result

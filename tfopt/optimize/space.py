@@ -1,0 +1,164 @@
+"""The search space of each level: what a trial may choose, the known-good seeds, and the recipe a choice means.
+
+A trial's choices are a flat dict of plain values (Optuna parameters). Level 1
+chooses only the post-training conversion; level 2 adds unstructured (with
+per-layer targets from sensitivity) or 2:4 pruning, clustering and QAT
+(PQAT / CQAT when it follows pruning / clustering); level 3 adds channel
+pruning and low-rank factorization before them, distills from the original
+model in every recovery fine-tune, and trains longer.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from tfopt.config import (
+    ChannelPruneConfig, ClusterConfig, DistillConfig, FineTuneConfig, LowRankConfig, PruneConfig, PTQConfig, QATConfig,
+)
+
+# Post-training conversions by name (the `ptq` choice of every level): PTQConfig fields.
+PTQ = {
+    "float16": {"mode": "float16"},
+    "dynamic": {"mode": "dynamic"},
+    "int8": {"mode": "int8"},
+    "int8_quantizer": {"mode": "int8", "engine": "litert_quantizer"},
+    "int8_fallback": {"mode": "int8", "float_fallback": "auto"},
+    "int8_per_tensor": {"mode": "int8", "per_channel_dense": False},
+    "int8_io": {"mode": "int8", "input_type": "int8", "output_type": "int8"},
+    "int8_io_per_tensor": {"mode": "int8", "input_type": "int8", "output_type": "int8", "per_channel_dense": False},
+}
+
+EPOCHS = {2: 2, 3: 4}
+LEARNING_RATE = 3e-4
+BATCH_SIZE = 64
+DEFAULT_TRIALS = {2: 10, 3: 14}
+
+
+def _convert_takes(*names: str) -> bool:
+    from tfopt.export.convert import convert
+
+    return all(name in inspect.signature(convert).parameters for name in names)
+
+
+def ptq_choices(level: int, target: str) -> list[str]:
+    """The conversions a level tries for a target (only those `tfopt.convert` offers)."""
+    engines = _convert_takes("engine")
+    fallback = _convert_takes("float_fallback", "validation")
+    per_tensor = _convert_takes("per_channel_dense")
+    if target == "micro":
+        names = ["int8_io"] + (["int8_io_per_tensor"] if per_tensor else []) + (["int8_quantizer"] if engines else [])
+        return names if level == 1 else names[:2]
+    if level == 1:
+        return (["float16", "dynamic", "int8"] + (["int8_per_tensor"] if per_tensor else [])
+                + (["int8_quantizer"] if engines else []) + (["int8_fallback"] if fallback else []))
+    return ["int8"] + (["int8_per_tensor"] if per_tensor else [])
+
+
+def suggest(trial, level: int, target: str) -> dict[str, Any]:
+    """Asks an Optuna trial for its choices (conditional parameters only when they matter)."""
+    params: dict[str, Any] = {"ptq": trial.suggest_categorical("ptq", ptq_choices(level, target))}
+    if level >= 3:
+        params["channels"] = trial.suggest_categorical("channels", [0.0, 0.25, 0.5])
+        params["lowrank"] = trial.suggest_categorical("lowrank", [0.0, 0.5, 0.25])
+    if level >= 2:
+        params["prune"] = trial.suggest_categorical("prune", ["none", "sparse", "2:4"])
+        if params["prune"] == "sparse":
+            params["sparsity"] = trial.suggest_float("sparsity", 0.5, 0.95, step=0.05)
+        params["clusters"] = trial.suggest_categorical("clusters", [0, 16, 32, 8])
+        params["qat"] = trial.suggest_categorical("qat", [False, True])
+    return params
+
+
+def seeds(level: int, target: str) -> list[dict[str, Any]]:
+    """Known-good starting points, run first (level 1: every conversion, nothing else)."""
+    ptq = ptq_choices(level, target)
+    if level == 1:
+        return [{"ptq": name} for name in ptq]
+    base = {"ptq": ptq[0], "prune": "none", "clusters": 0, "qat": False}
+    if level >= 3:
+        base.update(channels=0.0, lowrank=0.0)
+    out = [
+        {**base, "prune": "sparse", "sparsity": 0.9, "clusters": 16},
+        {**base, "prune": "sparse", "sparsity": 0.8},
+        {**base, "clusters": 16},
+        {**base, "prune": "2:4"},
+        {**base, "prune": "sparse", "sparsity": 0.8, "qat": True},
+    ]
+    if level >= 3:
+        out = [
+            {**base, "channels": 0.5, "prune": "sparse", "sparsity": 0.9, "clusters": 16},
+            {**base, "channels": 0.25, "prune": "sparse", "sparsity": 0.9, "clusters": 16},
+            {**base, "lowrank": 0.5, "prune": "sparse", "sparsity": 0.8, "clusters": 16},
+        ] + out[:3]
+    return out
+
+
+def default_trials(level: int, target: str) -> int:
+    """Trial budget when none is given: every level-1 conversion; a fixed number for levels 2 and 3."""
+    return len(ptq_choices(1, target)) if level == 1 else DEFAULT_TRIALS[level]
+
+
+def ptq_step(name: str) -> dict[str, Any]:
+    """The final conversion step of a recipe (a `PTQConfig` dict)."""
+    return PTQConfig(**PTQ[name]).to_dict()
+
+
+def training_step(level: int, epochs: int | None = None) -> dict[str, Any]:
+    """A recovery fine-tune; at level 3 a distillation from the original model."""
+    epochs = epochs or EPOCHS[level]
+    if level >= 3:
+        return DistillConfig(epochs=epochs, learning_rate=LEARNING_RATE, batch_size=BATCH_SIZE).to_dict()
+    return FineTuneConfig(epochs=epochs, learning_rate=LEARNING_RATE, batch_size=BATCH_SIZE).to_dict()
+
+
+def build_recipe(params: dict[str, Any], level: int, *, classification: bool) -> list[dict[str, Any]]:
+    """The recipe a trial's choices mean. Prune steps carry `_allocate` (global sparsity to split per
+    layer by sensitivity, resolved by the runner on the model at that point) or `_robust_24`."""
+    recipe: list[dict[str, Any]] = []
+    if level == 1:
+        return [ptq_step(params["ptq"])]
+    ft = training_step(level)
+    if params.get("channels"):
+        recipe += [ChannelPruneConfig(ratio=float(params["channels"])).to_dict(), dict(ft)]
+    if params.get("lowrank"):
+        recipe += [LowRankConfig(param_ratio=float(params["lowrank"])).to_dict(), dict(ft)]
+    prune = params.get("prune", "none")
+    if prune == "sparse":
+        sparsity = round(float(params["sparsity"]), 4)
+        step = PruneConfig(target_sparsity=sparsity).to_dict()
+        if classification:
+            step["_allocate"] = sparsity
+        recipe += [step, dict(ft)]
+    elif prune == "2:4":
+        step = PruneConfig(target_sparsity=0.5, m_by_n=(2, 4)).to_dict()
+        if classification:
+            step["_robust_24"] = True
+        recipe += [step, dict(ft)]
+    clusters = int(params.get("clusters", 0) or 0)
+    if clusters:
+        recipe += [ClusterConfig(num_clusters=clusters, preserve_sparsity=prune != "none").to_dict(), dict(ft)]
+    if params.get("qat"):
+        preserve = "clusters" if clusters else ("sparsity" if prune != "none" else None)
+        recipe += [QATConfig(preserve=preserve).to_dict(), training_step(level, max(1, EPOCHS[level] // 2))]
+    recipe.append(ptq_step(params["ptq"]))
+    return recipe
+
+
+def recipe_name(params: dict[str, Any]) -> str:
+    """A short readable name: `ch0.5+sp0.9+c16+int8`."""
+    parts = []
+    if params.get("channels"):
+        parts.append(f"ch{params['channels']:g}")
+    if params.get("lowrank"):
+        parts.append(f"lr{params['lowrank']:g}")
+    if params.get("prune") == "sparse":
+        parts.append(f"sp{float(params['sparsity']):g}")
+    elif params.get("prune") == "2:4":
+        parts.append("2of4")
+    if params.get("clusters"):
+        parts.append(f"c{params['clusters']}")
+    if params.get("qat"):
+        parts.append("qat")
+    parts.append(params["ptq"])
+    return "+".join(parts)

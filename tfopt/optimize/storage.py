@@ -1,0 +1,110 @@
+"""Where a study lives: an embedded journal file in the output folder by default, or any Optuna storage URL.
+
+Also the bookkeeping that makes resume and several workers safe: finding
+trials left RUNNING by a killed process on this host, counting the budget,
+and appending finished trials to `trials.jsonl` under a file lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+from typing import Any
+
+STUDY_NAME = "tfopt-optimize"
+JOURNAL = "study.journal"
+
+
+def open_storage(url: str | None, output_dir: str):
+    """An Optuna storage: `url` (sqlite / postgresql / mysql ... or a journal file path), or `DIR/study.journal`."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if url is None or url.endswith(".journal") or url.startswith("journal:"):
+        path = os.path.join(output_dir, JOURNAL) if url is None else url.removeprefix("journal:")
+        return JournalStorage(JournalFileBackend(os.path.abspath(path)))
+    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+
+
+def me() -> dict[str, Any]:
+    """This process, as recorded on the trials it runs."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_orphans(study) -> list[dict[str, Any]]:
+    """Marks FAIL the RUNNING trials whose process (on this host) is gone; returns their params to re-run.
+
+    A trial started on another machine is left alone: only its own host can tell it is dead.
+    """
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    redo = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        attrs = trial.user_attrs
+        if attrs.get("host") != host or attrs.get("pid") is None or _alive(int(attrs["pid"])):
+            continue
+        study._storage.set_trial_user_attr(trial._trial_id, "orphaned", True)
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        redo.append(dict(trial.params))
+    return redo
+
+
+def used_budget(study) -> int:
+    """Trials that count against the budget: finished, running, or failed by an error (not orphaned)."""
+    from optuna.trial import TrialState
+
+    count = 0
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state in (TrialState.COMPLETE, TrialState.RUNNING):
+            count += 1
+        elif trial.state == TrialState.FAIL and not trial.user_attrs.get("orphaned"):
+            count += 1
+    return count
+
+
+def completed(study) -> list:
+    """The COMPLETE trials, by number."""
+    from optuna.trial import TrialState
+
+    return sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
+
+
+def append_jsonl(path: str, row: dict[str, Any]) -> None:
+    """Appends one JSON line under an exclusive lock (several workers may write the same file)."""
+    line = json.dumps(row, sort_keys=True, default=float) + "\n"
+    with open(path, "a", encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    """The rows of a trials.jsonl; a line cut short by a killed process is skipped."""
+    rows = []
+    if not os.path.exists(path):
+        return rows
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
