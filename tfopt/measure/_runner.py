@@ -159,15 +159,26 @@ def delegated_ops(interpreter) -> dict[str, Any] | None:
     return {"total_ops": len(original), "delegated_ops": len(covered), "partitions": len(partitions), "undelegated": left}
 
 
-def _input_order(interpreter, names: list[str] | None) -> list[int]:
+def _input_order(interpreter, names: list[str] | None, xs: list[np.ndarray] | None = None) -> list[int]:
     """Position in get_input_details() of each data array.
 
-    Arrays follow the interpreter's input order (for a converted Keras model, the
-    model's input order); `names` (signature or tensor names) reorders them.
+    `names` (signature or tensor names, from a dict of inputs) decide when given.
+    Otherwise arrays follow the interpreter's input order, unless their shapes
+    only fit another order (converters do not keep the Keras input order), in
+    which case each array goes to the one input of its shape.
     """
     details = interpreter.get_input_details()
     if not names:
-        return list(range(len(details)))
+        order = list(range(len(details)))
+        if xs is None or len(xs) != len(details) or len(details) == 1:
+            return order
+        fits = [[_fits(details[i], x) for i in order] for x in xs]
+        if all(fits[pos][pos] for pos in order):
+            return order
+        choices = [[i for i in order if fits[pos][i]] for pos in order]
+        if all(len(c) == 1 for c in choices) and len({c[0] for c in choices}) == len(order):
+            return [c[0] for c in choices]
+        return order
     position = {d["name"]: i for i, d in enumerate(details)}
     signatures = interpreter.get_signature_list()
     if signatures:
@@ -179,6 +190,13 @@ def _input_order(interpreter, names: list[str] | None) -> list[int]:
     if missing:
         raise ValueError(f"the .tflite has no input named {missing}; its inputs are {sorted(position)}.")
     return [position[n] for n in names]
+
+
+def _fits(detail: dict, x: np.ndarray) -> bool:
+    """True when one example of `x` has as many values as one example of the input."""
+    shape = [int(d) for d in detail.get("shape_signature", detail["shape"])]
+    per_example = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    return per_example > 0 and x[:1].size == per_example
 
 
 def _plain(detail: dict) -> dict[str, Any]:
@@ -215,7 +233,7 @@ def run_outputs(interpreter, xs: list[np.ndarray], *, names: list[str] | None = 
     details = interpreter.get_input_details()
     if len(xs) != len(details):
         raise ValueError(f"the .tflite has {len(details)} inputs but the data holds {len(xs)} arrays.")
-    order = _input_order(interpreter, names)
+    order = _input_order(interpreter, names, xs)
     n = len(xs[0])
     signatures = [list(d.get("shape_signature", d["shape"])) for d in details]
     dynamic = all(len(s) and s[0] == -1 for s in signatures)
@@ -264,10 +282,11 @@ def op_outputs(content: bytes, xs: list[np.ndarray]) -> list[tuple[str, np.ndarr
     inputs = interpreter.get_input_details()
     if len(xs) != len(inputs):
         raise ValueError(f"the .tflite has {len(inputs)} inputs but the data holds {len(xs)} arrays.")
+    order = _input_order(interpreter, None, xs)
     stage("op-outputs")
     for k in range(len(xs[0])):
-        for detail, x in zip(inputs, xs):
-            _set_input(interpreter, detail, x[k : k + 1])
+        for pos, i in enumerate(order):
+            _set_input(interpreter, inputs[i], xs[pos][k : k + 1])
         interpreter.invoke()
         for index in collected:
             try:
@@ -308,8 +327,8 @@ def measure(request: dict[str, Any]) -> dict[str, Any]:
     if xs is None and request.get("data_path"):
         data = np.load(request["data_path"])
         xs = [data[f"x{i}"] for i in range(len(inputs))]
-    if xs is not None and request.get("input_names"):
-        order = _input_order(interpreter, request["input_names"])
+    if xs is not None and len(xs) == len(inputs):
+        order = _input_order(interpreter, request.get("input_names"), xs)
         by_detail = [None] * len(inputs)
         for pos, i in enumerate(order):
             by_detail[i] = xs[pos]
