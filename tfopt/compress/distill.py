@@ -311,34 +311,11 @@ class Distiller(_DistillerBase, keras.Model):
         return cls(**config)
 
 
-_TF_KERAS_DISTILLER = None
-
-
 def _tf_keras_distiller_class():
-    """The tf_keras twin of Distiller, created on first use (tf_keras is imported lazily)."""
-    global _TF_KERAS_DISTILLER
-    if _TF_KERAS_DISTILLER is None:
-        import tf_keras
+    """The tf_keras twin of Distiller (built in `tfopt._legacy`, the only place that imports tf_keras)."""
+    from tfopt._legacy.distill import tf_keras_distiller_class
 
-        class TFKerasDistiller(_DistillerBase, tf_keras.Model):
-            __doc__ = Distiller.__doc__
-
-            def __init__(self, student, teacher, *, temperature=4.0, alpha=0.1, feature_layers=None,
-                         feature_weight=1.0, teacher_outputs="logits", student_outputs="logits",
-                         name="distiller", **kwargs):
-                super().__init__(name=name, **kwargs)
-                self._setup(student, teacher, temperature, alpha, feature_layers, feature_weight,
-                            (teacher_outputs, student_outputs))
-                self.loss_tracker = tf_keras.metrics.Mean(name="loss")
-
-            def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None):
-                # tf_keras reports no loss when compiled without one, and passes no `training` flag.
-                loss = super().compute_loss(x, y, y_pred, sample_weight, training=self._training_call)
-                self.loss_tracker.update_state(loss)
-                return loss
-
-        _TF_KERAS_DISTILLER = TFKerasDistiller
-    return _TF_KERAS_DISTILLER
+    return tf_keras_distiller_class(_DistillerBase, Distiller.__doc__)
 
 
 def distill(
