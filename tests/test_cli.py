@@ -1,4 +1,8 @@
-"""The `tfopt` CLI: convert and bench on real files; user errors exit 2 with one clear line."""
+"""The `tfopt` CLI: the dispatcher, per-command flags, deprecated spellings, and the commands that do not train.
+
+Commands run in-process through `tfopt.cli.main` on a tiny model trained once on
+real digits; two runs go through a real subprocess (the console entry point).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,10 @@ import sys
 
 import numpy as np
 import pytest
+from absl import flags
 
-import tfopt
+from tfopt import cli
+from tfopt._cli import common
 
 
 def run_cli(*args, cwd=None):
@@ -22,61 +28,196 @@ def run_cli(*args, cwd=None):
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
+    """digits (real 8x8 images) as data.npz, a small CNN trained on them (.keras) and its float .tflite."""
     import keras
 
+    from tfopt.datasets import load_dataset
+    from tfopt.export.convert import convert
+
     folder = tmp_path_factory.mktemp("cli")
-    data = tfopt.load_dataset("digits")
+    data = load_dataset("digits")
     data.to_npz(str(folder / "data.npz"))
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv"),
+        keras.layers.Flatten(name="flatten"),
+        keras.layers.Dense(16, activation="relu", name="dense_1"),
+        keras.layers.Dense(10, name="logits"),
+    ])
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(data.x_train, data.y_train, epochs=40, verbose=0)
+    model.fit(data.x_train, data.y_train, epochs=15, verbose=0)
     model.save(str(folder / "model.keras"))
+    (folder / "model.tflite").write_bytes(convert(model, check_delegation=False).tflite)
     return folder
 
 
-def test_cli_convert_then_bench(files):
-    out, report = files / "m_int8.tflite", files / "bench.json"
-    proc = run_cli("convert", str(files / "model.keras"), "--mode", "int8", "--calibration", str(files / "data.npz"),
-                   "--output", str(out))
-    assert proc.returncode == 0, proc.stderr
-    assert tfopt.inspect_tflite(str(out)).precision_counts == {"int8": 1}
-    proc = run_cli("bench", str(out), "--data", str(files / "data.npz"), "--threads", "1", "--runs", "5",
-                   "--json", str(report))
-    assert proc.returncode == 0, proc.stderr
-    payload = json.loads(report.read_text())
-    assert payload["accuracy"] > 0.8 and payload["latency_ms_median"] > 0 and payload["size_bytes"] == out.stat().st_size
-    assert "accuracy" in proc.stdout
-
-
-@pytest.mark.parametrize(
-    "args, match",
-    [
-        (["convert", "missing.keras", "--output", "x.tflite"], "model not found"),
-        (["convert", "{model}", "--mode", "int3", "--output", "x.tflite"], "unknown --mode 'int3'"),
-        (["convert", "{model}", "--mode", "int8", "--output", "x.tflite"], "needs --calibration"),
-        (["bench", "missing.tflite"], "not found"),
-        (["bench", "{data}"], "not a TFLite flatbuffer"),
-        (["bench", "{model}", "--data", "nothing.npz"], "Data file not found"),
-        (["frobnicate"], "unknown command 'frobnicate'"),
-    ],
-    ids=["missing-model", "bad-mode", "no-calibration", "missing-tflite", "not-tflite", "missing-data", "bad-command"],
-)
-def test_cli_user_errors(files, args, match):
-    args = [a.format(model=files / "model.keras", data=files / "data.npz") for a in args]
-    proc = run_cli(*args, cwd=str(files))
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert match in proc.stderr
-    assert "Traceback" not in proc.stderr
-
-
-def test_cli_bad_npz_keys(files):
-    bad = files / "bad.npz"
-    np.savez(bad, x=np.zeros((2, 8, 8, 1)))
-    proc = run_cli("bench", str(files / "x.tflite"), "--data", str(bad))
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+# ----------------------------------------------------------------------------- dispatcher and flags
 
 
 def test_cli_usage_lists_commands():
     proc = run_cli()
-    assert proc.returncode == 2 and "demo" in proc.stdout and "bench" in proc.stdout
+    assert proc.returncode == 2
+    for name in ("demo", "convert", "bench", "qat", "quantize", "export-micro"):
+        assert f"  {name} " in proc.stdout
+
+
+def test_cli_every_command_has_its_own_flags():
+    names = cli.command_names()
+    assert {"demo", "convert", "bench", "profile", "prune", "cluster", "qat", "decompose", "distill",
+            "export-onnx", "export-micro", "quantize"} <= set(names)
+    for name in names:
+        module = cli.command_module(name)
+        assert module.NAME == name and module.HELP
+        fv = cli.command_flags(module)
+        assert len(list(fv)) >= 2
+    for shared in ("epochs", "output", "data", "mode", "num_clusters", "runs"):
+        assert shared not in flags.FLAGS  # nothing is defined on absl's global flags
+
+
+def test_cli_missing_command_module_is_simply_absent(monkeypatch, capsys):
+    monkeypatch.setitem(cli.COMMANDS, "ghost", "ghost_command_that_does_not_exist")
+    assert "ghost" not in cli.command_names()
+    assert cli.main(["ghost"]) == 2
+    assert "unknown command 'ghost'" in capsys.readouterr().err
+
+
+def test_cli_optimize_is_registered_when_its_module_exists():
+    import importlib.util
+
+    present = importlib.util.find_spec("tfopt._cli.optimize") is not None
+    assert ("optimize" in cli.command_names()) == present
+
+
+@pytest.mark.parametrize("argv", [["convert", "--help"], ["help", "convert"], ["convert", "model.keras", "-h"]],
+                         ids=["--help", "help-command", "-h"])
+def test_cli_help_lists_the_command_flags_only(argv, capsys):
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "--mode" in out and "--calibration" in out and "--[no]unsafe" in out
+    assert "--num_clusters" not in out and "--epochs" not in out
+
+
+def test_cli_help_lists_deprecated_spellings(capsys):
+    assert cli.main(["bench", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "deprecated spellings" in out and "--runs" in out and "use --num_runs" in out
+
+
+@pytest.mark.parametrize(
+    "text, rules",
+    [
+        ("conv,dense", ["conv", "dense"]),
+        ("re:conv_\\d{1,2},head", ["re:conv_\\d{1,2}", "head"]),
+        ("re:(a|b),c", ["re:(a|b)", "c"]),
+        ("re:x[,;]y", ["re:x[,;]y"]),
+        ("re:a\\,b", ["re:a,b"]),
+        (" a , ,b ", ["a", "b"]),
+    ],
+    ids=["names", "braces", "parens", "brackets", "escaped", "blanks"],
+)
+def test_cli_layer_rules_keep_commas_inside_regexes(text, rules):
+    assert common.split_rules(text) == rules
+
+
+def test_cli_layer_rules_repeat_and_check_regexes():
+    assert common.layer_rule(["a,b", "re:c{1,2}"], "exclude") == ["a", "b", "re:c{1,2}"]
+    assert common.layer_rule(None, "exclude") is None
+    with pytest.raises(common.CLIError, match="not a valid regular expression"):
+        common.layer_rule(["re:("], "include")
+
+
+def test_cli_error_is_an_invalid_argument_error():
+    from tfopt.errors import InvalidArgumentError, TfoptError
+
+    assert issubclass(common.CLIError, InvalidArgumentError) and issubclass(common.CLIError, TfoptError)
+
+
+def test_cli_one_line_strips_colours_and_breaks():
+    assert cli.one_line("\x1b[1mbad\x1b[0m\n  shape\n") == "bad shape"
+    assert len(cli.one_line("x" * 5000)) == 1000
+
+
+# ----------------------------------------------------------------------------- convert, bench, profile, exports
+
+
+def test_cli_convert_then_bench_in_real_processes(files, tmp_path):
+    out, report = tmp_path / "m_int8.tflite", tmp_path / "bench.json"
+    proc = run_cli("convert", str(files / "model.keras"), "--mode", "int8", "--calibration", str(files / "data.npz"),
+                   "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    from tfopt.analyze.flatbuffer import inspect_tflite
+
+    assert set(inspect_tflite(str(out)).precision_counts) == {"int8"}
+    proc = run_cli("bench", str(out), "--data", str(files / "data.npz"), "--threads", "1", "--runs", "5",
+                   "--json", str(report))
+    assert proc.returncode == 0, proc.stderr
+    assert "--runs is deprecated; use --num_runs" in proc.stderr
+    payload = json.loads(report.read_text())
+    assert payload["accuracy"] > 0.8 and payload["latency_ms_median"] > 0 and payload["size_bytes"] == out.stat().st_size
+
+
+def test_cli_convert_quantizer_accepts_old_16x8_spelling(files, tmp_path, capsys):
+    out, report = tmp_path / "m16.tflite", tmp_path / "m16.json"
+    status = cli.main(["convert", str(files / "model.keras"), "--engine", "litert_quantizer", "--mode", "16x8",
+                       "--calibration", str(files / "data.npz"), "--num_samples", "32", "--output", str(out),
+                       "--json", str(report)])
+    assert status == 0
+    assert "--mode 16x8 is deprecated; use --mode int16x8" in capsys.readouterr().err
+    payload = json.loads(report.read_text())
+    assert payload["mode"] == "int16x8" and payload["engine"] == "litert_quantizer"
+    assert out.stat().st_size == payload["size_bytes"]
+    assert "int16x8" in payload["inspection"]["precision_counts"]
+
+
+def test_cli_bench_sweep_and_plot_next_to_json(files, tmp_path):
+    report = tmp_path / "sweep.json"
+    assert cli.main(["bench", str(files / "model.tflite"), "--threads", "1,2", "--num_runs", "3", "--warmup_runs",
+                     "1", "--plot", "--json", str(report)]) == 0
+    payload = json.loads(report.read_text())
+    assert payload["plot"] == str(tmp_path / "sweep_sweep.png") and os.path.getsize(payload["plot"]) > 0
+    assert "sweep" in payload
+
+
+def test_cli_profile_keras_and_tflite(files, tmp_path, capsys):
+    for source in ("model.keras", "model.tflite"):
+        out = tmp_path / f"{source}.json"
+        assert cli.main(["profile", str(files / source), "--batch_size", "2", "--profile_rows", "3",
+                         "--json", str(out)]) == 0
+        payload = json.loads(out.read_text())
+        assert payload["macs"] > 0 and payload["flops"] == 2 * payload["macs"] and payload["params"] > 0
+        assert payload["layers"] and {"name", "macs", "params"} <= set(payload["layers"][0])
+    assert "--profile_rows is deprecated; use --max_rows" in capsys.readouterr().err
+
+
+def test_cli_export_onnx_with_old_samples_spelling(files, tmp_path):
+    pytest.importorskip("tf2onnx")
+    out, report = tmp_path / "m.onnx", tmp_path / "onnx.json"
+    assert cli.main(["export-onnx", str(files / "model.keras"), "--output", str(out), "--data",
+                     str(files / "data.npz"), "--onnx_samples", "32", "--json", str(report)]) == 0
+    payload = json.loads(report.read_text())
+    assert out.exists() and payload["paths"]["onnx"] == str(out)
+    assert payload["num_samples"] == 32 and payload["max_abs_diff"] <= 1e-4
+
+
+def test_cli_export_micro_writes_c_files(files, tmp_path):
+    pytest.importorskip("tflite_micro")
+    report = tmp_path / "micro.json"
+    assert cli.main(["export-micro", str(files / "model.tflite"), "--output", str(tmp_path / "c"), "--data",
+                     str(files / "data.npz"), "--micro_samples", "8", "--name", "digits", "--json",
+                     str(report)]) == 0
+    payload = json.loads(report.read_text())
+    assert payload["ok"] and payload["num_samples"] == 8 and payload["unsupported_ops"] == []
+    assert (tmp_path / "c" / "digits_model_data.cc").exists() and (tmp_path / "c" / "digits_model_data.h").exists()
+
+
+def test_cli_data_checks_accept_one_hot_and_integral_float_labels(files):
+    from tfopt._cli import checks
+
+    x = np.zeros((4, 8, 8, 1), np.float32)
+    checks.check_xy(x, np.eye(10)[[0, 1, 2, 9]], x_name="x", y_name="y", source="s", num_classes=10,
+                    input_shape=(8, 8, 1))
+    checks.check_xy(x, np.array([0.0, 1.0, 2.0, 9.0]), x_name="x", y_name="y", source="s", num_classes=10,
+                    input_shape=(None, None, 1))
+    with pytest.raises(common.CLIError, match="labels up to 10"):
+        checks.check_xy(x, np.array([0, 1, 2, 10]), x_name="x", y_name="y", source="s", num_classes=10)

@@ -49,21 +49,26 @@ def main(args: list[str], fv: flags.FlagValues) -> int:
 
 def _ptq(args: list[str], fv: flags.FlagValues, run: training.TrainingRun, mode: str) -> int:
     from tfopt.export.calibration import calibration_data
+    from tfopt.export.convert import convert
 
     model = run.model
     calibration = calibration_data(run.x_train, model=model, num_samples=fv.num_samples, seed=fv.seed)
+    excluded = set(run.exclude or [])
     if fv.max_accuracy_drop is not None:
+        import warnings
+
         from tfopt.export.selective import quantize_selective
 
-        selective = quantize_selective(model, calibration=calibration, validation=(run.x_test, run.y_test),
-                                       max_accuracy_drop=fv.max_accuracy_drop, exclude=run.exclude, recipe=mode)
+        with warnings.catch_warnings():  # the command already printed its own deprecation line
+            warnings.simplefilter("ignore", DeprecationWarning)
+            selective = quantize_selective(model, calibration=calibration, validation=(run.x_test, run.y_test),
+                                           max_accuracy_drop=fv.max_accuracy_drop, exclude=run.exclude, recipe=mode)
         result = selective.result
-        excluded = set(run.exclude or [])
-        kept_float = [{"name": name, "reason": "--exclude" if name in excluded
-                       else "kept float to meet --max_accuracy_drop"} for name in selective.kept_float]
+        kept = list(selective.kept_float)
     else:
-        from tfopt.export.quantizer import quantize_tflite
-
-        result = quantize_tflite(model, recipe=mode, calibration=calibration, exclude=run.exclude)
-        kept_float = [{"name": name, "reason": "--exclude"} for name in run.exclude or []]
+        result = convert(model, mode=mode, engine="litert_quantizer", calibration=calibration,
+                         float_fallback=run.exclude, check_delegation=False)
+        kept = list(run.exclude or [])
+    kept_float = [{"name": name, "reason": "--exclude" if name in excluded
+                   else "kept float to meet --max_accuracy_drop"} for name in kept]
     return qat.finish(args, fv, run, result, method="ptq", mode=mode, reference=model, kept_float=kept_float)
