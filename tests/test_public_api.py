@@ -90,3 +90,21 @@ def test_tfmot_import_is_contained():
         """
     )
     assert out == "None True"
+
+
+def test_keras_finds_tfopt_layers_after_import_tfopt():
+    # A fresh process that imports tfopt and then Keras (directly or through tf.keras) can load wrapped
+    # models with a plain keras.models.load_model: the registering modules are imported after Keras.
+    out = _fresh(
+        """
+        import sys
+        import tfopt
+        assert "keras" not in sys.modules
+        import tensorflow as tf
+        tf.keras.layers.Dense(1)
+        from keras.saving import get_registered_object
+        names = ["tfopt>PruneWrapper", "tfopt>ClusterWeights", "tfopt>QuantizeWrapper", "tfopt>Distiller"]
+        print(all(get_registered_object(n) is not None for n in names))
+        """
+    )
+    assert out == "True"

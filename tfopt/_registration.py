@@ -15,7 +15,12 @@ import importlib.abc
 import sys
 
 # Modules whose import registers tfopt's Keras 3 layers (keras.saving.register_keras_serializable).
-MODULES: tuple[str, ...] = ()
+MODULES: tuple[str, ...] = (
+    "tfopt.compress.prune_layer",
+    "tfopt.compress.cluster_layer",
+    "tfopt.compress.qat_layers",
+    "tfopt.compress.distill",
+)
 
 
 def register() -> None:
