@@ -234,3 +234,49 @@ def test_cli_decompose_reports_json(tmp_path):
     assert {"accuracy_before", "accuracy_after", "accuracy_decomposed"} <= set(payload)
     assert [layer["rank"] for layer in payload["layers"] if layer["factorised"]] == [4]
     assert os.path.isfile(payload["paths"]["output"]) and payload["paths"]["json"] == os.path.abspath(report)
+
+
+# ------------------------------------------------------------------ per-layer rules (what a search sets)
+
+
+def _mlp3():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((64,)), keras.layers.Dense(48, activation="relu", name="fc1"),
+                             keras.layers.Dense(32, activation="relu", name="fc2"), keras.layers.Dense(10, name="head")])
+
+
+def test_lowrank_rank_for_param_ratio():
+    from tfopt.compress.lowrank import rank_for_param_ratio
+
+    assert rank_for_param_ratio(784, 300, 0.25) == 54
+    assert rank_for_param_ratio(10, 10, 0.01) == 1  # never below rank 1
+
+
+@pytest.mark.parametrize(
+    "rule, expected",
+    [({"param_ratio": {"fc1": 0.25, "fc2": 0.5}}, {"fc1": 6, "fc2": 9}),
+     ({"rank": {"fc1": 4}}, {"fc1": 4}),
+     ({"energy": {"fc2": 1.0}}, {"fc2": 32})],
+    ids=["param_ratio", "rank", "energy"],
+)
+def test_lowrank_per_layer_rules(rule, expected):
+    model = _mlp3()
+    plan = plan_decomposition(model, **rule)
+    ranks = {layer.name: layer.rank for layer in plan.layers}
+    assert ranks == expected  # only the named layers are considered
+    small = decompose(model, **rule)
+    for name, rank in expected.items():
+        if rank <= break_even_rank(*((64, 48) if name == "fc1" else (48, 32))):
+            assert small.get_layer(f"{name}_lowrank").units == rank
+
+
+def test_lowrank_per_layer_rule_errors():
+    model = _mlp3()
+    with pytest.raises(ValueError, match=r"not top-level Dense / Conv2D layers .*\['nope'\]"):
+        plan_decomposition(model, param_ratio={"nope": 0.5})
+    with pytest.raises(ValueError, match=r"param_ratio must be in \(0, 1\). Received: param_ratio\['fc1'\]=1.5"):
+        plan_decomposition(model, param_ratio={"fc1": 1.5})
+    with pytest.raises(ValueError, match="empty dict"):
+        plan_decomposition(model, rank={})

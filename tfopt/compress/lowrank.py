@@ -36,6 +36,7 @@ __all__ = [
     "rank_for_energy",
     "allocate_ranks",
     "break_even_rank",
+    "rank_for_param_ratio",
     "factorize",
 ]
 
@@ -190,7 +191,7 @@ class DecompositionPlan:
         params_before / params_after: whole-model parameter counts.
     """
 
-    rule: dict[str, float]
+    rule: dict[str, Any]
     layers: tuple[LayerDecomposition, ...]
     params_before: int
     params_after: int
@@ -235,27 +236,58 @@ class DecompositionPlan:
         return "\n".join(lines)
 
 
-def _rule(rank, energy, param_ratio) -> dict[str, float]:
+def _check_value(kind: str, value: Any, where: str) -> None:
+    if kind == "rank" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise InvalidArgumentError(f"rank must be a positive integer. Received: {where}={value!r}.")
+    if kind == "energy" and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1):
+        raise InvalidArgumentError(f"energy must be in (0, 1]. Received: {where}={value!r}.")
+    if kind == "param_ratio" and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1):
+        raise InvalidArgumentError(f"param_ratio must be in (0, 1). Received: {where}={value!r}.")
+
+
+def _rule(rank, energy, param_ratio) -> dict[str, Any]:
     given = {k: v for k, v in (("rank", rank), ("energy", energy), ("param_ratio", param_ratio)) if v is not None}
     if len(given) > 1:
         raise InvalidArgumentError(f"Pass one of rank, energy or param_ratio. Received: {given}.")
     if not given:
         return {"energy": DEFAULT_ENERGY}
-    if "rank" in given and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-        raise InvalidArgumentError(f"rank must be a positive integer. Received: rank={rank!r}.")
-    if "energy" in given and not (isinstance(energy, (int, float)) and 0 < energy <= 1):
-        raise InvalidArgumentError(f"energy must be in (0, 1]. Received: energy={energy!r}.")
-    if "param_ratio" in given and not (isinstance(param_ratio, (int, float)) and 0 < param_ratio < 1):
-        raise InvalidArgumentError(f"param_ratio must be in (0, 1). Received: param_ratio={param_ratio!r}.")
+    (kind, value), = given.items()
+    if isinstance(value, dict):
+        if not value:
+            raise InvalidArgumentError(f"{kind} is an empty dict; map layer names to values, e.g. {{'dense': 0.3}}.")
+        for name, item in value.items():
+            if not isinstance(name, str):
+                raise InvalidArgumentError(f"{kind} dict keys are layer names. Received key {name!r}.")
+            _check_value(kind, item, f"{kind}[{name!r}]")
+        return {kind: dict(value)}
+    _check_value(kind, value, kind)
     return given
 
 
+def rank_for_param_ratio(rows: int, cols: int, ratio: float) -> int:
+    """Largest rank whose factors hold at most `ratio` of the `rows x cols` weights (at least 1).
+
+    >>> rank_for_param_ratio(784, 300, 0.25)
+    54
+    """
+    return max(1, int(math.floor(ratio * rows * cols / (rows + cols))))
 
 
 def _plan(model, rank, energy, param_ratio, include, exclude):
     rule = _rule(rank, energy, param_ratio)
     layers = list(model.layers)
     included = selected_names(include, layers, "include")
+    per_layer = next((v for v in rule.values() if isinstance(v, dict)), None)
+    if per_layer is not None:
+        known = {layer.name: type(layer).__name__ for layer in layers}
+        unknown = sorted(n for n in per_layer if n not in known)
+        wrong = sorted(n for n in per_layer if n in known and known[n] not in _KINDS)
+        if unknown or wrong:
+            raise InvalidArgumentError(
+                f"per-layer {next(iter(rule))} names layers that are not top-level Dense / Conv2D layers of "
+                f"{model.name!r}: {unknown + wrong}. Candidates: {[n for n, k in known.items() if k in _KINDS]}."
+            )
+        included = set(per_layer) if included is None else included & set(per_layer)
     excluded = selected_names(exclude, layers, "exclude") or set()
     entries: dict[str, LayerDecomposition] = {}
     candidates = []  # (layer, weights, matrix, singular values)
@@ -277,7 +309,18 @@ def _plan(model, rank, energy, param_ratio, include, exclude):
         matrix = np.asarray(weights[0], dtype=np.float64).reshape(rows, cols)
         candidates.append((layer, weights, matrix, np.linalg.svd(matrix, compute_uv=False)))
     params_before = int(model.count_params())
-    if "rank" in rule:
+    if per_layer is not None:
+        kind = next(iter(rule))
+        ranks = []
+        for layer, _, matrix, spectrum in candidates:
+            value = per_layer[layer.name]
+            if kind == "rank":
+                ranks.append(min(int(value), *matrix.shape))
+            elif kind == "energy":
+                ranks.append(rank_for_energy(spectrum, value))
+            else:
+                ranks.append(min(rank_for_param_ratio(*matrix.shape, value), *matrix.shape))
+    elif "rank" in rule:
         ranks = [min(int(rule["rank"]), *m.shape) for _, _, m, _ in candidates]
     elif "energy" in rule:
         ranks = [rank_for_energy(s, rule["energy"]) for _, _, _, s in candidates]
@@ -314,9 +357,9 @@ def _plan(model, rank, energy, param_ratio, include, exclude):
 def plan_decomposition(
     model: Any,
     *,
-    rank: int | None = None,
-    energy: float | None = None,
-    param_ratio: float | None = None,
+    rank: int | dict[str, int] | None = None,
+    energy: float | dict[str, float] | None = None,
+    param_ratio: float | dict[str, float] | None = None,
     include: LayerRule = None,
     exclude: LayerRule = None,
 ) -> DecompositionPlan:
@@ -391,9 +434,9 @@ def _rewrite(config: dict, plan: DecompositionPlan) -> dict:
 def decompose(
     model: Any,
     *,
-    rank: int | None = None,
-    energy: float | None = None,
-    param_ratio: float | None = None,
+    rank: int | dict[str, int] | None = None,
+    energy: float | dict[str, float] | None = None,
+    param_ratio: float | dict[str, float] | None = None,
     include: LayerRule = None,
     exclude: LayerRule = None,
 ) -> Any:
@@ -413,6 +456,12 @@ def decompose(
             The factor weights it allows are shared out across the selected layers by
             `allocate_ranks` (most retained energy per weight first), so small layers such
             as a classifier head keep their rank while big ones shrink. Defaults to `None`.
+
+            Each rule also takes a dict of layer name -> value, to set every layer on
+            its own (what a search over per-layer settings needs): `rank={"fc1": 32}`,
+            `energy={"fc1": 0.8}` or `param_ratio={"fc1": 0.25, "fc2": 0.5}` (the
+            factors of that layer keep at most this fraction of its kernel weights).
+            Only the named layers are factorised.
         include: layers to consider: a name, `"re:<regex>"` (full match), a callable
             `layer -> bool`, or a list of those. Defaults to `None` (every top-level
             Dense and Conv2D layer).
