@@ -1,0 +1,124 @@
+"""The training commands of the `tfopt` CLI (prune, cluster, decompose, distill, qat, quantize), in-process.
+
+A tiny CNN trained once on real digits; one epoch per command; each test checks
+the written model / .tflite and the JSON keys earlier releases promised, and
+that the old flag spellings still work with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tfopt import cli
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    import keras
+
+    from tfopt.datasets import load_dataset
+
+    folder = tmp_path_factory.mktemp("cli_training")
+    data = load_dataset("digits")
+    data.to_npz(str(folder / "data.npz"))
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv"),
+        keras.layers.Flatten(name="flatten"),
+        keras.layers.Dense(32, activation="relu", name="dense_1"),
+        keras.layers.Dense(32, activation="relu", name="dense_2"),
+        keras.layers.Dense(10, name="logits"),
+    ])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.fit(data.x_train, data.y_train, epochs=10, verbose=0)
+    model.save(str(folder / "model.keras"))
+    student = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    student.save(str(folder / "student.keras"))
+    return folder
+
+
+def _run(files, tmp_path, command, *extra, output="out.keras"):
+    out, report = tmp_path / output, tmp_path / "report.json"
+    status = cli.main([command, str(files / "model.keras"), "--data", str(files / "data.npz"), "--output", str(out),
+                       "--json", str(report), "--epochs", "1", *extra])
+    assert status == 0
+    return out, json.loads(report.read_text())
+
+
+def test_cli_prune_regex_with_comma_and_old_learning_rate(files, tmp_path, capsys):
+    out, payload = _run(files, tmp_path, "prune", "--target_sparsity", "0.5", "--include", r"re:dense_\d{1,2}",
+                        "--prune_learning_rate", "0.002")
+    assert "--prune_learning_rate is deprecated; use --learning_rate" in capsys.readouterr().err
+    assert {"accuracy_before", "accuracy_after", "params_before", "params_after", "nonzero_params_after",
+            "layers", "skipped", "paths"} <= set(payload)
+    assert payload["learning_rate"] == 0.002 and payload["epochs"] == 1
+    sparsity = {row["name"].split("/")[0]: row["sparsity"] for row in payload["layers"]}
+    assert sparsity["dense_1"] >= 0.45 and sparsity["dense_2"] >= 0.45
+    assert sparsity["conv"] < 0.1 and sparsity["logits"] < 0.1  # not matched by the regex
+    assert out.exists() and payload["paths"]["output"] == str(out)
+
+
+def test_cli_cluster_old_spellings(files, tmp_path, capsys):
+    out, payload = _run(files, tmp_path, "cluster", "--num_clusters", "8", "--cluster_init", "linear",
+                        "--cluster_learning_rate", "0.0002")
+    err = capsys.readouterr().err
+    assert "--cluster_init is deprecated; use --init" in err and "--cluster_learning_rate is deprecated" in err
+    assert payload["init"] == "linear" and payload["learning_rate"] == 0.0002 and payload["num_clusters"] == 8
+    clustered = [row for row in payload["layers"] if row["clustered"]]
+    assert clustered and all(row["num_unique"] <= 8 for row in clustered)
+    assert {"accuracy_before", "accuracy_clustered_before_finetune", "accuracy_after", "paths"} <= set(payload)
+
+
+def test_cli_decompose_rank(files, tmp_path, capsys):
+    out, payload = _run(files, tmp_path, "decompose", "--rank", "4", "--decompose_learning_rate", "0.001")
+    assert "--decompose_learning_rate is deprecated" in capsys.readouterr().err
+    assert payload["params_after"] < payload["params_before"] and payload["learning_rate"] == 0.001
+    assert {"accuracy_before", "accuracy_decomposed", "accuracy_after", "param_ratio", "layers"} <= set(payload)
+    assert out.exists()
+
+
+def test_cli_distill(files, tmp_path, capsys):
+    out, report = tmp_path / "student_out.keras", tmp_path / "distill.json"
+    assert cli.main(["distill", str(files / "model.keras"), str(files / "student.keras"), "--data",
+                     str(files / "data.npz"), "--output", str(out), "--json", str(report), "--epochs", "2",
+                     "--distill_learning_rate", "0.01"]) == 0
+    assert "--distill_learning_rate is deprecated" in capsys.readouterr().err
+    payload = json.loads(report.read_text())
+    assert payload["student_accuracy_after"] > payload["student_accuracy_before"]
+    assert {"teacher_accuracy", "teacher_params", "student_params", "temperature", "alpha", "paths"} <= set(payload)
+    assert out.exists()
+
+
+QUANTIZE_KEYS = {"model", "method", "mode", "float_accuracy", "tflite_accuracy", "qat_keras_accuracy", "parity",
+                 "size_bytes", "precision", "kept_float", "paths"}
+
+
+def test_cli_qat_writes_int8_tflite(files, tmp_path, capsys):
+    out, payload = _run(files, tmp_path, "qat", "--num_calibration", "64", output="qat.tflite")
+    assert "--num_calibration is deprecated; use --num_samples" in capsys.readouterr().err
+    assert QUANTIZE_KEYS <= set(payload)
+    assert payload["method"] == "qat" and payload["mode"] == "int8" and payload["qat_keras_accuracy"] is not None
+    assert payload["tflite_accuracy"] > 0.5 and payload["size_bytes"] == out.stat().st_size
+    assert set(payload["precision"]) == {"int8"}
+
+
+@pytest.mark.slow  # the same QAT run as test_cli_qat_writes_int8_tflite, reached through the old command
+def test_cli_quantize_method_qat_is_a_warning_alias(files, tmp_path, capsys):
+    out, payload = _run(files, tmp_path, "quantize", "--method", "qat", output="q.tflite")
+    assert "use `tfopt qat`" in capsys.readouterr().err
+    assert QUANTIZE_KEYS <= set(payload) and payload["method"] == "qat" and out.exists()
+
+
+def test_cli_quantize_method_ptq_is_a_warning_alias(files, tmp_path, capsys):
+    out, payload = _run(files, tmp_path, "quantize", "--method", "ptq", "--mode", "16x8", "--exclude", "logits",
+                        output="p.tflite")
+    err = capsys.readouterr().err
+    assert "use `tfopt convert" in err and "--mode 16x8 is deprecated" in err
+    assert QUANTIZE_KEYS <= set(payload) and payload["method"] == "ptq" and payload["mode"] == "int16x8"
+    assert payload["qat_keras_accuracy"] is None and payload["tflite_accuracy"] > 0.5
+    assert {"name": "logits", "reason": "--exclude"} in payload["kept_float"]
+    assert np.isclose(payload["parity"]["reference_accuracy"], payload["float_accuracy"])
