@@ -154,7 +154,7 @@ def test_gradient_tape_loop_trains_centroids_not_assignments():
 
 _FRESH = """
 import sys, numpy as np
-{imports}
+import tfopt  # registers tfopt's layers with Keras: no scope needed
 import keras
 model = keras.models.load_model(sys.argv[1])
 x = np.load(sys.argv[2])
@@ -172,23 +172,14 @@ print("UNIQUE", int(kmeans.unique_counts(plain.get_layer("dense_mid").get_weight
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "imports",
-    [
-        "import tfopt.compress.cluster_layer",
-        pytest.param("import tfopt", marks=pytest.mark.xfail(
-            reason="`import tfopt` must import tfopt.compress.cluster_layer (lead's __init__)", strict=False)),
-    ],
-    ids=["cluster_layer", "tfopt"],
-)
-def test_save_and_load_in_a_fresh_process_resumes_training(tmp_path, imports):
+def test_save_and_load_in_a_fresh_process_resumes_training(tmp_path):
     clustered = cluster(bn_cnn(keras), num_clusters=8)
     _fit(clustered)
     path = str(tmp_path / "clustered.keras")
     clustered.save(path)
     np.save(tmp_path / "x.npy", X[:16])
     script = tmp_path / "load.py"
-    script.write_text(_FRESH.format(imports=imports))
+    script.write_text(_FRESH)
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
     run = subprocess.run(
         [sys.executable, str(script), path, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
