@@ -53,6 +53,7 @@ def files(tmp_path_factory):
     npz("empty.npz", x_train=np.zeros((0, 8, 8, 1), np.float32), y_train=np.zeros((0,), np.int64))
     npz("wrong_shape.npz", x_train=x.reshape(40, 64), x_test=x[:10].reshape(10, 64))
     npz("one_hot_wrong.npz", y_train=np.eye(4)[y % 4])
+    npz("no_channel_axis.npz", x_train=x[..., 0], x_test=x[:10, ..., 0])
     np.savez(folder / "calibration_no_x.npz", z=x)
     np.save(folder / "single.npy", x)
     os.rename(folder / "single.npy", folder / "single.npz")
@@ -189,19 +190,20 @@ CASES = [
     ("prune-npz-missing-keys", train("prune", "{d}/missing_keys.npz"), ["lacks", "x_test"]),
     ("prune-nan-data", train("prune", "{d}/nan.npz"), ["nan", "x_train"]),
     ("prune-inf-test-data", train("prune", "{d}/inf_test.npz"), ["inf", "x_test"]),
-    ("prune-label-out-of-range", train("prune", "{d}/label_high.npz"), ["labels up to 12", "10 classes"]),
+    ("prune-label-out-of-range", train("prune", "{d}/label_high.npz"), ["largest 12", "num_classes=10", "y_train"]),
     ("cluster-label-negative", train("cluster", "{d}/label_negative.npz"), ["negative", "y_train"]),
-    ("decompose-label-float", train("decompose", "{d}/label_float.npz"), ["fractional", "y_train"]),
-    ("prune-label-string", train("prune", "{d}/label_string.npz"), ["dtype", "y_train"]),
-    ("prune-length-mismatch", train("prune", "{d}/length_mismatch.npz"), ["40 examples", "30 labels"]),
+    ("decompose-label-float", train("decompose", "{d}/label_float.npz"), ["non-integer", "y_train"]),
+    ("prune-label-string", train("prune", "{d}/label_string.npz"), ["strings", "y_train"]),
+    ("prune-length-mismatch", train("prune", "{d}/length_mismatch.npz"), ["40 example(s)", "30 label(s)"]),
     ("prune-empty-arrays", train("prune", "{d}/empty.npz"), ["empty", "x_train"]),
-    ("prune-wrong-input-shape", train("prune", "{d}/wrong_shape.npz"), ["shape", "(64,)", "(8, 8, 1)"]),
-    ("qat-one-hot-wrong-width", train("qat", "{d}/one_hot_wrong.npz", output=OUT_T), ["one-hot", "4 classes"]),
+    ("prune-wrong-input-shape", train("prune", "{d}/wrong_shape.npz"), ["shape (40, 64)", "(n, 8, 8, 1)"]),
+    ("cluster-missing-channel-axis", train("cluster", "{d}/no_channel_axis.npz"), ["shape (40, 8, 8)", "(n, 8, 8, 1)"]),
+    ("qat-one-hot-wrong-width", train("qat", "{d}/one_hot_wrong.npz", output=OUT_T), ["one-hot", "width 4", "10 classes"]),
     ("distill-label-out-of-range", ["distill", M, M, "--data", "{d}/label_high.npz", "--output", OUT_K],
-     ["labels up to 12"]),
+     ["largest 12"]),
     ("export-onnx-wrong-input-shape", ["export-onnx", M, "--output", "{out}/m.onnx", "--data",
-                                       "{d}/wrong_shape.npz"], ["shape", "(8, 8, 1)"]),
-    ("bench-label-out-of-range", ["bench", T, "--data", "{d}/label_high.npz"], ["labels up to 12"]),
+                                       "{d}/wrong_shape.npz"], ["shape (10, 64)", "x_test"]),
+    ("bench-label-out-of-range", ["bench", T, "--data", "{d}/label_high.npz"], ["largest 12", "y_test"]),
     ("bench-inf-data", ["bench", T, "--data", "{d}/inf_test.npz"], ["inf", "x_test"]),
     ("bench-missing-data", ["bench", T, "--data", "{d}/nothing.npz"], ["data file not found"]),
     ("convert-calibration-nan", ["convert", M, "--mode", "int8", "--calibration", "{d}/nan.npz", "--output", OUT_T],

@@ -67,52 +67,32 @@ def load_npz(path: str | None, *, required: tuple[str, ...] = DATA_KEYS, label: 
 
 def check_x(x: np.ndarray, name: str, source: str, *, input_shape: tuple | None = None) -> None:
     """Inputs: numbers, at least one example, finite, and shaped like the model's input (None = any size)."""
-    if x.dtype.kind not in "biuf":
-        raise CLIError(f"{name} in {source!r} has dtype {x.dtype}; expected numbers (float32 inputs).")
-    if x.ndim == 0 or len(x) == 0:
-        raise CLIError(f"{name} in {source!r} is empty (shape {x.shape}); it needs at least one example.")
-    if x.dtype.kind == "f":
-        bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
-        if bad:
-            raise CLIError(f"{name} in {source!r} holds {bad} NaN / inf value(s); clean or drop those examples.")
-    if input_shape is not None:
-        expected = tuple(input_shape)
-        got = tuple(x.shape[1:])
-        if len(got) != len(expected) or any(e is not None and e != g for e, g in zip(expected, got)):
-            shown = "(" + ", ".join("None" if e is None else str(e) for e in expected) + ")"
-            raise CLIError(f"{name} in {source!r} holds examples of shape {got}; the model expects {shown} "
-                           "(None = any size). Reshape the data or pass the matching model.")
+    from tfopt._data import check_arrays
+
+    check_arrays(x, None, name=f"{source!r} ({name})", input_shape=_model_shape(x, input_shape), task=None)
 
 
 def check_xy(x: np.ndarray, y: np.ndarray, *, x_name: str, y_name: str, source: str,
              num_classes: int | None = None, input_shape: tuple | None = None) -> None:
     """Inputs as `check_x`; labels: one per example, class indices in [0, num_classes) or one-hot rows."""
-    check_x(x, x_name, source, input_shape=input_shape)
-    if y.ndim == 0 or len(y) != len(x):
-        raise CLIError(f"{x_name} has {len(x)} examples but {y_name} has {len(y) if y.ndim else 0} labels in "
-                       f"{source!r}; each example needs one label.")
-    if y.dtype.kind not in "biuf":
-        raise CLIError(f"{y_name} in {source!r} has dtype {y.dtype}; expected integer class indices 0..K-1 "
-                       "(or one-hot rows).")
-    if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
-        raise CLIError(f"{y_name} in {source!r} holds NaN / inf labels; expected integer class indices 0..K-1.")
-    one_hot = y.ndim > 1 and y.shape[-1] > 1
-    if one_hot:
-        if num_classes and y.shape[-1] != num_classes:
-            raise CLIError(f"{y_name} in {source!r} holds one-hot rows of {y.shape[-1]} classes; the model outputs "
-                           f"{num_classes}. Pass labels for this model.")
-        return
-    labels = y.reshape(-1)
-    if labels.dtype.kind == "f" and not np.all(labels == np.round(labels)):
-        example = labels[labels != np.round(labels)][0]
-        raise CLIError(f"{y_name} in {source!r} holds fractional labels (e.g. {example:g}); expected integer class "
-                       "indices 0..K-1.")
-    if labels.size and labels.min() < 0:
-        raise CLIError(f"{y_name} in {source!r} holds negative labels (min {labels.min():g}); expected class indices "
-                       "0..K-1.")
-    if num_classes and num_classes > 1 and labels.size and labels.max() >= num_classes:
-        raise CLIError(f"{y_name} in {source!r} holds labels up to {labels.max():g}, but the model outputs "
-                       f"{num_classes} classes (valid labels 0..{num_classes - 1}). Pass labels for this model.")
+    from tfopt._data import check_arrays
+
+    if num_classes is not None and num_classes < 2:
+        num_classes = None  # one output unit: a sigmoid or a regressor, no class range to check
+    check_arrays(x, y, name=f"{source!r} ({x_name}, {y_name})", num_classes=num_classes,
+                 input_shape=_model_shape(x, input_shape), task="classification")
+
+
+def _model_shape(x: np.ndarray, input_shape: tuple | None) -> tuple | None:
+    """The model's input shape in the form `_data.check_arrays` reads without ambiguity for this `x`.
+
+    `check_arrays` takes the shape with or without the batch axis and guesses which
+    from `x.ndim`; give the batch axis only where that guess is right.
+    """
+    if input_shape is None:
+        return None
+    ndim = np.ndim(x)
+    return (None, *input_shape) if ndim in (len(input_shape), len(input_shape) + 1) else tuple(input_shape)
 
 
 def keras_io(model) -> tuple[tuple | None, int | None]:
