@@ -1,15 +1,22 @@
-"""QAT coverage: which architectures go QAT -> full-int8 .tflite that runs, and what stays float.
+"""QAT coverage on the Keras 3 path: wrap, fine-tune on real data, convert to int8, Keras-vs-.tflite parity.
 
-Builds the 13 keras.applications of issue 4 offline (`weights=None`, small
-inputs, Keras 3; RegNetX002 comes from tf_keras, which Keras 3 no longer ships),
-plus a Conv1D sequence classifier, a Conv(relu)->BatchNorm CNN and a subclassed
-model. For each: `tfopt.quantize` (no training: coverage, not accuracy), convert
-with `tfopt.convert(mode="int8")`, run 2 examples on LiteRT, and list the compute
-ops left in float and the layers kept float during QAT with their reasons.
-Plain tfmot (`quantize_model` on the tf_keras rebuild) is tried too, for the
-baseline. Each model runs in its own child process (memory, crashes).
+For 13 keras.applications (`weights=None`, small inputs, 10-class logits head)
+plus a Conv1D classifier, a subclassed model and a nested model, on real data
+(sklearn's 8x8 digits, upsampled to the model's input and repeated to 3
+channels; the Conv1D model reads each digit as 8 steps of 8 values):
 
-    python bench/bench_qat_coverage.py [--only MobileNetV2,Conv1D] [--skip_baseline]
+1. the float model trains a few steps and its BatchNorm statistics are
+   re-estimated (a stand-in for a pretrained model);
+2. `tfopt.qat` wraps it; it fine-tunes `--steps` steps with `fit` and a
+   `keras.optimizers.Adam` object;
+3. `tfopt.convert(mode="int8")` with 100 calibration examples;
+4. Keras-vs-.tflite top-1 agreement on 200 held-out digits.
+
+A row is "ok" only if all of that passed, the .tflite has no float compute op,
+and the top-1 agreement is >= `--min_parity`. Each model runs in its own child
+process (memory, crashes).
+
+    python bench/bench_qat_coverage.py [--only MobileNetV2,Conv1D] [--steps 20]
 """
 
 from __future__ import annotations
@@ -26,11 +33,11 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
 APPLICATIONS = {
-    "MobileNet": 96, "MobileNetV2": 96, "MobileNetV3Small": 96, "MobileNetV3Large": 96, "EfficientNetB0": 64,
-    "EfficientNetV2B0": 64, "ResNet50": 64, "DenseNet121": 64, "NASNetMobile": 96, "InceptionV3": 96,
-    "Xception": 96, "ConvNeXtTiny": 64, "RegNetX002": 64,
+    "MobileNet": 64, "MobileNetV2": 64, "MobileNetV3Small": 64, "MobileNetV3Large": 64, "EfficientNetB0": 64,
+    "EfficientNetV2B0": 64, "ResNet50": 64, "DenseNet121": 64, "NASNetMobile": 64, "InceptionV3": 75,
+    "Xception": 71, "ConvNeXtTiny": 64, "VGG16": 32,
 }
-EXTRA = ("Conv1D", "ConvReluBN", "Subclassed")
+EXTRA = ("Conv1D", "Subclassed", "Nested")
 
 
 def build(name: str):
@@ -38,33 +45,19 @@ def build(name: str):
     import numpy as np
 
     keras.utils.set_random_seed(0)
-    if name == "RegNetX002":
-        import tf_keras
-
-        return tf_keras.applications.regnet.RegNetX002(weights=None, input_shape=(64, 64, 3), classes=10, classifier_activation=None), (64, 64, 3)
     if name in APPLICATIONS:
         size = APPLICATIONS[name]
         fn = getattr(keras.applications, name)
-        kwargs = dict(weights=None, input_shape=(size, size, 3), classes=10)
-        try:
-            return fn(**kwargs, classifier_activation=None), (size, size, 3)
-        except TypeError:
-            return fn(**kwargs), (size, size, 3)
+        return fn(weights=None, input_shape=(size, size, 3), classes=10, classifier_activation=None), (size, size, 3)
     if name == "Conv1D":
-        x = inputs = keras.Input((64, 8))
-        x = keras.layers.Conv1D(16, 5, activation="relu")(x)
-        x = keras.layers.MaxPooling1D()(x)
-        x = keras.layers.Conv1D(32, 3, activation="relu")(x)
+        x = inputs = keras.Input((8, 8))
+        x = keras.layers.Conv1D(32, 3, padding="same", use_bias=False)(x)
+        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.ReLU()(x)
+        x = keras.layers.Conv1D(32, 3, padding="causal", activation="relu")(x)
+        x = keras.layers.SeparableConv1D(32, 3, padding="same", activation="relu")(x)
         x = keras.layers.GlobalAveragePooling1D()(x)
-        return keras.Model(inputs, keras.layers.Dense(5)(x), name="conv1d_classifier"), (64, 8)
-    if name == "ConvReluBN":
-        x = inputs = keras.Input((32, 32, 3))
-        for filters in (16, 32):
-            x = keras.layers.Conv2D(filters, 3, activation="relu")(x)
-            x = keras.layers.BatchNormalization()(x)
-            x = keras.layers.MaxPooling2D()(x)
-        x = keras.layers.Flatten()(x)
-        return keras.Model(inputs, keras.layers.Dense(10)(x), name="conv_relu_bn"), (32, 32, 3)
+        return keras.Model(inputs, keras.layers.Dense(10)(x), name="conv1d_classifier"), (8, 8)
     if name == "Subclassed":
 
         class Net(keras.Model):
@@ -82,46 +75,83 @@ def build(name: str):
         net = Net()
         net(np.zeros((1, 32, 32, 3), "float32"))
         return net, (32, 32, 3)
+    if name == "Nested":
+        inner_in = keras.Input((32, 32, 3))
+        h = keras.layers.Rescaling(2.0, offset=-1.0)(inner_in)
+        h = keras.layers.Conv2D(16, 3, strides=2, use_bias=False)(h)
+        h = keras.layers.BatchNormalization()(h)
+        h = keras.layers.ReLU(6.0)(h)
+        backbone = keras.Model(inner_in, h, name="backbone")
+        head = keras.Sequential([keras.Input((15, 15, 16)), keras.layers.Conv2D(32, 3, activation="relu"),
+                                 keras.layers.GlobalAveragePooling2D()], name="head")
+        inputs = keras.Input((32, 32, 3))
+        x = head(backbone(inputs))
+        return keras.Model(inputs, keras.layers.Dense(10)(x), name="nested"), (32, 32, 3)
     raise ValueError(name)
 
 
-def run_one(name: str, baseline: bool) -> dict:
+def digits_for(shape: tuple[int, ...]):
+    """Real digits shaped for the model: (x_train, y_train, x_test, y_test)."""
+    import numpy as np
+    import tensorflow as tf
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images / 16.0).astype("float32")
+    labels = digits.target.astype("int64")
+    order = np.random.default_rng(0).permutation(len(images))
+    images, labels = images[order], labels[order]
+    if len(shape) == 2:
+        x = images
+    else:
+        x = tf.image.resize(images[..., None], shape[:2]).numpy()
+        x = np.repeat(x, shape[2], axis=-1)
+    return x[:1200], labels[:1200], x[1200:1400], labels[1200:1400]
+
+
+def run_one(name: str, steps: int, min_parity: float) -> dict:
+    import keras
     import numpy as np
 
-    from tfopt import _keras
-    from tfopt.compress.qat import qat_summary, quantize
+    from tfopt.compress.batchnorm import reestimate_batchnorm
+    from tfopt.compress.qat import qat, qat_summary
     from tfopt.export.convert import convert
-    from tfopt.measure.parity import _TFLiteRunner
+    from tfopt.measure.parity import compare
 
-    record: dict = {"model": name}
-    model, shape = build(name)
-    rng = np.random.default_rng(0)
-    x = rng.random((16, *shape), dtype=np.float32) * (255.0 if len(shape) == 3 else 1.0)
-    if baseline:
-        tfmot = _keras.import_tfmot()
-        try:
-            from tfopt._legacy.bridge import to_tf_keras
-
-            tfmot.quantization.keras.quantize_model(to_tf_keras(model) if _keras.keras_flavor(model) == "keras3" else model)
-            record["plain_tfmot"] = "ok"
-        except Exception as err:  # noqa: BLE001 - recording the failure is the point
-            record["plain_tfmot"] = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+    record: dict = {"model": name, "ok": False}
     start = time.perf_counter()
+    stage = "build"
     try:
-        qat = quantize(model, input_shape=shape)
-        summary = qat_summary(qat)
+        model, shape = build(name)
+        x_train, y_train, x_test, y_test = digits_for(shape)
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        stage = "float pre-training"
+        model.compile(keras.optimizers.Adam(1e-3), loss)
+        model.fit(x_train[: 16 * steps], y_train[: 16 * steps], batch_size=16, epochs=1, verbose=0)
+        if any(type(layer).__name__ == "BatchNormalization" for layer in model.layers):
+            model = reestimate_batchnorm(model, x_train[:256], batch_size=32)
+        stage = "qat"
+        wrapped = qat(model, input_shape=shape)
+        summary = qat_summary(wrapped)
         record["quantized_layers"] = len(summary.quantized)
         record["kept_float"] = [f"{f.name} ({f.class_name}): {f.reason}" for f in summary.kept_float]
-        record["rewrites"] = list(summary.rewrites)
-        tflite = convert(qat, mode="int8", calibration=x)
+        stage = "qat fine-tune"
+        wrapped.compile(keras.optimizers.Adam(1e-4), loss)
+        history = wrapped.fit(x_train[-16 * steps:], y_train[-16 * steps:], batch_size=16, epochs=1, verbose=0)
+        record["qat_loss"] = round(float(history.history["loss"][-1]), 4)
+        record["trained"] = bool(np.isfinite(record["qat_loss"]))
+        stage = "convert"
+        tflite = convert(wrapped, mode="int8", calibration=x_train[:100], check_delegation=False)
         record["float_compute_ops"] = [f"{op.name}#{op.index}" for op in tflite.inspection.float_compute_ops]
         record["precision"] = tflite.inspection.precision_counts
-        outputs = _TFLiteRunner(tflite).outputs([x[:2]])[0]
-        record["runs"] = bool(np.all(np.isfinite(outputs)))
-        record["ok"] = record["runs"] and not record["float_compute_ops"]
-    except Exception as err:  # noqa: BLE001
-        record["ok"] = False
-        record["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+        stage = "parity"
+        parity = compare(wrapped, tflite, (x_test, y_test), localize=False)
+        record["parity_top1"] = round(float(parity.top1_agreement), 4)
+        record["keras_accuracy"] = parity.to_dict().get("reference_accuracy")
+        record["tflite_accuracy"] = parity.to_dict().get("candidate_accuracy")
+        record["ok"] = record["trained"] and not record["float_compute_ops"] and record["parity_top1"] >= min_parity
+    except Exception as err:  # noqa: BLE001 - recording the failure is the point
+        record["error"] = f"{stage}: {type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
     record["seconds"] = round(time.perf_counter() - start, 1)
     return record
 
@@ -129,30 +159,36 @@ def run_one(name: str, baseline: bool) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=None, help="comma-separated model names")
-    parser.add_argument("--skip_baseline", action="store_true")
+    parser.add_argument("--steps", type=int, default=20, help="float and QAT fine-tuning steps (batch 16)")
+    parser.add_argument("--min_parity", type=float, default=0.97)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "bench_qat_coverage.json"))
     args = parser.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(run_one(args.child, not args.skip_baseline)), flush=True)
+        print("RESULT " + json.dumps(run_one(args.child, args.steps, args.min_parity)), flush=True)
         return 0
     names = args.only.split(",") if args.only else list(APPLICATIONS) + list(EXTRA)
     rows = []
     for name in names:
-        command = [sys.executable, os.path.abspath(__file__), "--child", name] + (["--skip_baseline"] if args.skip_baseline else [])
+        command = [sys.executable, os.path.abspath(__file__), "--child", name, "--steps", str(args.steps),
+                   "--min_parity", str(args.min_parity)]
         proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
-        lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-        row = json.loads(lines[-1][7:]) if lines else {"model": name, "ok": False, "error": f"child exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}"}
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        tail = proc.stderr.strip().splitlines()[-1:] if proc.stderr.strip() else []
+        row = json.loads(lines[-1][7:]) if lines else {"model": name, "ok": False, "error": f"child exit {proc.returncode}: {tail}"}
         rows.append(row)
-        status = "OK  " if row["ok"] else "FAIL"
-        print(f"{status} {name:<18} tfmot: {row.get('plain_tfmot', '-')[:40]:<40} float-in-QAT: {len(row.get('kept_float', [])):>3}  "
-              f"float ops in .tflite: {len(row.get('float_compute_ops', []))}  {row.get('seconds', 0)} s  {row.get('error', '')}", flush=True)
-    passed = sum(r["ok"] for r in rows)
-    baseline = sum(r.get("plain_tfmot") == "ok" for r in rows)
-    print(f"\nQAT -> full-int8 .tflite that runs: {passed}/{len(rows)} (plain tfmot quantize_model: {baseline}/{len(rows)})")
+        print(f"{'OK  ' if row['ok'] else 'FAIL'} {name:<17} parity {row.get('parity_top1', '-'):<7} "
+              f"float ops {len(row.get('float_compute_ops', [])):<3} kept float {len(row.get('kept_float', [])):<3} "
+              f"{row.get('seconds', 0):>6} s  {row.get('error', '')}", flush=True)
+    passed = sum(bool(r["ok"]) for r in rows)
+    print(f"\nKeras 3 QAT: wrap + fine-tune + int8 convert + parity >= {args.min_parity}: {passed}/{len(rows)}")
+    payload = {"passed": passed, "total": len(rows), "steps": args.steps, "min_parity": args.min_parity,
+               "data": "sklearn digits (1,200 train / 200 test), resized", "rows": rows}
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as handle:
-        json.dump({"passed": passed, "total": len(rows), "plain_tfmot": baseline, "rows": rows}, handle, indent=1)
+    tmp = args.output + ".tmp"
+    with open(tmp, "w") as handle:
+        json.dump(payload, handle, indent=1)
+    os.replace(tmp, args.output)
     print(f"wrote {args.output}")
     return 0
 

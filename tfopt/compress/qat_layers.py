@@ -1,0 +1,283 @@
+"""Keras 3 layers for quantization-aware training in the TFLite int8 scheme.
+
+`ActivationQuantizer` fake-quantizes a tensor per tensor and asymmetrically
+(8 bits, full range) with a moving min/max held in non-trainable variables:
+the first training batch sets the range, later batches move it by an
+exponential moving average, and inference (and conversion) uses it frozen.
+
+`QuantizeWrapper` wraps a built-in weighted layer (Dense, Conv1D/2D,
+DepthwiseConv2D, SeparableConv1D/2D, Conv2DTranspose) and computes it from
+fake-quantized weights: per output channel, symmetric, narrow range
+(-127..127, zero point 0), the scheme LiteRT's int8 kernels use. A
+BatchNormalization that directly follows the layer is folded into the kernel
+and bias with its moving statistics (frozen during QAT), so training sees the
+weights the converter will store. The kernel can keep the zeros of a pruned
+model (`preserve_sparsity`) or the shared values of a clustered one
+(`cluster_counts`: the centroids train, the assignments stay fixed).
+
+Both layers use public Keras 3 APIs only, keep all their state in layer
+variables (saved with `model.save`), and are registered under the `tfopt`
+package, so `keras.models.load_model` finds them once `tfopt.compress.qat_layers`
+is imported. The TensorFlow backend turns `keras.quantizers.fake_quant_with_min_max_vars`
+into `tf.quantization.fake_quant_*` ops, which the TFLite converter reads.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+NUM_BITS = 8
+EMA_DECAY = 0.99
+_EPSILON = 1e-8
+# The weighted layers computed by QuantizeWrapper, by class name: the kernels it fake-quantizes.
+KERNELS = {
+    "Dense": ("kernel",),
+    "Conv1D": ("kernel",),
+    "Conv2D": ("kernel",),
+    "DepthwiseConv2D": ("kernel",),
+    "SeparableConv1D": ("depthwise_kernel", "pointwise_kernel"),
+    "SeparableConv2D": ("depthwise_kernel", "pointwise_kernel"),
+    "Conv2DTranspose": ("kernel",),
+}
+
+
+def _fake_quant(x, low, high):
+    return keras.quantizers.fake_quant_with_min_max_vars(x, low, high, num_bits=NUM_BITS, narrow_range=False)
+
+
+def quantize_weight(kernel, axis: int | None = -1):
+    """Fake-quantizes a kernel per channel along `axis` (per tensor for `None`): symmetric, narrow range, 8 bits."""
+    if axis is None:
+        bound = ops.maximum(ops.max(ops.abs(kernel)), _EPSILON)
+        return keras.quantizers.fake_quant_with_min_max_vars(kernel, -bound, bound, num_bits=NUM_BITS, narrow_range=True)
+    rank = len(kernel.shape)
+    axis = axis % rank
+    reduce_axes = tuple(i for i in range(rank) if i != axis)
+    bound = ops.maximum(ops.max(ops.abs(kernel), axis=reduce_axes), _EPSILON)
+    return keras.quantizers.fake_quant_with_min_max_vars(
+        kernel, -bound, bound, num_bits=NUM_BITS, narrow_range=True, axis=axis
+    )
+
+
+@keras.saving.register_keras_serializable(package="tfopt")
+class ActivationQuantizer(keras.layers.Layer):
+    """Fake-quantizes its input per tensor (int8, asymmetric) with a moving min/max.
+
+    Args:
+        ema_decay: weight of the old range in the moving average. Defaults to `0.99`.
+        **kwargs: base layer arguments (`name`, ...).
+    """
+
+    def __init__(self, ema_decay: float = EMA_DECAY, **kwargs):
+        super().__init__(**kwargs)
+        self.ema_decay = float(ema_decay)
+
+    def build(self, input_shape=None):
+        def variable(name, value):
+            return self.add_weight(
+                name=name, shape=(), initializer=keras.initializers.Constant(value), trainable=False,
+                aggregation="mean", autocast=False,
+            )
+
+        self.range_min = variable("range_min", -6.0)
+        self.range_max = variable("range_max", 6.0)
+        self.initialized = variable("initialized", 0.0)  # 0 until the first training batch sets the range
+        self.built = True
+
+    def call(self, inputs, training=None):
+        if training:
+            x = ops.cast(inputs, "float32")
+            batch_min = ops.minimum(ops.min(x), 0.0)
+            batch_max = ops.maximum(ops.max(x), 0.0)
+            seen, decay = self.initialized, self.ema_decay
+            low = seen * (decay * self.range_min + (1.0 - decay) * batch_min) + (1.0 - seen) * batch_min
+            high = seen * (decay * self.range_max + (1.0 - decay) * batch_max) + (1.0 - seen) * batch_max
+            self.range_min.assign(low)
+            self.range_max.assign(high)
+            self.initialized.assign(1.0)
+        else:
+            low, high = self.range_min, self.range_max
+        return _fake_quant(inputs, low, high)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "ema_decay": self.ema_decay}
+
+
+@keras.saving.register_keras_serializable(package="tfopt")
+class QuantizeWrapper(keras.layers.Wrapper):
+    """Runs a weighted layer on fake-quantized (optionally BatchNorm-folded) weights.
+
+    Args:
+        layer: a built-in Dense, Conv1D, Conv2D, DepthwiseConv2D, SeparableConv1D,
+            SeparableConv2D or Conv2DTranspose layer (channels last).
+        batchnorm: a BatchNormalization layer on the last axis to fold in, or `None`.
+        quantize_output: fake-quantize the output (after the layer's activation);
+            `False` when a ReLU that the converter fuses follows. Defaults to `True`.
+        preserve_sparsity: keep the zeros the kernels hold when wrapped. Defaults to `False`.
+        cluster_counts: `{kernel name: number of shared values}` for kernels whose
+            values stay shared (clustered): only the values train. Defaults to `None`.
+        ema_decay: see `ActivationQuantizer`. Defaults to `0.99`.
+    """
+
+    def __init__(self, layer, batchnorm=None, quantize_output: bool = True, preserve_sparsity: bool = False,
+                 cluster_counts: dict | None = None, ema_decay: float = EMA_DECAY, **kwargs):
+        if isinstance(batchnorm, dict):
+            batchnorm = keras.saving.deserialize_keras_object(batchnorm)
+        super().__init__(layer, **kwargs)
+        self.kind = type(layer).__name__
+        self.batchnorm = batchnorm
+        self.quantize_output = bool(quantize_output)
+        self.preserve_sparsity = bool(preserve_sparsity)
+        self.cluster_counts = {str(k): int(v) for k, v in (cluster_counts or {}).items()}
+        self.ema_decay = float(ema_decay)
+        self.output_quantizer = ActivationQuantizer(ema_decay, name="output_quantizer") if quantize_output else None
+        separable = self.kind.startswith("SeparableConv")
+        self.mid_quantizer = ActivationQuantizer(ema_decay, name="mid_quantizer") if separable else None
+
+    # --- building ---------------------------------------------------------------------------
+
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        output_shape = self.layer.compute_output_shape(input_shape)
+        if self.batchnorm is not None and not self.batchnorm.built:
+            self.batchnorm.build(output_shape)
+        self.masks, self.centroids, self.assignments = {}, {}, {}
+        for name in KERNELS[self.kind]:
+            kernel = getattr(self.layer, name)
+            if self.preserve_sparsity:
+                self.masks[name] = self.add_weight(name=f"{name}_mask", shape=kernel.shape, initializer="ones",
+                                                   trainable=False, autocast=False)
+            if name in self.cluster_counts:
+                self.centroids[name] = self.add_weight(name=f"{name}_centroids", shape=(self.cluster_counts[name],),
+                                                       initializer="zeros", trainable=True)
+                self.assignments[name] = self.add_weight(name=f"{name}_assignments", shape=kernel.shape,
+                                                         initializer="zeros", dtype="int32", trainable=False)
+                kernel.trainable = False  # the centroids train instead
+        for quantizer in (self.mid_quantizer, self.output_quantizer):
+            if quantizer is not None and not quantizer.built:
+                quantizer.build()
+        self.built = True
+
+    def initialize_preserved(self) -> None:
+        """Reads the masks / centroids / assignments from the current kernels (call after setting weights)."""
+        for name in KERNELS[self.kind]:
+            kernel = ops.convert_to_numpy(getattr(self.layer, name))
+            if name in self.masks:
+                self.masks[name].assign((kernel != 0).astype("float32"))
+            if name in self.centroids:
+                import numpy as np
+
+                values, index = np.unique(kernel, return_inverse=True)
+                count = self.cluster_counts[name]
+                padded = np.zeros((count,), "float32")
+                padded[: len(values)] = values[:count]
+                self.centroids[name].assign(padded)
+                self.assignments[name].assign(np.minimum(index.reshape(kernel.shape), count - 1).astype("int32"))
+
+    # --- the computation --------------------------------------------------------------------
+
+    def effective_kernel(self, name: str):
+        """The float kernel the layer trains with: shared values, then the sparsity mask."""
+        kernel = getattr(self.layer, name)
+        if name in self.centroids:
+            kernel = ops.take(self.centroids[name], self.assignments[name])
+        if name in self.masks:
+            kernel = kernel * self.masks[name]
+        return kernel
+
+    def folded(self):
+        """Kernels and bias with the BatchNormalization folded in (float, before fake-quant)."""
+        names = KERNELS[self.kind]
+        kernels = {name: self.effective_kernel(name) for name in names}
+        bias = self.layer.bias if self.layer.use_bias else None
+        if self.batchnorm is None:
+            return kernels, bias
+        bn = self.batchnorm
+        factor = ops.rsqrt(bn.moving_variance + bn.epsilon)
+        if bn.scale:
+            factor = factor * bn.gamma
+        shift = -bn.moving_mean * factor
+        if bias is not None:
+            shift = shift + bias * factor
+        if bn.center:
+            shift = shift + bn.beta
+        last = names[-1]
+        kernel = kernels[last]
+        if self.kind == "Conv2DTranspose":
+            kernels[last] = kernel * ops.expand_dims(factor, -1)
+        elif self.kind == "DepthwiseConv2D":
+            kernels[last] = kernel * ops.reshape(factor, tuple(kernel.shape[-2:]))
+        else:
+            kernels[last] = kernel * factor
+        return kernels, shift
+
+    def _quantized(self, name: str, kernel):
+        if self.kind in ("Conv2DTranspose", "Dense"):
+            # Per tensor (as tfmot does): the converter transposes these kernels, and a per-channel
+            # fake-quant on the transposed axis fails to convert ("mismatched quantized axes").
+            return quantize_weight(kernel, axis=None)
+        if name == "depthwise_kernel" or self.kind == "DepthwiseConv2D":
+            shape = tuple(kernel.shape)
+            flat = ops.reshape(kernel, shape[:-2] + (shape[-2] * shape[-1],))
+            return ops.reshape(quantize_weight(flat, axis=-1), shape)
+        return quantize_weight(kernel, axis=-1)
+
+    def call(self, inputs, training=None):
+        layer = self.layer
+        kernels, bias = self.folded()
+        kind = self.kind
+        one_d = kind in ("Conv1D", "SeparableConv1D")
+        x = inputs
+        if one_d:
+            # Run 1-D convolutions as 2-D ones on kernels expanded *before* fake-quant: the converter
+            # cannot follow a per-channel fake-quant through the backend's own ExpandDims.
+            if layer.padding == "causal":
+                left = (layer.kernel_size[0] - 1) * layer.dilation_rate[0]
+                x = ops.pad(x, ((0, 0), (left, 0), (0, 0)))
+            x = ops.expand_dims(x, 1)
+            kernels = {name: ops.expand_dims(k, 0) for name, k in kernels.items()}
+        q = {name: self._quantized(name, k) for name, k in kernels.items()}
+        padding = "valid" if getattr(layer, "padding", None) == "causal" else getattr(layer, "padding", None)
+        strides = (1, layer.strides[0]) if one_d else getattr(layer, "strides", None)
+        dilation = (1, layer.dilation_rate[0]) if one_d else getattr(layer, "dilation_rate", None)
+        if kind == "Dense":
+            y = ops.matmul(x, q["kernel"])
+        elif kind in ("Conv1D", "Conv2D"):
+            y = ops.conv(x, q["kernel"], strides=strides, padding=padding, dilation_rate=dilation)
+        elif kind == "DepthwiseConv2D":
+            y = ops.depthwise_conv(x, q["kernel"], strides=strides, padding=padding, dilation_rate=dilation)
+        elif kind.startswith("SeparableConv"):
+            mid = ops.depthwise_conv(x, q["depthwise_kernel"], strides=strides, padding=padding, dilation_rate=dilation)
+            mid = self.mid_quantizer(mid, training=training)
+            y = ops.conv(mid, q["pointwise_kernel"], strides=1, padding="valid")
+        else:  # Conv2DTranspose
+            y = ops.conv_transpose(x, q["kernel"], strides=strides, padding=padding,
+                                   output_padding=layer.output_padding, dilation_rate=dilation)
+        if one_d:
+            y = ops.squeeze(y, 1)
+        if bias is not None:
+            y = y + bias
+        if layer.activation is not None:
+            y = layer.activation(y)
+        if self.output_quantizer is not None:
+            y = self.output_quantizer(y, training=training)
+        return y
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            batchnorm=keras.saving.serialize_keras_object(self.batchnorm) if self.batchnorm is not None else None,
+            quantize_output=self.quantize_output,
+            preserve_sparsity=self.preserve_sparsity,
+            cluster_counts=dict(self.cluster_counts),
+            ema_decay=self.ema_decay,
+        )
+        return config
