@@ -61,3 +61,64 @@ def test_inspect_truncated_flatbuffer(tiny_cnn):
 def test_inspect_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         tfopt.inspect_tflite(str(tmp_path / "none.tflite"))
+
+
+# --- read_model: the one parser checks every cross reference --------------------------------------
+
+
+def _edited(content: bytes, edit) -> bytes:
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    edit(model)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _set(obj, **values):
+    for key, value in values.items():
+        setattr(obj, key, value)
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda m: _set(m.subgraphs[0].operators[0], opcodeIndex=99), "uses operator code 99"),
+        (lambda m: _set(m.subgraphs[0].operators[0], inputs=[0, 999]), "outside its"),
+        (lambda m: _set(m.subgraphs[0], outputs=[555]), "point outside"),
+        (lambda m: _set(m.subgraphs[0].tensors[0], type=120), "unknown type 120"),
+        (lambda m: _set(m.subgraphs[0].tensors[0], buffer=4000), "truncated (IndexError)"),  # caught while parsing
+        (lambda m: _set(m.subgraphs[0].tensors[0], shape=[1, -7]), "negative dimension"),
+        (lambda m: _set(m, subgraphs=[]), "no subgraph"),
+    ],
+    ids=["opcode", "op-input", "subgraph-output", "tensor-type", "buffer", "shape", "no-subgraph"],
+)
+def test_read_model_refuses_dangling_references(tiny_cnn, edit, match):
+    from tfopt.analyze import flatbuffer
+
+    content = _edited(tfopt.convert(tiny_cnn).tflite, edit)
+    with pytest.raises(ValueError, match="not a valid .tflite") as caught:
+        flatbuffer.read_model(content)
+    assert match in str(caught.value) and "\n" not in str(caught.value)
+    for reader in (tfopt.inspect_tflite, tfopt.profile):
+        with pytest.raises(ValueError, match="not a valid .tflite"):
+            reader(content)
+
+
+def test_op_name_one_table(tiny_cnn):
+    from tfopt.analyze import flatbuffer
+
+    model = flatbuffer.read_model(tfopt.convert(tiny_cnn).tflite)
+    names = {flatbuffer.op_name(model, op.opcodeIndex) for op in model.subgraphs[0].operators}
+    assert {"CONV_2D", "FULLY_CONNECTED"} <= names
+    assert flatbuffer.type_name(9) == "INT8" and flatbuffer.type_name(250) == "TYPE_250"
+
+
+@pytest.mark.parametrize("cut", [0.1, 0.5, 0.9, 0.99])
+def test_readers_truncated_tflite_clear_error(tiny_cnn, cut):
+    content = tfopt.convert(tiny_cnn).tflite
+    truncated = content[: int(len(content) * cut)]
+    from tfopt.analyze.sparsity import tflite_sparsity
+
+    for reader in (tfopt.inspect_tflite, tfopt.profile, tflite_sparsity):
+        with pytest.raises(ValueError, match="not a valid .tflite"):
+            reader(truncated)

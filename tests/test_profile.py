@@ -291,10 +291,8 @@ def test_profile_errors_say_what_to_do(tmp_path):
 
 # ------------------------------------------------------------------ CLI
 
-def test_cli_profile_writes_json(small_cnn, tmp_path):
-    from absl import flags
-
-    from tfopt._cli import profile as command
+def test_cli_profile_writes_json(small_cnn, tmp_path, capsys):
+    from tfopt import cli
 
     model_path = str(tmp_path / "cnn.keras")
     small_cnn.save(model_path)
@@ -302,23 +300,25 @@ def test_cli_profile_writes_json(small_cnn, tmp_path):
     tflite_path.write_bytes(_tflite(small_cnn, int8=False))
     for source in (model_path, str(tflite_path)):
         out = str(tmp_path / (os.path.basename(source) + ".json"))
-        flags.FLAGS(["tfopt", f"--json={out}", "--batch_size=2"])
-        try:
-            assert command.main([source]) == 0
-        finally:
-            flags.FLAGS.unparse_flags()
+        assert cli.main(["profile", source, f"--json={out}", "--batch_size=2"]) == 0
         payload = json.loads(open(out).read())
         assert payload["macs"] == 2 * profile(small_cnn).macs
         assert payload["flops"] == 2 * payload["macs"] and payload["params"] > 0
         assert payload["layers"] and {"name", "macs", "params"} <= set(payload["layers"][0])
-    from tfopt._cli.common import CLIError
+    assert cli.main(["profile", str(tmp_path / "nope.keras")]) == 2
+    assert "model not found" in capsys.readouterr().err
 
-    flags.FLAGS(["tfopt"])
-    try:
-        with pytest.raises(CLIError, match="model not found"):
-            command.main([str(tmp_path / "nope.keras")])
-    finally:
-        flags.FLAGS.unparse_flags()
+
+def test_cli_profile_damaged_tflite_one_line(small_cnn, tmp_path, capsys):
+    from tfopt import cli
+
+    content = _tflite(small_cnn, int8=False)
+    damaged = tmp_path / "damaged.tflite"
+    damaged.write_bytes(content[: len(content) // 2])
+    capsys.readouterr()
+    assert cli.main(["profile", str(damaged)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a valid .tflite" in err and "Traceback" not in err and len(err.splitlines()) == 1
 
 
 def test_profile_result_type(small_cnn):
