@@ -167,6 +167,15 @@ def test_evaluate_dynamic_batch_tflite_in_batches_equals_one_by_one():
     assert one.value == pytest.approx(float(np.mean((x @ kernel.numpy() - y) ** 2)), rel=1e-5)
     assert not one.higher_is_better
 
+    @tf.function(input_signature=[tf.TensorSpec([4, 12], tf.float32)])
+    def regress_by_four(x):
+        return tf.matmul(x, kernel)
+
+    fixed = tf.lite.TFLiteConverter.from_concrete_functions(
+        [regress_by_four.get_concrete_function()], regress_by_four
+    ).convert()
+    assert evaluate(fixed, (x, y), metric="mse").value == pytest.approx(one.value, rel=1e-6)  # 37 = 9 x 4 + 1 padded
+
 
 def test_evaluate_tf_keras_model():
     from tfopt._legacy import tf_keras_module

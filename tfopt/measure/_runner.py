@@ -235,29 +235,43 @@ def run_outputs(interpreter, xs: list[np.ndarray], *, names: list[str] | None = 
         raise ValueError(f"the .tflite has {len(details)} inputs but the data holds {len(xs)} arrays.")
     order = _input_order(interpreter, names, xs)
     n = len(xs[0])
-    signatures = [list(d.get("shape_signature", d["shape"])) for d in details]
-    dynamic = all(len(s) and s[0] == -1 for s in signatures)
+    dynamic = all(len(s) and s[0] == -1 for s in (list(d.get("shape_signature", d["shape"])) for d in details))
     step = max(1, min(batch_size, n)) if dynamic else max(1, int(details[0]["shape"][0]) if len(details[0]["shape"]) else 1)
-    results: list[list[np.ndarray]] = [[] for _ in interpreter.get_output_details()]
+    feeds = []
+    for pos, i in enumerate(order):
+        _check_example_shape(details[i], xs[pos], 1 if dynamic else step)
+        feeds.append((i, quantize(xs[pos], details[i])))
+    outputs = interpreter.get_output_details()
+    raw: list[list[np.ndarray]] = [[] for _ in outputs]
     stage("predict")
+    set_tensor, get_tensor, invoke = interpreter.set_tensor, interpreter.get_tensor, interpreter.invoke
     for start in range(0, n, step):
-        chunk = [xs[pos][start : start + step] for pos in range(len(xs))]
-        m = len(chunk[0])
+        m = min(step, n - start)
         if dynamic and int(details[0]["shape"][0]) != m:
             for d in details:
                 interpreter.resize_tensor_input(d["index"], [m, *[int(v) for v in d["shape"][1:]]], strict=False)
             interpreter.allocate_tensors()
-            details = interpreter.get_input_details()
-        elif m < step:
-            chunk = [np.concatenate([c, np.repeat(c[-1:], step - m, axis=0)]) for c in chunk]
-        for pos, i in enumerate(order):
-            _set_input(interpreter, details[i], chunk[pos])
-        interpreter.invoke()
-        for k, detail in enumerate(interpreter.get_output_details()):
-            value = dequantize(interpreter.get_tensor(detail["index"]), detail)
-            batch = max(m, step) if not dynamic else m
-            results[k].append(value[:m] if value.ndim and value.shape[0] == batch else value[None])
-    return [np.concatenate(r) for r in results]
+            details, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+        for i, x in feeds:
+            chunk = x[start : start + step]
+            if m < step and not dynamic:  # a fixed batch: pad the last chunk, keep m rows of the outputs
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - m, axis=0)])
+            set_tensor(details[i]["index"], chunk.reshape(details[i]["shape"]))
+        invoke()
+        batch = m if dynamic else step
+        for k, detail in enumerate(outputs):
+            value = get_tensor(detail["index"])
+            raw[k].append(value[:m] if value.ndim and value.shape[0] == batch else value[None])
+    return [dequantize(np.concatenate(r), d) for r, d in zip(raw, outputs)]
+
+
+def _check_example_shape(detail: dict, x: np.ndarray, batch: int) -> None:
+    shape = [int(d) for d in detail["shape"]]
+    if len(x) and x[:1].size * batch != int(np.prod(shape)):
+        raise ValueError(
+            f"input {detail['name']!r} takes {shape[1:]} per example; the data holds {list(x.shape[1:])}. "
+            "Pass data shaped like the model's input."
+        )
 
 
 def _set_input(interpreter, detail: dict, x: np.ndarray) -> None:

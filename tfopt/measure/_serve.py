@@ -1,11 +1,13 @@
 """The measuring child: framing, dying with the parent, and the warm worker's loop.
 
-Run as `python -m tfopt.measure._serve READ_FD WRITE_FD PARENT_PID`. The parent
-(`tfopt.measure._worker`) sends `(task, request)` frames on one pipe; the child
-answers on the other with `("stage", name)` frames while it works, then one of
-`("ok", result)`, `("error", message)` (the runtime refused the model) or
-`("bug", traceback)` (a fault in tfopt itself). The child imports numpy and
-LiteRT once, so each call after the first pays no Python start-up.
+Run as `python -m tfopt.measure._serve READ_FD WRITE_FD STAGE_FD PARENT_PID`.
+The parent (`tfopt.measure._worker`) sends `(task, request)` frames on one
+pipe; the child answers on the other with one of `("ok", result)`,
+`("error", message)` (the runtime refused the model) or `("bug", traceback)` (a
+fault in tfopt itself). While it works it writes the name of its current step
+into a small shared memory slot (`STAGE_FD`, an unlinked file both map), so a
+crash can be placed without waking the parent at every step. The child imports
+numpy and LiteRT once, so each call after the first pays no Python start-up.
 
 The child never outlives its parent: on Linux it asks the kernel for a signal
 when the parent dies (`prctl(PR_SET_PDEATHSIG)`), and everywhere a watchdog
@@ -16,6 +18,7 @@ This module imports only the standard library at the top.
 
 from __future__ import annotations
 
+import mmap
 import os
 import pickle
 import select
@@ -29,6 +32,31 @@ from typing import Any
 
 _HEADER = struct.Struct("<Q")
 _PR_SET_PDEATHSIG = 1
+_F_SETPIPE_SZ = 1031
+STAGE_BYTES = 64
+
+
+def widen_pipe(fd: int) -> None:
+    """Asks Linux for a 1 MB pipe buffer, so a result is written in one go (ignored elsewhere)."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, 1 << 20)
+    except (OSError, ImportError, ValueError):
+        pass
+
+
+def map_stage(fd: int) -> mmap.mmap:
+    """The shared stage slot on an open file of STAGE_BYTES bytes."""
+    return mmap.mmap(fd, STAGE_BYTES)
+
+
+def write_stage(slot: mmap.mmap, name: str) -> None:
+    slot[:STAGE_BYTES] = name.encode("utf-8", "replace")[:STAGE_BYTES].ljust(STAGE_BYTES, b"\0")
+
+
+def read_stage(slot: mmap.mmap) -> str:
+    return bytes(slot[:STAGE_BYTES]).rstrip(b"\0").decode("utf-8", "replace") or "start"
 
 
 def send(fd: int, message: Any) -> None:
@@ -105,14 +133,15 @@ def peak_rss_kb() -> int | None:
     return None
 
 
-def serve(read_fd: int, write_fd: int, parent_pid: int) -> int:
+def serve(read_fd: int, write_fd: int, stage_fd: int, parent_pid: int) -> int:
     """Answers tasks until the parent closes the pipe."""
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from tfopt.measure import _runner
 
+    slot = map_stage(stage_fd)
     _runner.warm_up()
-    _runner.set_stage_sink(lambda name: send(write_fd, ("stage", name)))
+    _runner.set_stage_sink(lambda name: write_stage(slot, name))
     send(write_fd, ("ready", os.getpid()))
     while True:
         try:
@@ -120,6 +149,7 @@ def serve(read_fd: int, write_fd: int, parent_pid: int) -> int:
         except EOFError:
             return 0
         _reset_peak()
+        write_stage(slot, "start")
         try:
             result = _runner.run_task(task, request)
         except (ValueError, RuntimeError) as err:  # what LiteRT raises for a model it cannot run
@@ -133,4 +163,4 @@ def serve(read_fd: int, write_fd: int, parent_pid: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(serve(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])))
+    sys.exit(serve(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])))

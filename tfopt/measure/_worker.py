@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 from tfopt.errors import BenchmarkError
-from tfopt.measure._serve import recv, send
+from tfopt.measure._serve import STAGE_BYTES, map_stage, read_stage, recv, send, widen_pipe, write_stage
 
 _RECYCLE_AFTER = 1000  # calls; a long search gets a fresh child now and then
 _live: set[MeasureWorker] = set()
@@ -49,27 +49,30 @@ class MeasureWorker:
         """The child's process id while it runs."""
         return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
-    def run(self, task: str, request: dict[str, Any], *, timeout: float, runtime: str) -> dict[str, Any]:
-        """Runs one task in the child and returns its result, or raises BenchmarkError."""
+    def run(self, task: str, request: dict[str, Any], *, timeout: float, runtime: str,
+            meanwhile: Any = None) -> dict[str, Any]:
+        """Runs one task in the child and returns its result, or raises BenchmarkError.
+
+        `meanwhile`, a callable, runs here while the child works.
+        """
         with self._lock:
             self._ensure(timeout)
-            where = "start"
             deadline = time.monotonic() + timeout
             position = self._err.seek(0, os.SEEK_END)
             try:
                 send(self._write, (task, request))
-                while True:
-                    kind, payload = recv(self._read, deadline)
-                    if kind != "stage":
-                        break
-                    where = payload
+                if meanwhile is not None:
+                    meanwhile()
+                kind, payload = recv(self._read, deadline)
             except TimeoutError:
+                where = read_stage(self._slot)
                 self.stop()
                 raise BenchmarkError(
                     f"{runtime} did not finish within {timeout:g} s (during '{where}'); pass a larger timeout= or "
                     "fewer runs."
                 ) from None
             except (EOFError, OSError):
+                where = read_stage(self._slot)
                 status = self._reap()
                 tail = self._stderr_tail(position)
                 raise BenchmarkError(
@@ -102,6 +105,13 @@ class MeasureWorker:
         _install_handlers()
         a_read, a_write = os.pipe()  # parent -> child
         from_child, to_parent = os.pipe()  # child -> parent
+        for fd in (a_write, from_child):
+            widen_pipe(fd)
+        self._stage_file = tempfile.TemporaryFile()  # unlinked: nothing stays on disk
+        self._stage_file.truncate(STAGE_BYTES)
+        self._slot = map_stage(self._stage_file.fileno())
+        write_stage(self._slot, "start")
+        stage_fd = self._stage_file.fileno()
         env = dict(os.environ)
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
@@ -109,8 +119,9 @@ class MeasureWorker:
         self._err = tempfile.TemporaryFile()
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "tfopt.measure._serve", str(a_read), str(to_parent), str(os.getpid())],
-                pass_fds=(a_read, to_parent),
+                [sys.executable, "-m", "tfopt.measure._serve", str(a_read), str(to_parent), str(stage_fd),
+                 str(os.getpid())],
+                pass_fds=(a_read, to_parent, stage_fd),
                 stdin=subprocess.DEVNULL,
                 stdout=self._err,
                 stderr=self._err,
@@ -199,13 +210,16 @@ _default = MeasureWorker()
 
 
 def run_task(task: str, request: dict[str, Any], *, timeout: float = 600.0, fresh: bool = False,
-             runtime: str = "the LiteRT interpreter") -> dict[str, Any]:
-    """Runs a task in the shared warm worker (or, with `fresh=True`, in a new child that then ends)."""
+             runtime: str = "the LiteRT interpreter", meanwhile: Any = None) -> dict[str, Any]:
+    """Runs a task in the shared warm worker (or, with `fresh=True`, in a new child that then ends).
+
+    `meanwhile`, a callable, runs in this process while the child works.
+    """
     if not fresh:
-        return _default.run(task, request, timeout=timeout, runtime=runtime)
+        return _default.run(task, request, timeout=timeout, runtime=runtime, meanwhile=meanwhile)
     worker = MeasureWorker()
     try:
-        return worker.run(task, request, timeout=timeout, runtime=runtime)
+        return worker.run(task, request, timeout=timeout, runtime=runtime, meanwhile=meanwhile)
     finally:
         worker.stop()
 
