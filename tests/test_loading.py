@@ -222,3 +222,23 @@ def test_unsafe_objects_registered_custom_class_allowed():
     node = {"class_name": "Mine", "module": "my_package.layers", "registered_name": "my_package>Mine"}
     assert _keras.unsafe_objects([node]) != []
     assert _keras.unsafe_objects([node], is_registered=lambda name: name == "my_package>Mine") == []
+
+
+def test_load_model_custom_objects_count_as_registered(tmp_path):
+    import keras
+
+    class Doubler(keras.layers.Layer):
+        def call(self, x):
+            return x * 2
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, Doubler(name="doubler")(inputs))
+    path = str(tmp_path / "custom.keras")
+    model.save(path)
+    config = _keras.read_model_file(path).configs[0]
+    (layer,) = [entry for entry in config["config"]["layers"] if entry["name"] == "doubler"]
+    assert not layer["module"].startswith(("keras", "tfopt"))  # a class from the test module
+    with pytest.raises(UnsafeModelError, match="doubler"):
+        _keras.load_model(path)
+    loaded = _keras.load_model(path, custom_objects={"Doubler": Doubler})
+    np.testing.assert_allclose(np.asarray(loaded(np.ones((1, 3), np.float32))), 2.0)

@@ -97,7 +97,7 @@ def clone_model(model: Any):
     return clone
 
 
-def load_model(path: str | os.PathLike, *, safe_mode: bool = True):
+def load_model(path: str | os.PathLike, *, safe_mode: bool = True, custom_objects: dict | None = None):
     """Loads a Keras model file with the Keras that wrote it, refusing files that would run code.
 
     `.keras` archives and `.h5` files written by Keras 3 load as Keras 3 models;
@@ -117,6 +117,8 @@ def load_model(path: str | os.PathLike, *, safe_mode: bool = True):
     Args:
         path: a `.keras` / `.h5` / `.hdf5` file, or a SavedModel folder written by tf_keras.
         safe_mode: refuse models that would run code from the file. Defaults to `True`.
+        custom_objects: name -> class or function the file refers to (e.g. tfmot wrappers in a
+            tf_keras `.h5`); these are code you pass, so they count as safe. Defaults to `None`.
 
     Returns:
         A `keras.Model` (Keras 3 files) or `tf_keras.Model` (tf_keras files).
@@ -141,7 +143,9 @@ def load_model(path: str | os.PathLike, *, safe_mode: bool = True):
         raise InvalidTypeError(f"safe_mode must be True or False. Received: safe_mode={safe_mode!r}.")
     info = read_model_file(path)
     if safe_mode:
-        problems = list(dict.fromkeys(unsafe_objects(info.configs, is_registered=_registry(info.flavor))))
+        problems = list(dict.fromkeys(
+            unsafe_objects(info.configs, is_registered=_registry(info.flavor, custom_objects or {}))
+        ))
         if problems:
             raise UnsafeModelError(
                 f"Refusing to load {info.path!r}: it would run code stored in the file: {'; '.join(problems[:8])}"
@@ -152,10 +156,10 @@ def load_model(path: str | os.PathLike, *, safe_mode: bool = True):
         if info.flavor == TF_KERAS:
             from tfopt._legacy import loading
 
-            return loading.load_tf_keras(info.path, safe_mode=safe_mode)
+            return loading.load_tf_keras(info.path, safe_mode=safe_mode, custom_objects=custom_objects)
         import keras
 
-        return keras.models.load_model(info.path, safe_mode=safe_mode, compile=False)
+        return keras.models.load_model(info.path, safe_mode=safe_mode, compile=False, custom_objects=custom_objects)
     except TfoptError:
         raise
     except Exception as err:  # noqa: BLE001 - Keras raises many types for a file it cannot rebuild
@@ -360,10 +364,12 @@ def _unsafe_reason(node: dict, is_registered) -> str | None:
     return None
 
 
-def _registry(flavor: str):
+def _registry(flavor: str, custom_objects: dict):
     """`is_registered(name)` for the Keras that will load the file (custom objects the process already holds)."""
 
     def is_registered(name: str) -> bool:
+        if name in custom_objects or name.split(">")[-1] in custom_objects:
+            return True
         try:
             return keras_module(flavor).saving.get_registered_object(name) is not None
         except (ImportError, AttributeError):

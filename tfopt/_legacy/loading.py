@@ -51,7 +51,7 @@ def savedmodel_configs(path: str) -> list[dict[str, Any]]:
         ) from err
 
 
-def load_tf_keras(path: str, *, safe_mode: bool):
+def load_tf_keras(path: str, *, safe_mode: bool, custom_objects: dict | None = None):
     """Loads a tf_keras `.keras` / `.h5` file or SavedModel folder, uncompiled.
 
     Call it only after `tfopt._keras` has checked the file's configs: tf_keras'
@@ -60,4 +60,4 @@ def load_tf_keras(path: str, *, safe_mode: bool):
     from tfopt._legacy import tf_keras_module
 
     tf_keras = tf_keras_module()
-    return tf_keras.models.load_model(path, compile=False, safe_mode=safe_mode)
+    return tf_keras.models.load_model(path, compile=False, safe_mode=safe_mode, custom_objects=custom_objects)
