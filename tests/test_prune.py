@@ -1,4 +1,8 @@
-"""Magnitude pruning: plain fit without callbacks, strip, skipped layers, 2:4, save/load, CLI."""
+"""Magnitude pruning on both flavours: plain fit without callbacks, strip, skipped layers, 2:4, save/load, CLI.
+
+Keras 3 specifics (optimizer objects, callbacks, GradientTape, MirroredStrategy,
+fresh-process load, real-data accuracy) are in test_prune_keras3.py.
+"""
 
 import json
 import warnings
@@ -11,13 +15,14 @@ import tf_keras
 
 from tfopt import _keras
 from tfopt.compress import schedules
+from tfopt._legacy import prune as legacy
 from tfopt.compress.prune import (
-    _make_schedule,
+    has_wrappers,
     load_pruned,
     prune,
     pruning_summary,
     sparsity_logger,
-    strip,
+    strip_pruning as strip,
 )
 from tfopt.analyze.sparsity import tflite_sparsity
 
@@ -33,7 +38,8 @@ def _cnn(k=keras):
 
 
 def _fit(model, epochs=2, **kwargs):
-    model.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    k = _keras.keras_of(model)
+    model.compile(k.optimizers.Adam(1e-3), k.losses.SparseCategoricalCrossentropy(from_logits=True))
     return model.fit(X, Y, epochs=epochs, batch_size=8, verbose=0, **kwargs)
 
 
@@ -46,7 +52,7 @@ def test_prune_plain_fit_reaches_target_and_strip_keeps_flavour(flavor):
     model = _cnn(flavor)
     before = [w.copy() for w in model.get_weights()]
     pruned = prune(model, target_sparsity=0.8, end_step=10)
-    assert _keras.keras_flavor(pruned) == _keras.TF_KERAS
+    assert _keras.keras_flavor(pruned) == _keras.keras_flavor(model) and has_wrappers(pruned)
     _fit(pruned)  # 16 steps, no UpdatePruningStep callback
     summary = pruning_summary(pruned)
     assert [l.name for l in summary.layers] == ["conv_mid", "dense_mid"]
@@ -61,15 +67,14 @@ def test_prune_plain_fit_reaches_target_and_strip_keeps_flavour(flavor):
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
 
 
+@pytest.mark.parametrize("kind", ["polynomial", "constant"])
 @pytest.mark.parametrize("step", [0, 1, 5, 11, 21, 40])
-def test_tfmot_schedule_matches_numpy_maths(step):
-    schedule = _make_schedule(_keras.import_tfmot(), 0.75, "polynomial", 0, 21, None, None)
-    frequency = schedules.choose_frequency(1, 21)
-    should_prune, sparsity = schedule(tf.constant(step, tf.int64))
-    assert float(sparsity) == pytest.approx(
-        schedules.polynomial_sparsity(step, final_sparsity=0.75, begin_step=1, end_step=21), abs=1e-6
-    )
-    assert bool(should_prune) == (step in schedules.mask_update_steps(1, 21, frequency))
+def test_tfmot_schedule_matches_numpy_maths(step, kind):
+    spec = schedules.make_schedule(0.75, kind, begin_step=0, end_step=21, frequency=None if kind == "polynomial" else 5)
+    should_prune, sparsity = legacy.tfmot_schedule(spec.to_dict())(tf.constant(step, tf.int64))
+    if spec.updates_at(step):
+        assert float(sparsity) == pytest.approx(spec.sparsity(step), abs=1e-6)
+    assert bool(should_prune) == spec.updates_at(step)
 
 
 def test_frequency_longer_than_ramp_is_an_error():
@@ -114,7 +119,7 @@ def test_include_regex_and_exclude():
     assert [l.name for l in pruning_summary(pruned).layers] == ["conv_mid", "classifier"]
 
 
-def test_unsupported_layers_are_skipped_and_listed():
+def test_unsupported_tf_keras_layers_are_skipped_and_listed():
     inputs = tf_keras.Input((8, 8, 3))
     x = tf_keras.layers.Rescaling(1 / 255.0)(inputs)
     x = tf_keras.layers.Conv2D(8, 3, name="c1")(x)
@@ -163,8 +168,8 @@ def test_tflite_sparsity_reads_int8_and_sparse_encoding():
     assert json.dumps(report.to_dict())
 
 
-def test_pruned_model_survives_save_and_load(tmp_path):
-    pruned = prune(_cnn(), target_sparsity=0.6, end_step=10)
+def test_tf_keras_pruned_model_survives_save_and_load(tmp_path):
+    pruned = prune(_cnn(tf_keras), target_sparsity=0.6, end_step=10)
     _fit(pruned, epochs=1)
     for suffix in (".keras", ".h5"):
         path = str(tmp_path / f"pruned{suffix}")
@@ -179,15 +184,22 @@ def test_pruned_model_survives_save_and_load(tmp_path):
         assert _keras.keras_flavor(strip(loaded)) == _keras.TF_KERAS
 
 
-def test_sparsity_logger_adds_epoch_logs():
-    pruned = prune(_cnn(), target_sparsity=0.5, end_step=4)
-    history = _fit(pruned, epochs=1, callbacks=[sparsity_logger()])
+@pytest.mark.parametrize("flavor", [keras, tf_keras], ids=["keras3", "tf_keras"])
+def test_sparsity_logger_adds_epoch_logs(flavor):
+    pruned = prune(_cnn(flavor), target_sparsity=0.5, end_step=4)
+    history = _fit(pruned, epochs=1, callbacks=[sparsity_logger(flavor=_keras.keras_flavor(pruned))])
     assert history.history["sparsity/conv_mid"][0] == pytest.approx(0.5, abs=0.01)
 
 
+def test_sparsity_logger_rejects_unknown_flavour():
+    with pytest.raises(ValueError, match="flavor must be 'keras3' or 'tf_keras'. Received: flavor='jax'"):
+        sparsity_logger(flavor="jax")
+
+
 def test_strip_rejects_unpruned_model():
-    with pytest.raises(ValueError, match="has no pruning wrappers"):
-        strip(_cnn(tf_keras))
+    for flavor in (keras, tf_keras):
+        with pytest.raises(ValueError, match="has no pruning wrappers. Pass the model returned by tfopt.prune"):
+            strip(_cnn(flavor))
 
 
 def test_cli_prune_writes_model_and_json(tmp_path):
@@ -200,12 +212,11 @@ def test_cli_prune_writes_model_and_json(tmp_path):
     model.save(model_path)
     np.savez(data_path, x_train=X, y_train=Y, x_test=X[:16], y_test=Y[:16])
     out, report = str(tmp_path / "out.keras"), str(tmp_path / "out.json")
-    flags.FLAGS(["tfopt", f"--data={data_path}", f"--output={out}", f"--json={report}", "--epochs=2",
-                 "--batch_size=16", "--target_sparsity=0.75"])
-    try:
-        assert cli.main([model_path]) == 0
-    finally:
-        flags.FLAGS.unparse_flags()
+    fv = flags.FlagValues()
+    cli.define_flags(fv)
+    fv(["tfopt", f"--data={data_path}", f"--output={out}", f"--json={report}", "--epochs=2",
+        "--batch_size=16", "--target_sparsity=0.75"])
+    assert cli.main([model_path], fv) == 0
     payload = json.load(open(report))
     assert payload["params_after"] == payload["params_before"]
     sparsities = {row["name"].split("/")[0]: row["sparsity"] for row in payload["layers"]}
@@ -282,7 +293,7 @@ def test_prune_model_with_everything_plain_tfmot_stops_on(tmp_path):
     reasons = {s.name: s.reason for s in summary.skipped}
     assert "first/last" in reasons["expand"] and "first/last" in reasons["classifier"]
     assert "nested model" in reasons["stem"] and "depthwise" in reasons["dw"]
-    assert "Keras 3 layer" in reasons["scale"]
+    assert "custom layer: define get_prunable_weights()" in reasons["scale"]
     assert len(summary.layers) + len(summary.skipped) == len([l for l in pruned.layers if l.weights])
     path = str(tmp_path / "pruned.keras")
     pruned.save(path)
@@ -296,6 +307,29 @@ def test_prune_model_with_everything_plain_tfmot_stops_on(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
     report = tflite_sparsity(tf.lite.TFLiteConverter.from_keras_model(stripped).convert())
     assert sum(t.sparsity >= 0.79 for t in report.tensors) == 2
+
+
+@keras.saving.register_keras_serializable(package="tfopt_test")
+class _PrunableScale(_LayerScale):
+    def build(self, input_shape):
+        self.matrix = self.add_weight(shape=(input_shape[-1], input_shape[-1]), name="matrix")
+
+    def call(self, x):
+        return keras.ops.matmul(x, self.matrix)
+
+    def get_prunable_weights(self):
+        return [self.matrix]
+
+
+def test_custom_keras3_layer_with_get_prunable_weights_is_pruned(tmp_path):
+    model = keras.Sequential([keras.Input((16,)), _PrunableScale(name="custom"), keras.layers.Dense(10, name="out")])
+    pruned = prune(model, target_sparsity=0.75, end_step=2, include=["custom"])
+    _fit_random(pruned, (16,))
+    path = str(tmp_path / "custom.keras")
+    pruned.save(path)
+    stripped = strip(load_pruned(path))
+    assert schedules.sparsity_of(stripped.get_layer("custom").get_weights()[0]) == pytest.approx(0.75)
+    assert type(stripped.get_layer("custom")) is _PrunableScale
 
 
 class _Residual(keras.Model):
