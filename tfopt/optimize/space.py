@@ -22,7 +22,7 @@ PTQ = {
     "float16": {"mode": "float16"},
     "dynamic": {"mode": "dynamic"},
     "int8": {"mode": "int8"},
-    "int8_quantizer": {"mode": "int8", "engine": "litert_quantizer"},
+    "int8_quantizer": {"mode": "int8", "engine": "litert_quantizer", "input_type": "int8", "output_type": "int8"},
     "int8_fallback": {"mode": "int8", "float_fallback": "auto"},
     "int8_per_tensor": {"mode": "int8", "per_channel_dense": False},
     "int8_io": {"mode": "int8", "input_type": "int8", "output_type": "int8"},
