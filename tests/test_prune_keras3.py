@@ -173,15 +173,7 @@ def test_mirrored_strategy_on_two_logical_cpus_reaches_the_same_sparsity():
     assert single["sparsity"] == mirrored["sparsity"] and min(single["sparsity"]) >= 0.795
 
 
-def _registered_on_import() -> bool:
-    from tfopt import _registration
-
-    return "tfopt.compress.prune_layer" in getattr(_registration, "MODULES", ())
-
-
 @pytest.mark.slow
-@pytest.mark.xfail(not _registered_on_import(), reason="tfopt/_registration.py does not list tfopt.compress.prune_layer yet",
-                   strict=True)
 def test_saved_keras_file_loads_in_a_fresh_process_and_resumes(tmp_path):
     x = np.random.default_rng(0).random((64, 8, 8, 1), dtype="float32")
     y = np.random.default_rng(1).integers(0, 10, 64)

@@ -93,3 +93,58 @@ def test_m_by_n_rejects_bad_pattern(m, n):
 def test_sparsity_of():
     assert schedules.sparsity_of(np.array([0.0, 0.0, 1.0, 2.0])) == 0.5
     assert schedules.sparsity_of(np.array([])) == 0.0
+
+
+# ------------------------------------------------------------------ resolved schedules (what prune uses)
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        (dict(), ("polynomial", 1, 201, 20)),
+        (dict(begin_step=5, end_step=25), ("polynomial", 5, 25, 2)),
+        (dict(end_step=1), ("constant", 1, 1, 1)),
+        (dict(schedule="constant"), ("constant", 1, -1, 100)),
+        (dict(schedule="constant", end_step=50, frequency=10), ("constant", 1, 50, 10)),
+        (dict(m_by_n=(2, 4), end_step=99), ("constant", 1, 1, 1)),
+    ],
+    ids=["default", "ramp", "one-step", "constant", "constant-end", "m_by_n"],
+)
+def test_make_schedule_resolves_options(kwargs, expected):
+    spec = schedules.make_schedule(0.8, **kwargs)
+    assert (spec.kind, spec.begin_step, spec.end_step, spec.frequency) == expected
+
+
+@pytest.mark.parametrize("end_step", [3, 30, 201, 997], ids=str)
+def test_make_schedule_last_update_reaches_the_target(end_step):
+    spec = schedules.make_schedule(0.9, end_step=end_step)
+    updates = [step for step in range(0, end_step + 50) if spec.updates_at(step)]
+    assert updates[-1] == spec.last_step == end_step
+    assert spec.sparsity(updates[-1]) == pytest.approx(0.9)
+    assert [spec.sparsity(s) for s in updates] == sorted(spec.sparsity(s) for s in updates)
+
+
+def test_make_schedule_frequency_not_dividing_the_ramp_moves_end_step():
+    with pytest.warns(UserWarning, match="Using end_step=31"):
+        spec = schedules.make_schedule(0.5, end_step=25, frequency=10)
+    assert spec.end_step == 31 and spec.updates_at(31)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(frequency=300), "frequency=300 is longer than the pruning ramp"),
+        (dict(schedule="cubic"), "schedule must be one of"),
+        (dict(begin_step=-2), "begin_step must be a non-negative integer"),
+        (dict(begin_step=9, end_step=4), "end_step must be >= begin_step"),
+        (dict(frequency=0), "frequency must be >= 1"),
+    ],
+    ids=["long-frequency", "schedule", "begin", "order", "zero-frequency"],
+)
+def test_make_schedule_rejects_bad_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        schedules.make_schedule(0.5, **kwargs)
+
+
+def test_constant_schedule_first_update_already_at_target():
+    spec = schedules.make_schedule(0.6, "constant", begin_step=4)
+    assert not spec.updates_at(3) and spec.updates_at(4) and spec.sparsity(4) == 0.6
+    assert spec.updates_at(104) and not spec.updates_at(5)
