@@ -1,7 +1,8 @@
 """Fuzzes every tfopt reader of untrusted bytes and counts crashes and hangs (both expected 0).
 
 Readers: the flatbuffer parser (`tfopt.analyze.flatbuffer.read_model`), `inspect_tflite`,
-`profile`, `tflite_sparsity`, the `--data` loader (`tfopt.datasets.load_npz`) and the
+`profile`, `tflite_sparsity`, the .npz loaders (`tfopt.datasets.load_npz` and the CLI's
+`--data` loader `tfopt._cli.checks.load_npz`) and the
 `.keras` archive reader (`tfopt._keras.read_model_file` + `unsafe_objects`, which runs
 before any Keras deserializer). Each reader gets `--per-reader` inputs made by seeded
 random mutations (bit flips, byte and 4-byte-integer overwrites with boundary values,
@@ -145,6 +146,7 @@ def mutate(data: bytes, rng: random.Random, corpus: list[bytes], *, keep_identif
 def readers(scratch: str):
     from tfopt import _keras
     from tfopt.analyze import flatbuffer, profile, sparsity
+    from tfopt._cli import checks as cli_checks
     from tfopt.datasets import load_npz
 
     def via_file(suffix: str, read):
@@ -167,6 +169,7 @@ def readers(scratch: str):
         "profile": ("tflite", lambda b: profile.profile(b, batch_size=2)),
         "tflite_sparsity": ("tflite", lambda b: sparsity.tflite_sparsity(b, m_by_n=(2, 4))),
         "datasets.load_npz": ("npz", via_file(".npz", lambda p: load_npz(p, required=()))),
+        "cli --data (_cli.checks.load_npz)": ("npz", via_file(".npz", lambda p: cli_checks.load_npz(p, required=()))),
         "keras_archive": ("keras", via_file(".keras", keras_archive)),
     }
 

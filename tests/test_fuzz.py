@@ -117,14 +117,34 @@ def test_fuzz_tflite_readers_random_bytes(reader, body):
     _must_not_crash(_tflite_readers()[reader], body[:4] + b"TFL3" + body[4:])
 
 
-@FUZZ
-@given(index=st.integers(min_value=0, max_value=len(NPZ) - 1), edits=st.lists(EDIT, min_size=1, max_size=6))
-def test_fuzz_load_npz(tmp_path, index, edits):
+def _npz_loaders():
+    from tfopt._cli import checks
     from tfopt.datasets import load_npz
 
+    return {"datasets": load_npz, "cli": checks.load_npz}
+
+
+@pytest.mark.parametrize("loader", ["datasets", "cli"])
+@FUZZ
+@given(index=st.integers(min_value=0, max_value=len(NPZ) - 1), edits=st.lists(EDIT, min_size=1, max_size=6))
+def test_fuzz_load_npz(tmp_path, loader, index, edits):
     path = tmp_path / "data.npz"
     path.write_bytes(_apply(NPZ[index], edits, identifier=None))
-    _must_not_crash(lambda _: load_npz(path, required=()), b"")
+    _must_not_crash(lambda _: _npz_loaders()[loader](str(path), required=()), b"")
+
+
+@pytest.mark.parametrize("loader", ["datasets", "cli"])
+@pytest.mark.parametrize("offset,value", [(8, 99), (6, 1)], ids=["unknown-compression", "encrypted"])
+def test_load_npz_unsupported_zip_features_refused(tmp_path, loader, offset, value):
+    # Zip features Python cannot read raise NotImplementedError / RuntimeError inside np.load.
+    content = bytearray(NPZ[0])
+    content[offset] = value  # in the first local file header: compression method / flag bits
+    index = content.find(b"PK\x01\x02")  # and the same field of its central directory entry
+    content[index + offset + 2] = value
+    path = tmp_path / "odd.npz"
+    path.write_bytes(bytes(content))
+    with pytest.raises(TfoptError):
+        _npz_loaders()[loader](str(path), required=())
 
 
 @FUZZ
