@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     except TfoptError as err:
         print(f"tfopt {name}: error: {one_line(str(err))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"tfopt {name}: interrupted", file=sys.stderr)
+        return 130
 
 
 def run() -> None:

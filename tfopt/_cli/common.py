@@ -33,6 +33,7 @@ writable) and the data checks in `tfopt._cli.checks`.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -100,8 +101,7 @@ def define_training_flags(fv: flags.FlagValues, *, epochs: int, batch_size: int,
     flags.DEFINE_integer("epochs", epochs, "Training / fine-tuning epochs (>= 1).", lower_bound=1, flag_values=fv)
     flags.DEFINE_integer("batch_size", batch_size, "Batch size.", lower_bound=1, flag_values=fv)
     flags.DEFINE_float("learning_rate", learning_rate, "Adam learning rate.", flag_values=fv)
-    flags.register_validator("learning_rate", lambda v: v is not None and 0 < v < 10,
-                             message="must be in (0, 10)", flag_values=fv)
+    define_range_validator(fv, "learning_rate", 0, 10, low_open=True, high_open=True)
     define_seed_flag(fv)
     define_unsafe_flag(fv)
     if layers:
@@ -111,12 +111,15 @@ def define_training_flags(fv: flags.FlagValues, *, epochs: int, batch_size: int,
 def define_range_validator(fv: flags.FlagValues, name: str, low: float | None, high: float | None, *,
                            low_open: bool = False, high_open: bool = False) -> None:
     """A validator `low <(=) value <(=) high` for a number flag (None passes: 'not given')."""
-    text = f"{'(' if low_open else '['}{'-inf' if low is None else low}, {'inf' if high is None else high}" \
-           f"{')' if high_open else ']'}"
+    opening = "(" if low_open or low is None else "["
+    closing = ")" if high_open or high is None else "]"
+    text = f"{opening}{'-inf' if low is None else low}, {'inf' if high is None else high}{closing} (finite)"
 
     def check(value) -> bool:
         if value is None:
             return True
+        if not math.isfinite(value):
+            return False
         if low is not None and (value <= low if low_open else value < low):
             return False
         return not (high is not None and (value >= high if high_open else value > high))
