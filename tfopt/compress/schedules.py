@@ -136,7 +136,7 @@ class PruningSchedule:
     `make_schedule`, which validates and chooses the frequency.
 
     >>> s = make_schedule(0.5, "polynomial", begin_step=0, end_step=10)
-    >>> s.sparsity(11), s.updates_at(11), s.updates_at(12)
+    >>> s.sparsity(10), s.updates_at(10), s.updates_at(11)
     (0.5, True, False)
     """
 
