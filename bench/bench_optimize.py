@@ -89,7 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     parts = set(args.parts.split(","))
 
-    import tfopt.optimize as opt
+    import tfopt.search as opt
     from tfopt._io import write_json
     from tfopt.datasets import load_dataset
 

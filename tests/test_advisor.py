@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tfopt.compress import schedules
-from tfopt.optimize.advisor import advise_sparsity, host_cpu_flags
+from tfopt.search.advisor import advise_sparsity, host_cpu_flags
 
 
 def _mobile_like(first_stride=2, prune_1x1=0.8):

@@ -43,6 +43,19 @@ def test_demo_writes_report_contract(demo):
     assert not [n for n in os.listdir(folder) if n.startswith(".tmp-")]
 
 
+def test_demo_ends_with_an_optimize_search(demo):
+    result, folder = demo
+    payload = json.loads((folder / "report.json").read_text())
+    search = payload["optimize"]
+    assert search["trials_completed"] == 4
+    assert search["best"] in search["pareto_front"]
+    assert search["best_gzip_ratio"] <= 0.30  # an int8 variant within one point wins
+    assert search["best_accuracy"] >= payload["keras_accuracy"] - 0.01
+    full = json.loads((folder / "optimize" / "report.json").read_text())
+    assert full["best"] == search["best"] and (folder / "optimize" / "pareto.png").exists()
+    assert "tfopt optimize" in (folder / "report.md").read_text()
+
+
 def test_fashion_mnist_loads_from_debian_package_files():
     from tfopt.datasets import FASHION_MNIST_DIRS
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from tfopt.errors import InvalidArgumentError
-from tfopt.optimize import Constraints, optimize
-from tfopt.optimize.constraints import violations
-from tfopt.optimize.pareto import choose_best, dominates, pareto_front
+from tfopt.search import Constraints, optimize
+from tfopt.search.constraints import violations
+from tfopt.search.pareto import choose_best, dominates, pareto_front
 
 REPORT_KEYS = {"baseline", "candidates", "best", "trials_completed", "trials_resumed"}
 BASELINE_KEYS = {"accuracy", "size_bytes", "gzip_bytes", "latency_ms_median", "arena_bytes"}
@@ -150,7 +150,7 @@ def test_level1_report_contract(level1):
 
 
 def test_level1_reported_accuracy_is_the_tflite_on_litert(level1, digits):
-    from tfopt.optimize.trial import predict_tflite
+    from tfopt.search.trial import predict_tflite
 
     result, _, _, _ = level1
     data = np.load(digits[2])
@@ -169,7 +169,7 @@ def test_level1_leaves_model_and_data_file_unchanged(level1, digits):
 
 def test_recipe_replays_with_apply(level1, digits):
     import tfopt
-    from tfopt.optimize.trial import predict_tflite
+    from tfopt.search.trial import predict_tflite
 
     result, _, _, _ = level1
     model, _, npz = digits

@@ -1,6 +1,8 @@
-"""The end-to-end demo: train a small CNN on real data, convert it four ways, measure each on LiteRT.
+"""The end-to-end demo: train a small CNN on real data, convert it four ways, measure each on LiteRT,
+then let `tfopt.optimize` search for the smallest model within one point of accuracy.
 
-model + data -> convert (float32 / float16 / dynamic / int8) -> benchmark (XNNPACK) -> report.
+model + data -> convert (float32 / float16 / dynamic / int8) -> benchmark (XNNPACK) -> report
+             -> optimize (level 1: conversions searched and measured, Pareto front, best) -> report.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from tfopt._io import save_keras_model
+from tfopt._io import atomic_write, save_keras_model, write_json
 from tfopt.datasets import load_dataset
 from tfopt.measure.benchmark import benchmark
 from tfopt.export.calibration import calibration_data
@@ -29,15 +31,33 @@ class DemoResult:
     report: VariantReport
     paths: dict[str, str]
     seconds: float
+    optimize: Any = None  # tfopt.search.OptimizeResult, or None when the search was skipped
 
     def summary(self) -> str:
-        """The comparison table and where the files went."""
+        """The comparison table, the optimize front, and where the files went."""
         written = "\n".join(f"  {key}: {path}" for key, path in self.paths.items())
-        return f"{self.report.summary()}\n\nwritten:\n{written}\n(total {self.seconds:.0f} s)"
+        search = f"\n\n{self.optimize.summary()}" if self.optimize is not None else ""
+        return f"{self.report.summary()}{search}\n\nwritten:\n{written}\n(total {self.seconds:.0f} s)"
 
     def to_dict(self) -> dict[str, Any]:
-        """The report dict plus paths and seconds."""
-        return {**self.report.to_dict(), "paths": dict(self.paths), "seconds": self.seconds}
+        """The report dict plus paths, seconds and the optimize result."""
+        out = {**self.report.to_dict(), "paths": dict(self.paths), "seconds": self.seconds}
+        if self.optimize is not None:
+            out["optimize"] = _optimize_summary(self.optimize)
+        return out
+
+
+def _optimize_summary(result) -> dict[str, Any]:
+    """The part of an OptimizeResult the demo's report.json carries (the full one is in optimize/report.json)."""
+    best = result.best_candidate
+    return {
+        "best": result.best,
+        "best_gzip_ratio": best["gzip_bytes"] / result.baseline["gzip_bytes"] if best else None,
+        "best_accuracy": best["accuracy"] if best else None,
+        "pareto_front": [c["name"] for c in result.pareto_front],
+        "trials_completed": result.trials_completed,
+        "report": os.path.join(result.output_dir, "report.json"),
+    }
 
 
 def build_cnn(input_shape: tuple[int, ...], num_classes: int, *, seed: int = 0):
@@ -90,6 +110,8 @@ def run_demo(
     max_test_examples: int | None = None,
     seed: int = 0,
     verbose: bool = True,
+    optimize_trials: int = 4,
+    max_accuracy_drop: float = 1.0,
 ) -> DemoResult:
     """Trains a CNN on real offline data, converts it four ways and benchmarks each on LiteRT.
 
@@ -106,6 +128,9 @@ def run_demo(
         max_test_examples: cap on test examples used for accuracy. Defaults to `None` (all).
         seed: seed for the split, the weights and training. Defaults to `0`.
         verbose: print progress. Defaults to `True`.
+        optimize_trials: trials of the level-1 `tfopt.optimize` run after the four
+            variants (written to `output_dir/optimize/`); `0` skips it. Defaults to `4`.
+        max_accuracy_drop: the optimize constraint, in points. Defaults to `1.0`.
 
     Returns:
         A `DemoResult`; `summary()` prints the comparison table.
@@ -113,7 +138,8 @@ def run_demo(
     Example:
 
     >>> import tempfile, tfopt
-    >>> result = tfopt.run_demo(tempfile.mkdtemp(), dataset="digits", epochs=1, num_runs=5, verbose=False)
+    >>> result = tfopt.run_demo(tempfile.mkdtemp(), dataset="digits", epochs=1, num_runs=5, verbose=False,
+    ...                         optimize_trials=0)
     >>> [row.name for row in result.report.rows]
     ['float32', 'float16', 'dynamic', 'int8']
     """
@@ -153,4 +179,21 @@ def run_demo(
         },
     )
     paths.update(report.write(output_dir))
-    return DemoResult(report=report, paths=paths, seconds=time.perf_counter() - start)
+    searched = None
+    if optimize_trials:
+        from tfopt.search import Constraints, optimize
+
+        say(f"[tfopt demo] tfopt.optimize, level 1, {optimize_trials} trials, at most {max_accuracy_drop:g} point lost ...")
+        searched = optimize(
+            model, data, constraints=Constraints(max_accuracy_drop=max_accuracy_drop), level=1,
+            output_dir=os.path.join(output_dir, "optimize"), max_trials=optimize_trials, seed=seed, verbose=verbose,
+        )
+        payload = {**report.to_dict(), "optimize": _optimize_summary(searched)}
+        paths["report_json"] = write_json(os.path.join(output_dir, "report.json"), payload)
+        markdown = report.to_markdown() + (
+            "\n## tfopt optimize (level 1)\n\nThe search behind `tfopt optimize`; full report, Pareto plot and "
+            f"files in `optimize/`.\n\n```\n{searched.summary()}\n```\n"
+        )
+        paths["report_md"] = atomic_write(os.path.join(output_dir, "report.md"), markdown.encode())
+        paths["optimize"] = searched.paths.get("report.json", os.path.join(output_dir, "optimize", "report.json"))
+    return DemoResult(report=report, paths=paths, seconds=time.perf_counter() - start, optimize=searched)

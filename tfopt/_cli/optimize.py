@@ -37,7 +37,7 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def main(args: list[str], fv: flags.FlagValues) -> int:
-    from tfopt.optimize import Constraints, optimize
+    from tfopt.search import Constraints, optimize
 
     if len(args) != 1:
         raise CLIError(f"optimize takes one MODEL path; received {args}. Usage: tfopt optimize MODEL --data DATA.npz --output DIR")

@@ -145,7 +145,7 @@ def advise_sparsity(
     Example:
 
     >>> import keras, tfopt
-    >>> from tfopt.optimize.advisor import advise_sparsity
+    >>> from tfopt.search.advisor import advise_sparsity
     >>> m = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 1), keras.layers.GlobalAveragePooling2D()])
     >>> advise_sparsity(m, target="xnnpack_arm").sparse_speedup_possible
     False

@@ -34,7 +34,7 @@ class Constraints:
 
     Example:
 
-    >>> from tfopt.optimize.constraints import Constraints
+    >>> from tfopt.search.constraints import Constraints
     >>> Constraints(max_accuracy_drop=1.0).to_dict()["max_accuracy_drop"]
     1.0
     """

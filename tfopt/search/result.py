@@ -8,8 +8,8 @@ import shutil
 from typing import Any
 
 from tfopt._io import atomic_write, write_json
-from tfopt.optimize.constraints import Constraints, violations
-from tfopt.optimize.pareto import choose_best, pareto_front
+from tfopt.search.constraints import Constraints, violations
+from tfopt.search.pareto import choose_best, pareto_front
 
 CANDIDATE_KEYS = (
     "name", "recipe", "tflite", "accuracy", "size_bytes", "gzip_bytes", "latency_ms_median", "arena_bytes",
@@ -174,13 +174,15 @@ class OptimizeResult:
 
 
 def _extras(c: dict[str, Any]) -> dict[str, Any]:
-    return {k: c.get(k) for k in ("val_metric", "drop", "test_drop", "size_ratio", "latency_ratio", "violations", "keras", "c_array")}
+    keys = ("val_metric", "drop", "test_drop", "output_error", "size_ratio", "latency_ratio", "violations", "keras", "c_array")
+    return {k: c.get(k) for k in keys}
 
 
 def front_point(c: dict[str, Any], target: str) -> tuple[float, ...]:
-    """Where a candidate sits for the Pareto front: validation drop, gzip size, latency ratio (and arena
-    for micro), all minimized. The front keeps every trade-off, whatever the objective that picks `best`."""
-    point = [c["drop"], float(c["gzip_bytes"]), float(c.get("latency_ratio") or 1.0)]
+    """Where a candidate sits for the Pareto front, all minimized: validation drop, output error against
+    the float32 model (what a small validation set cannot resolve), gzip size, latency ratio (and arena
+    for micro). The front keeps every trade-off, whatever the objective that picks `best`."""
+    point = [c["drop"], float(c.get("output_error") or 0.0), float(c["gzip_bytes"]), float(c.get("latency_ratio") or 1.0)]
     if target == "micro":
         point.append(float(c["arena_bytes"]) if c.get("arena_bytes") is not None else float("inf"))
     return tuple(point)

@@ -19,8 +19,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tfopt.optimize import space, storage
-from tfopt.optimize.constraints import Constraints, allowed_drop, relative_violation, violations
+from tfopt.search import space, storage
+from tfopt.search.constraints import Constraints, allowed_drop, relative_violation, violations
 
 OBJECTIVE_KEYS = {"size": "size_ratio", "latency": "latency_ratio", "arena": "arena_bytes"}
 
@@ -82,7 +82,7 @@ class Runner:
     def __init__(self, job: Job, model, data: dict[str, np.ndarray], *, metric=None, say: Callable = print) -> None:
         from tfopt.export.calibration import calibration_data
         from tfopt.export.convert import convert
-        from tfopt.optimize.trial import Measurer
+        from tfopt.search.trial import Measurer
 
         self.job = job
         self.model = model
@@ -105,7 +105,7 @@ class Runner:
     def run_trial(self, params: dict[str, Any], number: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]], Any, bytes]:
         import keras
 
-        from tfopt.optimize.recipe import run_recipe
+        from tfopt.search.recipe import run_recipe
 
         keras.utils.set_random_seed(self.job.seed + number)
 
@@ -215,8 +215,8 @@ def run_worker(job: Job, runner: Runner, study, *, progress=None) -> int:
 
 
 def worker_main(argv: list[str]) -> int:
-    """`python -m tfopt.optimize.search JOB.json`: one extra worker process on the shared study."""
-    from tfopt.optimize.inputs import load_model
+    """`python -m tfopt.search.loop JOB.json`: one extra worker process on the shared study."""
+    from tfopt.search.inputs import load_model
 
     with open(argv[0], encoding="utf-8") as handle:
         job = Job(**json.loads(handle.read()))

@@ -10,11 +10,11 @@ import time
 from typing import Any, Callable
 
 from tfopt.errors import InvalidArgumentError
-from tfopt.optimize import space
-from tfopt.optimize import storage as store
-from tfopt.optimize.constraints import check_request, metric_name
-from tfopt.optimize.result import OptimizeResult, build_result, write_report
-from tfopt.optimize.search import Job, Runner, open_study, run_worker
+from tfopt.search import space
+from tfopt.search import storage as store
+from tfopt.search.constraints import check_request, metric_name
+from tfopt.search.result import OptimizeResult, build_result, write_report
+from tfopt.search.loop import Job, Runner, open_study, run_worker
 
 
 def _positive(value, name: str, kind=int) -> None:
@@ -108,7 +108,7 @@ def optimize(
     _positive(workers, "workers")
     if workers > 1 and not isinstance(metric, str):
         raise InvalidArgumentError("workers > 1 needs a metric by name (a callable cannot be sent to other processes).")
-    from tfopt.optimize.inputs import fingerprint, load_model, save_inputs, split_data
+    from tfopt.search.inputs import fingerprint, load_model, save_inputs, split_data
 
     start = time.time()
     say = print if verbose else (lambda *a, **k: None)
@@ -174,7 +174,7 @@ def _spawn(job: Job, count: int) -> list:
         handle.write(job.to_json())
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     return [
-        subprocess.Popen([sys.executable, "-m", "tfopt.optimize.search", path, str(i + 1)], env=env)
+        subprocess.Popen([sys.executable, "-m", "tfopt.search.loop", path, str(i + 1)], env=env)
         for i in range(count)
     ]
 

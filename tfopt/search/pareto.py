@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from tfopt.optimize.constraints import Constraints, relative_violation, violations
+from tfopt.search.constraints import Constraints, relative_violation, violations
 
 
 def dominates(a: Sequence[float], b: Sequence[float]) -> bool:

@@ -1,7 +1,7 @@
 """Constraint-driven search over compression recipes (Optuna), Pareto front, resume; owns no technique."""
 
-from tfopt.optimize.constraints import Constraints
-from tfopt.optimize.result import OptimizeResult
-from tfopt.optimize.run import optimize
+from tfopt.search.constraints import Constraints
+from tfopt.search.result import OptimizeResult
+from tfopt.search.run import optimize
 
 __all__ = ["Constraints", "OptimizeResult", "optimize"]
