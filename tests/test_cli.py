@@ -221,3 +221,14 @@ def test_cli_data_checks_accept_one_hot_and_integral_float_labels(files):
                     input_shape=(None, None, 1))
     with pytest.raises(ValueError, match="largest 10"):
         checks.check_xy(x, np.array([0, 1, 2, 10]), x_name="x", y_name="y", source="s", num_classes=10)
+
+
+def test_cli_unsafe_opts_in_to_a_lambda_model(tmp_path, capsys):
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda t: t * 2), keras.layers.Dense(3)])
+    model.save(str(tmp_path / "lambda.keras"))
+    assert cli.main(["profile", str(tmp_path / "lambda.keras")]) == 2
+    assert "--unsafe" in capsys.readouterr().err
+    assert cli.main(["profile", str(tmp_path / "lambda.keras"), "--unsafe", "--json", str(tmp_path / "p.json")]) == 0
+    assert json.loads((tmp_path / "p.json").read_text())["params"] == 15

@@ -32,6 +32,9 @@ def files(tmp_path_factory):
     model.save(str(folder / "model.keras"))
     model.save(str(folder / "model.h5"))
     (folder / "model.tflite").write_bytes(convert(model, check_delegation=False).tflite)
+    lam = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Lambda(lambda t: t * 2), keras.layers.Flatten(),
+                            keras.layers.Dense(NUM_CLASSES)])
+    lam.save(str(folder / "lambda.keras"))
     rng = np.random.default_rng(0)
     x = rng.random((40, 8, 8, 1), dtype=np.float32)
     y = rng.integers(0, NUM_CLASSES, 40)
@@ -234,12 +237,24 @@ CASES = [
     ("prune-tflite-as-keras", train("prune", D, model=T), [".keras"]),
     ("convert-folder-not-savedmodel", ["convert", "{d}/no_saved_model", "--output", OUT_T], ["is a folder"]),
     ("convert-missing-model", ["convert", "{d}/nothing.keras", "--output", OUT_T], ["model not found"]),
+    ("profile-lambda-without-unsafe", ["profile", "{d}/lambda.keras"], ["lambda", "--unsafe"]),
+    ("prune-lambda-without-unsafe", train("prune", D, model="{d}/lambda.keras"), ["lambda", "--unsafe"]),
+    ("convert-lambda-without-unsafe", ["convert", "{d}/lambda.keras", "--output", OUT_T], ["lambda", "--unsafe"]),
     # ---------------------------------------------------------------- positional arguments
     ("prune-two-models", ["prune", M, M, "--data", D, "--output", OUT_K], ["one model"]),
     ("distill-one-model", ["distill", M, "--data", D, "--output", OUT_K], ["teacher and student"]),
     ("demo-positional", ["demo", "extra"], ["no positional"]),
     ("profile-two-models", ["profile", M, T], ["one model"]),
 ]
+
+
+OPTIMIZE_CASES = [
+    ("optimize-foreign-flag", ["optimize", M, "--data", D, "--output", "{out}/opt", "--num_clusters", "4"],
+     ["unknown flag --num_clusters"]),
+    ("optimize-output-is-a-file", ["optimize", M, "--data", D, "--output", "{d}/a_file"], ["is a file"]),
+]
+if "optimize" in cli.command_names():  # helper F's command, registered when its module exists
+    CASES += OPTIMIZE_CASES
 
 
 def _format(args, folder, out):
