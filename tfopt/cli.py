@@ -171,7 +171,13 @@ def run() -> None:
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)  # keeps absl / TensorFlow INFO chatter out of the output
-    sys.exit(main(sys.argv[1:]))
+    try:
+        status = main(sys.argv[1:])
+        sys.stdout.flush()
+    except BrokenPipeError:  # `tfopt help | head`: the reader left; no traceback for that
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 1
+    sys.exit(status)
 
 
 if __name__ == "__main__":
