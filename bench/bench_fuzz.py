@@ -33,6 +33,7 @@ import struct
 import sys
 import tempfile
 import time
+import zipfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,6 +85,11 @@ def write_corpus() -> list[str]:
         path = os.path.join(folder, "m.keras")
         keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save(path)
         files["tiny.keras"] = open(path, "rb").read()
+        deflated = os.path.join(folder, "deflated.keras")  # Keras stores members; deflate exercises zlib too
+        with zipfile.ZipFile(path) as source, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as target:
+            for item in source.infolist():
+                target.writestr(item.filename, source.read(item.filename))
+        files["tiny_deflated.keras"] = open(deflated, "rb").read()
     written = []
     for name, content in files.items():
         written.append(atomic_write(os.path.join(CORPUS, name), content))

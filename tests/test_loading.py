@@ -242,3 +242,15 @@ def test_load_model_custom_objects_count_as_registered(tmp_path):
         _keras.load_model(path)
     loaded = _keras.load_model(path, custom_objects={"Doubler": Doubler})
     np.testing.assert_allclose(np.asarray(loaded(np.ones((1, 3), np.float32))), 2.0)
+
+
+def test_read_model_file_hostile_archives(tmp_path):
+    deep = tmp_path / "deep.keras"
+    with zipfile.ZipFile(deep, "w") as archive:
+        archive.writestr("config.json", "[" * 200_000 + "]" * 200_000)
+    with pytest.raises(InvalidArgumentError, match="not a Keras model file"):
+        _keras.load_model(deep)
+    nested: dict = {"class_name": "Lambda", "config": {"name": "deep_evil"}}
+    for _ in range(5000):  # deeper than Python's recursion limit
+        nested = {"config": {"layers": [nested]}}
+    assert _keras.unsafe_objects([nested]) == ["'deep_evil' (Lambda layer: runs Python code stored in the file)"]

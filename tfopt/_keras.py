@@ -216,6 +216,7 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
 
 
 _H5_SUFFIXES = (".h5", ".hdf5")
+_MAX_CONFIG_BYTES = 256 * 2**20  # a model's JSON config is kilobytes to a few megabytes; more is a zip bomb
 
 
 def _not_a_model(path: str, reason: str, expected: str) -> InvalidArgumentError:
@@ -227,9 +228,14 @@ def _read_keras_zip(path: str) -> ModelFile:
     try:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
+            for name in ("config.json", "metadata.json"):
+                if name in names and archive.getinfo(name).file_size > _MAX_CONFIG_BYTES:
+                    raise _not_a_model(path, f"its {name} claims {archive.getinfo(name).file_size} bytes", expected)
             raw_config = archive.read("config.json") if "config.json" in names else None
             raw_meta = archive.read("metadata.json") if "metadata.json" in names else b"{}"
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as err:
+    except TfoptError:
+        raise
+    except Exception as err:  # noqa: BLE001 - zipfile/zlib raise many types on damaged archives
         size = os.path.getsize(path)
         raise _not_a_model(path, f"{size} bytes, not a readable zip archive: {_first_line(err)}", expected) from err
     if raw_config is None:
@@ -267,7 +273,7 @@ def _read_h5(path: str) -> ModelFile:
 def _json(raw, path: str, expected: str):
     try:
         return json.loads(raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw)
-    except (UnicodeDecodeError, ValueError) as err:
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
         raise _not_a_model(path, f"its config is not valid JSON: {_first_line(err)}", expected) from err
 
 
@@ -323,21 +329,17 @@ def unsafe_objects(configs, *, is_registered=None) -> list[str]:
         name = node.get("name") or (inner.get("name") if isinstance(inner, dict) else None)
         return f"{name!r}" if isinstance(name, str) else f"a {node.get('class_name')}"
 
-    def visit(node) -> None:
+    stack = [list(configs)]  # iterative walk: a hostile file cannot exhaust the recursion limit
+    while stack:
+        node = stack.pop()
         if isinstance(node, list):
-            for item in node:
-                visit(item)
-            return
-        if not isinstance(node, dict):
-            return
-        reason = _unsafe_reason(node, is_registered)
-        if reason:
-            found.append(f"{label(node)} ({reason})")
-            return
-        for value in node.values():
-            visit(value)
-
-    visit(list(configs))
+            stack.extend(reversed(node))
+        elif isinstance(node, dict):
+            reason = _unsafe_reason(node, is_registered)
+            if reason:
+                found.append(f"{label(node)} ({reason})")
+            else:
+                stack.extend(reversed(list(node.values())))
     return found
 
 
