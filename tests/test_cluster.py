@@ -152,6 +152,16 @@ def test_gradient_tape_loop_trains_centroids_not_assignments():
     assert kmeans.unique_counts(strip_clustering(clustered).get_layer("conv_mid").get_weights()[0], axis=-1).max() <= 8
 
 
+def test_freezing_and_unfreezing_keeps_the_original_kernel_out_of_training():
+    clustered = cluster(bn_cnn(keras), num_clusters=8, include=["dense_mid"])
+    expected = [v.path for v in clustered.trainable_variables]
+    assert any(p.endswith("centroids") for p in expected) and not any(p.endswith("dense_mid/kernel") for p in expected)
+    clustered.trainable = False
+    assert clustered.trainable_variables == []
+    clustered.trainable = True
+    assert [v.path for v in clustered.trainable_variables] == expected
+
+
 _FRESH = """
 import sys, numpy as np
 import tfopt  # registers tfopt's layers with Keras: no scope needed

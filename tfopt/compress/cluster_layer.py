@@ -148,6 +148,16 @@ class ClusterWeights(keras.layers.Wrapper):
         kernel.trainable = False  # the clustered kernel is trained through the centroids
         self.built = True
 
+    @property
+    def trainable(self):
+        return keras.layers.Wrapper.trainable.fget(self)
+
+    @trainable.setter
+    def trainable(self, value):
+        keras.layers.Wrapper.trainable.fset(self, value)
+        if getattr(self, "built", False):
+            self.kernel.trainable = False  # `model.trainable = True` must not revive the unused kernel
+
     def initialize_clusters(self) -> None:
         """Runs k-means on the wrapped layer's kernel and writes centroids, assignments and mask."""
         values = ops.convert_to_numpy(self.kernel)
