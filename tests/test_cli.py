@@ -232,3 +232,11 @@ def test_cli_unsafe_opts_in_to_a_lambda_model(tmp_path, capsys):
     assert "--unsafe" in capsys.readouterr().err
     assert cli.main(["profile", str(tmp_path / "lambda.keras"), "--unsafe", "--json", str(tmp_path / "p.json")]) == 0
     assert json.loads((tmp_path / "p.json").read_text())["params"] == 15
+
+
+@pytest.mark.slow  # trains, converts four ways and benchmarks each
+def test_cli_demo_small(tmp_path):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--output", str(out), "--dataset", "digits", "--epochs", "1", "--num_runs", "2",
+                     "--max_test_examples", "100"]) == 0
+    assert (out / "report.json").exists() and (out / "report.md").exists()
