@@ -1,1 +1,1 @@
-"""Subcommands of the `tfopt` CLI: one module a command, each with NAME, HELP and main(args)."""
+"""Subcommands of the `tfopt` CLI: one module a command (NAME, HELP, define_flags(fv), main(args, fv)); see common.py."""
