@@ -10,7 +10,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 import pytest
-from conftest import subclassed_dense
+from conftest import bn_cnn, subclassed_dense
+
+from tfopt._keras import keras_of
 
 from tfopt.compress.channel_graph import weight_name
 from tfopt.compress.channels import (
@@ -50,7 +52,7 @@ def _masked_reference(model, result: ChannelPruneResult):
     BN, and ReLU / padding / pooling keep it 0, so its contribution to the
     next layer vanishes: the structurally pruned model must compute the same.
     """
-    clone = keras.models.clone_model(model)
+    clone = keras_of(model).models.clone_model(model)
     clone.set_weights(model.get_weights())
     for name, kept in result.kept_channels.items():
         layer = clone.get_layer(name)
@@ -413,3 +415,53 @@ def test_result_summary_and_to_dict_are_reportable():
     assert payload["params_after"] == result.model.count_params()
     assert payload["kept_channels"]["squeeze"] == result.kept_channels["squeeze"]
     assert {row["name"] for row in payload["layers"]} >= {"side", "head"}
+
+
+@pytest.mark.parametrize("flavor", ["keras", "tf_keras"])
+def test_prune_channels_functional_conv_to_conv_both_flavours(flavor):
+    """Conv -> BN -> ReLU -> Conv -> ReLU -> Flatten -> Dense, functional, in each Keras (tf_keras used to fail)."""
+    import importlib
+
+    k = pytest.importorskip(flavor) if flavor == "keras" else importlib.import_module("tfopt._legacy").tf_keras_module()
+    model = _randomize(bn_cnn(k))
+    x = _inputs(model)
+    result = prune_channels(model, ratio=0.5)
+    assert type(result.model).__module__.split(".")[0] == type(model).__module__.split(".")[0]
+    assert result.model.get_layer("conv_in").filters == 4 and result.model.get_layer("conv_mid").filters == 8
+    reference = np.asarray(_masked_reference(model, result)(x, training=False))
+    np.testing.assert_allclose(np.asarray(result.model(x, training=False)), reference, atol=1e-4, rtol=1e-4)
+
+
+def test_prune_channels_real_digits_accuracy_recovers_after_short_finetune():
+    """sklearn digits (1,797 real 8x8 images): ratio 0.5 + 3 fine-tune epochs stays within 3 points of dense."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images[..., None] / 16.0).astype("float32")
+    y = digits.target.astype("int32")
+    order = np.random.default_rng(0).permutation(len(x))
+    x, y = x[order], y[order]
+    x_train, y_train, x_test, y_test = x[:1400], y[:1400], x[1400:], y[1400:]
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="c1"),
+        keras.layers.Conv2D(32, 3, activation="relu", name="c2"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(),
+        keras.layers.Dense(64, activation="relu", name="d1"),
+        keras.layers.Dense(10, name="out"),
+    ])
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(keras.optimizers.Adam(3e-3), loss, metrics=["accuracy"])
+    model.fit(x_train, y_train, epochs=8, batch_size=64, verbose=0)
+    dense = model.evaluate(x_test, y_test, verbose=0)[1]
+    result = prune_channels(model, ratio=0.5)
+    assert result.param_ratio < 0.35
+    pruned = result.model
+    pruned.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
+    before = pruned.evaluate(x_test, y_test, verbose=0)[1]
+    pruned.fit(x_train, y_train, epochs=3, batch_size=64, verbose=0)
+    after = pruned.evaluate(x_test, y_test, verbose=0)[1]
+    assert dense > 0.9, dense
+    assert after >= dense - 0.03, (dense, before, after)

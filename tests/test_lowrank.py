@@ -211,9 +211,8 @@ def test_lowrank_shared_layer_converts_fits_and_round_trips(tmp_path):
 
 def test_cli_decompose_reports_json(tmp_path):
     import keras
-    from absl import flags
 
-    from tfopt._cli import decompose as command
+    from tfopt import cli
 
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
@@ -224,11 +223,8 @@ def test_cli_decompose_reports_json(tmp_path):
     model.save(model_path)
     np.savez(data_path, x_train=x, y_train=y, x_test=x[:32], y_test=y[:32])
     out, report = str(tmp_path / "small.keras"), str(tmp_path / "r.json")
-    flags.FLAGS(["tfopt", f"--data={data_path}", f"--output={out}", f"--json={report}", "--rank=4", "--epochs=1"])
-    try:
-        assert command.main([model_path]) == 0
-    finally:
-        flags.FLAGS.unparse_flags()
+    assert cli.main(["decompose", model_path, f"--data={data_path}", f"--output={out}", f"--json={report}", "--rank=4",
+                     "--epochs=1"]) == 0
     payload = json.loads(open(report).read())
     assert payload["params_after"] < payload["params_before"]
     assert {"accuracy_before", "accuracy_after", "accuracy_decomposed"} <= set(payload)

@@ -193,42 +193,20 @@ def test_resolver_method_names(op, method):
 
 
 def test_cli_export_micro_json_and_exit_codes(digits_int8, unsupported_float, tmp_path):
-    from absl import flags
-
-    import tfopt._cli.common  # noqa: F401 - defines the shared flags
-    from tfopt._cli import export_micro as command
+    from tfopt import cli
 
     tflite, data = digits_int8
     model_path, bad_path = tmp_path / "digits-v1.tflite", tmp_path / "head.tflite"
     model_path.write_bytes(tflite.tflite)
     bad_path.write_bytes(unsupported_float)
     data.to_npz(str(tmp_path / "data.npz"))
-    fl = flags.FLAGS
-    if not fl.is_parsed():
-        fl(["tfopt"])
-    saved = {k: getattr(fl, k) for k in ("output", "json", "data", "micro_samples")}
-    try:
-        fl.output, fl.json, fl.data, fl.micro_samples = (
-            str(tmp_path / "c"),
-            str(tmp_path / "r.json"),
-            str(tmp_path / "data.npz"),
-            20,
-        )
-        assert command.main([str(model_path)]) == 0
-        payload = json.loads((tmp_path / "r.json").read_text())
-        assert (
-            payload["ok"]
-            and payload["unsupported_ops"] == []
-            and payload["arena_bytes"] > 0
-        )
-        assert payload["max_abs_diff_vs_litert"] <= 1 and payload["num_samples"] == 20
-        assert (tmp_path / "c" / "digits_v1_model_data.cc").exists()
-        fl.data = None
-        assert command.main([str(bad_path)]) == 1
-        assert {
-            u["op"]
-            for u in json.loads((tmp_path / "r.json").read_text())["unsupported_ops"]
-        } == {"REDUCE_PROD", "TOPK_V2"}
-    finally:
-        for key, value in saved.items():
-            setattr(fl, key, value)
+    report = tmp_path / "r.json"
+    argv = ["--output", str(tmp_path / "c"), "--json", str(report)]
+    assert cli.main(["export-micro", str(model_path), *argv, "--data", str(tmp_path / "data.npz"),
+                     "--num_samples", "20"]) == 0
+    payload = json.loads(report.read_text())
+    assert payload["ok"] and payload["unsupported_ops"] == [] and payload["arena_bytes"] > 0
+    assert payload["max_abs_diff_vs_litert"] <= 1 and payload["num_samples"] == 20
+    assert (tmp_path / "c" / "digits_v1_model_data.cc").exists()
+    assert cli.main(["export-micro", str(bad_path), *argv]) == 1
+    assert {u["op"] for u in json.loads(report.read_text())["unsupported_ops"]} == {"REDUCE_PROD", "TOPK_V2"}

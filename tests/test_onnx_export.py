@@ -150,28 +150,21 @@ def test_export_onnx_result_summary_and_dict(trained_cnn, digits, tmp_path):
 
 
 def test_cli_export_onnx_writes_model_and_json(trained_cnn, digits, tmp_path):
-    from absl import flags
-
-    from tfopt._cli import export_onnx as cmd
+    from tfopt import cli
 
     model_path = tmp_path / "cnn.keras"
     trained_cnn.save(model_path)
     data_path = tmp_path / "data.npz"
     np.savez(data_path, x_train=digits[0], y_train=digits[1], x_test=digits[2], y_test=digits[3])
     out, report = tmp_path / "cnn.onnx", tmp_path / "report.json"
-    flags.FLAGS(["tfopt", f"--output={out}", f"--data={data_path}", f"--json={report}"])
-    try:
-        assert cmd.main([str(model_path)]) == 0
-    finally:
-        flags.FLAGS.unparse_flags()
+    assert cli.main(["export-onnx", str(model_path), f"--output={out}", f"--data={data_path}", f"--json={report}"]) == 0
     payload = json.loads(report.read_text())
     assert out.exists() and payload["paths"]["onnx"] == str(out)
     assert payload["max_abs_diff"] <= 1e-4 and payload["num_samples"] == 256
 
 
-def test_cli_export_onnx_needs_one_model():
-    from tfopt._cli import common
-    from tfopt._cli import export_onnx as cmd
+def test_cli_export_onnx_needs_one_model(capsys):
+    from tfopt import cli
 
-    with pytest.raises(common.CLIError, match="expected one MODEL"):
-        cmd.main([])
+    assert cli.main(["export-onnx", "--output", "x.onnx"]) == 2
+    assert "MODEL" in capsys.readouterr().err

@@ -1,9 +1,11 @@
-"""Selective precision: ranking maths, exclude by name, automatic choice of the ops kept float."""
+"""Float fallback (selective precision): ranking maths, by name, automatic choice for both engines; the deprecated
+quantize_selective."""
 
 import keras
 import numpy as np
 import pytest
 
+from tfopt.export.convert import convert
 from tfopt.export.selective import quantize_selective, rank_by_error_added
 
 
@@ -14,8 +16,12 @@ def test_selective_rank_blames_the_op_that_adds_the_error():
     assert dict(ranked)["d"] == -80.0  # an exact op does not add error
 
 
-def _sensitive_model():
-    """Channel 0 of "wide" spans a huge range but is ignored by "head": int8 crushes the other channels."""
+def _sensitive_model(tail=False):
+    """Channel 0 of "wide" spans a huge range but is ignored by "head": int8 crushes the other channels.
+
+    With `tail`, an identity Dense follows "head", so "head" is not the model's output op (the converter
+    cannot keep an output op float).
+    """
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
         [
@@ -24,6 +30,7 @@ def _sensitive_model():
             keras.layers.Dense(16, name="wide"),
             keras.layers.Dense(3, name="head"),
         ]
+        + ([keras.layers.Dense(3, name="tail", kernel_initializer="identity")] if tail else [])
     )
     kernel, bias = model.get_layer("wide").get_weights()
     kernel[:, 0] *= 3000.0
@@ -38,7 +45,8 @@ def _sensitive_model():
 
 def test_selective_keeps_fewest_ops_float_to_meet_tolerance():
     model, x, y = _sensitive_model()
-    result = quantize_selective(model, calibration=x, validation=(x, y), max_accuracy_drop=0.02)
+    with pytest.warns(DeprecationWarning):
+        result = quantize_selective(model, calibration=x, validation=(x, y), max_accuracy_drop=0.02)
     assert result.fully_quantized_accuracy < 0.9  # plain int8 loses the small features
     assert result.float_accuracy - result.quantized_accuracy <= 0.02
     # The head loses the most SNR, but the crushed tensor is wide's output: both end up float.
@@ -50,8 +58,32 @@ def test_selective_keeps_fewest_ops_float_to_meet_tolerance():
 
 def test_selective_exclude_by_name_and_errors():
     model, x, y = _sensitive_model()
-    result = quantize_selective(model, calibration=x, exclude=["head"])
+    with pytest.warns(DeprecationWarning):
+        result = quantize_selective(model, calibration=x, exclude=["head"])
     assert result.result.inspection.precision_counts == {"int8": 2, "float32": 1}
     assert result.float_accuracy is None
-    with pytest.raises(ValueError, match="max_accuracy_drop is a fraction"):
+    with pytest.raises(ValueError, match="max_accuracy_drop is a fraction"), pytest.warns(DeprecationWarning):
         quantize_selective(model, calibration=x, max_accuracy_drop=5)
+
+
+@pytest.mark.parametrize("engine", ["converter", "litert_quantizer"])
+def test_convert_float_fallback_auto_meets_tolerance(engine):
+    model, x, y = _sensitive_model(tail=True)
+    full = convert(model, mode="int8", engine=engine, calibration=x, check_delegation=False)
+    result = convert(model, mode="int8", engine=engine, calibration=x, float_fallback="auto", validation=(x, y),
+                     max_accuracy_drop=0.02, check_delegation=False)
+    search = result.fallback_search
+    assert search["criterion"] == "accuracy" and search["met"]
+    assert search["fully_quantized"] < 0.9 and search["reference"] - search["final"] <= 0.02
+    assert 1 <= len(result.float_fallback) <= 3 and result.size_bytes > full.size_bytes
+    assert sum(result.inspection.precision_counts.values()) == 4 and result.inspection.precision_counts.get("float32")
+    assert "float fallback search (accuracy)" in result.summary() and result.to_dict()["fallback_search"] == search
+
+
+def test_convert_float_fallback_auto_without_labels_uses_agreement():
+    model, x, _ = _sensitive_model()
+    result = convert(model, mode="int8", engine="litert_quantizer", calibration=x, float_fallback="auto",
+                     max_accuracy_drop=0.05, check_delegation=False)
+    search = result.fallback_search
+    assert search["criterion"] == "top1_agreement" and search["reference"] == 1.0
+    assert search["met"] and search["final"] >= 0.95 > search["fully_quantized"]

@@ -247,4 +247,10 @@ def _convert_keeping_float(converter: Any, nodes: list[str]) -> bytes:
         debugger = tf.lite.experimental.QuantizationDebugger(
             converter=converter, debug_dataset=converter.representative_dataset, debug_options=options
         )
-        return bytes(debugger.get_nondebug_quantized_model())
+        try:
+            return bytes(debugger.get_nondebug_quantized_model())
+        except (ValueError, RuntimeError) as err:
+            raise InvalidArgumentError(
+                f"The TFLite converter could not keep {nodes} in float ({first_lines(err, 2)}). The converter "
+                "cannot keep the model's output op float; use engine='litert_quantizer' for that."
+            ) from err

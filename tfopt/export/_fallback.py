@@ -125,14 +125,23 @@ def auto_fallback(
         layers = [layer for layer in parity.layers if layer.name in compute]
         sensitivity = rank_by_error_added([layer.name for layer in layers], [layer.snr_db for layer in layers])
         by_name = {name: outs for outs in op_outputs(float_content) for name in outs}
-        for name, _ in sensitivity:
+        # Ops whose quantized output could not be matched by name (e.g. the model output behind a DEQUANTIZE)
+        # come last, latest first.
+        float_compute = _compute_op_names(float_content)
+        unranked = [outs[0] for outs in reversed(op_outputs(float_content))
+                    if outs and outs[0] in float_compute and not any(n in dict(sensitivity) for n in outs)]
+        for name in [n for n, _ in sensitivity] + unranked:
             if len(kept) - len(base) >= max_float_ops:
                 break
             outs = by_name.get(name, [name])
             if outs in kept:
                 continue
+            try:
+                candidate = quantize(kept + [outs])
+            except InvalidArgumentError:  # this engine cannot keep that op float (e.g. the converter's output op)
+                continue
             kept.append(outs)
-            current = quantize(kept)
+            current = candidate
             value = score(current)[1]
             steps.append({"kept_float": [op_scope(o) for o in kept], criterion: value})
             if reference - value <= max_accuracy_drop:
