@@ -149,6 +149,14 @@ def test_check_outputs_refuses_output_equal_to_input(tmp_path, monkeypatch):
     assert model.read_bytes() == b"model"
 
 
+def test_check_outputs_refuses_output_inside_input_folder(tmp_path):
+    saved_model = tmp_path / "saved_model"
+    saved_model.mkdir()
+    message = _refused({"--output": str(saved_model / "saved_model.pb")}, {"MODEL": str(saved_model)})
+    assert "inside the input folder MODEL" in message
+    assert _io.check_outputs({"--output": str(tmp_path / "saved_model.tflite")}, {"MODEL": str(saved_model)})
+
+
 def test_check_outputs_refuses_two_equal_outputs(tmp_path):
     message = _refused({"--output": str(tmp_path / "a"), "--json": str(tmp_path / "." / "a")})
     assert "--json" in message and "same path as --output" in message

@@ -40,8 +40,8 @@ def check_outputs(
 ) -> dict[str, str]:
     """Checks output paths before any work starts; returns `{label: absolute path}`.
 
-    Refuses an output that resolves (symlinks followed) to an input or to another
-    output, an existing folder where a file is expected (or a file where a folder
+    Refuses an output that resolves (symlinks followed) to an input, into an
+    input folder (a SavedModel), or to another output, an existing folder where a file is expected (or a file where a folder
     is expected), a path under an existing file, and a location where a file
     cannot be created (checked by creating and removing a probe file).
 
@@ -82,6 +82,12 @@ def check_outputs(
                 raise InvalidArgumentError(
                     f"{label} {path!r} is the same file as {in_label} {given_inputs[in_label]!r}: writing it would "
                     "destroy the input. Pass a different output path."
+                )
+        for in_label, in_real in real_inputs.items():
+            if os.path.isdir(in_real) and real.startswith(in_real.rstrip(os.sep) + os.sep):
+                raise InvalidArgumentError(
+                    f"{label} {path!r} lies inside the input folder {in_label} {given_inputs[in_label]!r}: writing "
+                    "it would change the input. Pass a path outside that folder."
                 )
         if real in seen:
             raise InvalidArgumentError(
