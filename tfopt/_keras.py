@@ -285,7 +285,8 @@ def _first_line(err: BaseException) -> str:
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 # Roots of modules whose classes a file may name: importing them runs only installed, trusted code.
-SAFE_MODULE_ROOTS = frozenset({"keras", "tf_keras", "tfopt", "tensorflow_model_optimization", "builtins"})
+SAFE_MODULE_ROOTS = frozenset({"keras", "keras_hub", "keras_cv", "keras_nlp", "tf_keras", "tfopt",
+                               "tensorflow_model_optimization", "builtins"})
 # TensorFlow namespaces a tf_keras TFOpLambda may call: pure math on tensors, no file or process access.
 SAFE_TF_NAMESPACES = frozenset({"math", "nn", "linalg", "image", "signal", "bitwise", "__operators__", "dtypes"})
 SAFE_TF_FUNCTIONS = frozenset(
