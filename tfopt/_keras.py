@@ -114,6 +114,13 @@ def load_model(path: str | os.PathLike, *, safe_mode: bool = True, custom_object
     `.h5` files and SavedModel folders, which Keras' own `safe_mode` does not.
     Pass `safe_mode=False` (CLI: `--unsafe`) only for files you trust.
 
+    SavedModel folders: `tfopt.convert(folder)` hands the folder to the TFLite
+    converter, which reads the TensorFlow graph and runs no Python from the
+    folder, so converting needs no opt-in. Loading one here rebuilds Keras
+    layers from its `keras_metadata.pb` (where Lambda bytecode lives) and is
+    checked like any other file; a SavedModel without Keras metadata is refused
+    with a pointer to `tfopt.convert`.
+
     Args:
         path: a `.keras` / `.h5` / `.hdf5` file, or a SavedModel folder written by tf_keras.
         safe_mode: refuse models that would run code from the file. Defaults to `True`.
