@@ -25,6 +25,7 @@ def _kernel_spec_dir() -> str:
     return os.path.join(KERNELS_PATH, "kernels", KERNEL_NAME)
 
 
+@pytest.mark.xdist_group("jupyter_kernel")
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[os.path.basename(p) for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
@@ -66,6 +67,7 @@ def _stamp_is_current() -> bool:
         return handle.read().strip() == digest.hexdigest()
 
 
+@pytest.mark.xdist_group("jupyter_kernel")  # reinstalls the kernel: never while a notebook starts it
 def test_venv_script_leaves_home_kernels_alone(tmp_path):
     if not _stamp_is_current():
         pytest.skip(".venv is not installed or out of date: this test never runs pip; run scripts/venv.sh first.")
