@@ -33,9 +33,9 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
 APPLICATIONS = {
-    "MobileNet": 64, "MobileNetV2": 64, "MobileNetV3Small": 64, "MobileNetV3Large": 64, "EfficientNetB0": 64,
-    "EfficientNetV2B0": 64, "ResNet50": 64, "DenseNet121": 64, "NASNetMobile": 64, "InceptionV3": 75,
-    "Xception": 71, "ConvNeXtTiny": 64, "VGG16": 32,
+    "MobileNet": 32, "MobileNetV2": 32, "MobileNetV3Small": 32, "MobileNetV3Large": 32, "EfficientNetB0": 32,
+    "EfficientNetV2B0": 32, "ResNet50": 32, "DenseNet121": 32, "NASNetMobile": 32, "InceptionV3": 75,
+    "Xception": 71, "ConvNeXtTiny": 32, "VGG16": 32,
 }
 EXTRA = ("Conv1D", "Subclassed", "Nested")
 
@@ -159,7 +159,7 @@ def run_one(name: str, steps: int, min_parity: float) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=None, help="comma-separated model names")
-    parser.add_argument("--steps", type=int, default=20, help="float and QAT fine-tuning steps (batch 16)")
+    parser.add_argument("--steps", type=int, default=10, help="float and QAT fine-tuning steps (batch 16)")
     parser.add_argument("--min_parity", type=float, default=0.97)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "bench_qat_coverage.json"))

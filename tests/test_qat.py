@@ -1,102 +1,127 @@
-"""QAT: plain fit on Keras 3 and tf_keras inputs, full-int8 conversion, the preparer, preserve, save/load."""
-
-import os
+"""QAT on the Keras 3 path: real-digit accuracy and parity of the int8 .tflite, layer coverage, strip, summary, errors."""
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-import tf_keras
 
 from conftest import assert_weights_unchanged, weights_snapshot
 from tfopt import _keras
-from tfopt.compress.qat import load_qat, qat_summary, quantize
-from tfopt.compress.qat_prepare import prepare
-from tfopt.export.calibration import calibration_data
+from tfopt.compress.qat import has_wrappers, qat, qat_summary, quantize, strip_qat
 from tfopt.export.convert import convert
 from tfopt.measure.parity import compare
 
-RNG = np.random.default_rng(0)
-X = RNG.random((48, 8, 8, 1), dtype="float32")
-Y = RNG.integers(0, 4, 48)
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def _cnn(k):
-    k.utils.set_random_seed(0)
-    inputs = k.Input((8, 8, 1), name="image")
-    x = k.layers.Conv2D(8, 3, use_bias=False, name="conv")(inputs)
-    x = k.layers.BatchNormalization(name="bn")(x)
-    x = k.layers.ReLU(name="relu")(x)
-    x = k.layers.Flatten(name="flatten")(x)
-    return k.Model(inputs, k.layers.Dense(4, name="logits")(x), name="cnn")
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = (data.images / 16.0).astype("float32")[..., None]
+    order = np.random.default_rng(0).permutation(len(x))
+    x, y = x[order], data.target[order]
+    return x[:1400], y[:1400], x[1400:], y[1400:]
 
 
-def _fit(model, epochs=1):
-    model.compile(tf_keras.optimizers.Adam(1e-3), tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    return model.fit(X, Y, epochs=epochs, batch_size=16, verbose=0)
+def digits_cnn():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1), name="image")
+    x = keras.layers.Conv2D(16, 3, padding="same", use_bias=False, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(momentum=0.9, name="bn")(x)
+    x = keras.layers.ReLU(name="relu")(x)
+    x = keras.layers.Conv2D(32, 3, activation="relu", name="conv2")(x)
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x), name="digits_cnn")
 
 
-@pytest.mark.parametrize("k", [keras, tf_keras], ids=["keras3", "tf_keras"])
-def test_qat_plain_fit_converts_to_full_int8_and_agrees(k):
-    model = _cnn(k)
+@pytest.fixture(scope="module")
+def trained(digits):
+    x_train, y_train, x_test, y_test = digits
+    model = digits_cnn()
+    model.compile(keras.optimizers.Adam(3e-3), LOSS, metrics=["accuracy"])
+    model.fit(x_train, y_train, epochs=6, batch_size=32, verbose=0)
+    return model, model.evaluate(x_test, y_test, verbose=0)[1]
+
+
+def test_qat_digits_int8_tflite_within_one_point_full_int8_and_parity(digits, trained):
+    x_train, y_train, x_test, y_test = digits
+    model, float_accuracy = trained
     snapshot = weights_snapshot(model)
-    qat = quantize(model)
-    assert _keras.keras_flavor(qat) == _keras.TF_KERAS
-    history = _fit(qat, epochs=2)  # the user's own fit, no callback
-    assert np.isfinite(history.history["loss"][-1])
-    summary = qat_summary(qat)
-    assert summary.flavor == ("keras3" if k is keras else "tf_keras")
-    assert {"conv", "bn", "logits"} <= set(summary.quantized)
-    tflite = convert(qat, mode="int8", calibration=calibration_data(X, model=qat))
+    wrapped = qat(model)
+    assert _keras.keras_flavor(wrapped) == _keras.KERAS3 and has_wrappers(wrapped)
+    summary = qat_summary(wrapped)
+    assert {"conv", "relu", "conv2", "logits"} <= set(summary.quantized) and not summary.kept_float
+    assert "conv <- bn (BatchNormalization folded)" in summary.rewrites
+    assert summary.uninitialized_ranges > 0  # no batch seen yet
+    wrapped.compile(keras.optimizers.Adam(1e-4), LOSS)
+    wrapped.fit(x_train, y_train, epochs=1, batch_size=32, verbose=0)
+    assert qat_summary(wrapped).uninitialized_ranges == 0
+    tflite = convert(wrapped, mode="int8", calibration=x_train[:200], check_delegation=False)
     assert tflite.inspection.float_compute_ops == []
-    assert set(tflite.inspection.precision_counts) == {"int8"}
-    parity = compare(qat, tflite, X)
-    assert parity.top1_agreement >= 0.95
+    parity = compare(wrapped, tflite, (x_test, y_test), localize=False)
+    assert parity.top1_agreement >= 0.99
+    tflite_accuracy = parity.to_dict()["candidate_accuracy"]
+    assert tflite_accuracy >= float_accuracy - 0.01, (tflite_accuracy, float_accuracy)
     assert_weights_unchanged(model, snapshot)
 
 
-def test_qat_preparer_rewrites_what_tfmot_refuses():
-    # Rescaling preprocessing, hard-swish as TFOpLambda ops, Multiply of two tensors,
-    # a BatchNormalization not after a conv, and a nested model.
-    tf_keras.utils.set_random_seed(0)
-    inputs = tf_keras.Input((8, 8, 3))
-    x = tf_keras.layers.Rescaling(1 / 255.0, name="scale")(inputs)
-    x = tf_keras.layers.Conv2D(8, 3, padding="same", name="conv")(x)
-    x = x * tf.nn.relu6(x + 3.0) / 6.0  # hard-swish
-    x = tf_keras.layers.BatchNormalization(name="lone_bn")(x)
-    gate = tf_keras.layers.Conv2D(8, 1, activation="sigmoid", name="gate")(x)
-    x = x * gate
-    inner = tf_keras.Sequential([tf_keras.Input((8, 8, 8)), tf_keras.layers.Conv2D(4, 3, name="inner_conv")], name="block")
-    x = inner(x)
-    x = tf_keras.layers.GlobalAveragePooling2D()(x)
-    model = tf_keras.Model(inputs, tf_keras.layers.Dense(3, name="logits")(x))
-    with pytest.raises(Exception):  # plain tfmot stops on this model
-        _keras.import_tfmot().quantization.keras.quantize_model(model)
-    prepared = prepare(model)
-    assert "TFOpLambda" not in {type(l).__name__ for l in prepared.model.layers}
-    assert "inner_conv" in {l.name for l in prepared.model.layers}
-    qat = quantize(model)
-    summary = qat_summary(qat)
+def _zoo():
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((8, 8, 3), name="image")
+    x = keras.layers.Rescaling(2.0, offset=-1.0, name="rescale")(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="conv")(x)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    a = keras.layers.Activation("hard_silu", name="hswish")(x)
+    b = keras.layers.SeparableConv2D(8, 3, padding="same", activation="swish", name="sep")(a)
+    c = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(a)
+    c = keras.layers.Activation("sigmoid", name="gate")(c)
+    x = keras.layers.Multiply(name="mul")([b, c])
+    x = keras.layers.Add(name="add")([x, a])
+    x = keras.layers.Concatenate(name="cat")([x, a])
+    x = keras.layers.AveragePooling2D(2, name="avg")(x)
+    x = keras.layers.Conv2DTranspose(4, 3, strides=2, padding="same", name="up")(x)
+    x = keras.layers.ReLU(6.0, name="relu6")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    x = keras.layers.Dense(6, name="hidden")(x)
+    x = keras.layers.Lambda(lambda t: t * 1.0, name="custom")(x)
+    return keras.Model(inputs, keras.layers.Dense(3, name="logits")(x), name="zoo")
+
+
+def test_qat_layer_coverage_converts_to_full_int8():
+    model = _zoo()
+    x = np.random.default_rng(0).random((64, 8, 8, 3), dtype="float32")
+    wrapped = qat(model, exclude="re:hid.*")
+    summary = qat_summary(wrapped)
+    expected = {"rescale", "conv", "hswish", "sep", "dw", "gate", "mul", "add", "cat", "avg", "up", "relu6", "gap", "logits"}
+    assert expected <= set(summary.quantized)
     kept = {f.name: f.reason for f in summary.kept_float}
-    assert "scale" in kept and "lone_bn" in kept
-    assert {"conv", "gate", "inner_conv", "logits"} <= set(summary.quantized)
-    assert any("nested model 'block' inlined" in r for r in summary.rewrites)
-    data = RNG.random((16, 8, 8, 3), dtype="float32") * 255
-    tflite = convert(qat, mode="int8", calibration=data)
+    assert kept["hidden"] == "matched by exclude"
+    assert "no int8 QAT rule" in kept["custom"]
+    wrapped.compile(keras.optimizers.Adam(1e-3), "mse")
+    wrapped.fit(x, np.zeros((64, 3)), batch_size=16, epochs=1, verbose=0)
+    tflite = convert(wrapped, mode="int8", calibration=x, check_delegation=False)
     assert tflite.inspection.float_compute_ops == []
-    assert "kept float" in summary.summary()
+    assert compare(wrapped, tflite, x, localize=False).top1_agreement >= 0.95
 
 
-def test_qat_conv1d_and_subclassed_models():
+def test_strip_qat_gives_the_source_architecture_and_weights(trained):
+    model, _ = trained
+    plain = strip_qat(qat(model))
+    assert not has_wrappers(plain)
+    assert [type(layer).__name__ for layer in plain.layers] == [type(layer).__name__ for layer in model.layers]
+    x = np.random.default_rng(0).random((8, 8, 8, 1), dtype="float32")
+    np.testing.assert_allclose(plain.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_qat_sequential_subclassed_and_nested_models():
     keras.utils.set_random_seed(0)
-    seq_in = keras.Input((20, 4))
-    h = keras.layers.Conv1D(8, 3, activation="relu", name="conv1d")(seq_in)
-    h = keras.layers.GlobalAveragePooling1D()(h)
-    conv1d = keras.Model(seq_in, keras.layers.Dense(3, name="logits")(h))
-    qat = quantize(conv1d)
-    assert [f.name for f in qat_summary(qat).kept_float] == ["conv1d"]
-    tflite = convert(qat, mode="int8", calibration=RNG.random((16, 20, 4), dtype="float32"))
-    assert tflite.inspection.float_compute_ops == []
+    sequential = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu", name="c"),
+                                   keras.layers.Flatten(), keras.layers.Dense(3, name="d")])
+    snapshot = weights_snapshot(sequential)
+    assert "Sequential model rebuilt as a functional model" in qat_summary(qat(sequential)).rewrites
+    assert_weights_unchanged(sequential, snapshot)
 
     class Small(keras.Model):
         def __init__(self):
@@ -109,57 +134,32 @@ def test_qat_conv1d_and_subclassed_models():
             return self.head(self.flat(self.conv(x)))
 
     sub = Small()
-    sub(X[:1])
-    snapshot = weights_snapshot(sub)
-    qat = quantize(sub, input_shape=(8, 8, 1))
-    assert any("traced" in r for r in qat_summary(qat).rewrites)
-    _fit(qat)
-    assert_weights_unchanged(sub, snapshot)
+    sub(np.zeros((1, 8, 8, 1), "float32"))
+    assert any("traced" in r for r in qat_summary(qat(sub, input_shape=(8, 8, 1))).rewrites)
 
-
-def test_qat_exclude_save_load_and_errors(tmp_path):
-    model = _cnn(keras)
-    qat = quantize(model, exclude=["logits"])
-    assert "logits" in {f.name for f in qat_summary(qat).kept_float}
-    _fit(qat)
-    path = os.path.join(tmp_path, "qat.h5")  # tfmot wrappers do not reload from .keras
-    qat.save(path)
-    loaded = load_qat(path)
-    np.testing.assert_allclose(loaded.predict(X, verbose=0), qat.predict(X, verbose=0), atol=1e-5)
-    _fit(loaded)  # training continues after a reload
-    with pytest.raises(ValueError, match="exclude rule 'nope' matched no layer"):
-        quantize(model, exclude="nope")
-    with pytest.raises(ValueError, match="preserve must be one of"):
-        quantize(model, preserve="weights")
-    with pytest.raises(ValueError, match="was not returned by tfopt.quantize"):
-        qat_summary(model)
-
-
-def test_qat_preserve_sparsity_keeps_zeros_in_int8_tflite():
-    from tfopt.analyze.sparsity import tflite_sparsity
-
-    model = _cnn(keras)
-    weights = model.get_weights()
-    kernel = weights[-2]
-    kernel[np.abs(kernel) < np.quantile(np.abs(kernel), 0.8)] = 0.0  # an 80%-sparse head, as after pruning
-    model.set_weights(weights)
-    qat = quantize(model, preserve="sparsity")
-    _fit(qat)
-    tflite = convert(qat, mode="int8", calibration=X)
-    dense = [t for t in tflite_sparsity(tflite).tensors if t.op == "FULLY_CONNECTED"][0]
-    assert dense.sparsity >= 0.79
-
-
-def test_qat_keras3_hard_swish_and_symbolic_ops_are_rewritten():
-    # MobileNetV3 in Keras 3: Activation("hard_silu") and `x + 3.0` op nodes, which tf_keras cannot rebuild.
-    keras.utils.set_random_seed(0)
+    inner = keras.Sequential([keras.Input((6, 6, 4)), keras.layers.Conv2D(4, 3, name="inner_conv")], name="block")
     inputs = keras.Input((8, 8, 1))
-    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
-    x = keras.layers.Activation("hard_silu", name="hswish")(x)
-    x = keras.layers.ReLU(6.0, name="relu6")(x + 3.0) * (1.0 / 6.0)
-    model = keras.Model(inputs, keras.layers.Dense(2, name="logits")(keras.layers.Flatten()(x)))
-    qat = quantize(model)
-    rewrites = " ".join(qat_summary(qat).rewrites)
-    assert "hswish (Activation hard_silu)" in rewrites and "(keras.ops Add) -> Rescaling" in rewrites
-    expected = model.predict(X[:8], verbose=0)  # fake-quant noise only: the rewrite itself is exact (checked inside)
-    assert np.max(np.abs(qat.predict(X[:8], verbose=0) - expected)) < 0.25 * np.max(np.abs(expected))
+    outer = keras.Model(inputs, keras.layers.Dense(2, name="head")(keras.layers.Flatten()(inner(sequential.layers[0](inputs)))))
+    summary = qat_summary(qat(outer))
+    assert "inner_conv" in summary.quantized and "nested model 'block' inlined" in summary.rewrites
+
+
+def test_qat_errors_name_what_was_received():
+    model = digits_cnn()
+    with pytest.raises(ValueError, match="exclude rule 'nope' matched no layer"):
+        qat(model, exclude="nope")
+    with pytest.raises(ValueError, match="preserve must be one of"):
+        qat(model, preserve="weights")
+    with pytest.raises(ValueError, match="ema_decay must be in"):
+        qat(model, ema_decay=1.5)
+    wrapped = qat(model)
+    with pytest.raises(ValueError, match="already prepared for QAT"):
+        qat(wrapped)
+    with pytest.raises(ValueError, match="carries no QAT layers; nothing to strip"):
+        strip_qat(model)
+    with pytest.raises(ValueError, match="carries no QAT layers"):
+        qat_summary(model)
+    with pytest.raises(TypeError, match="Expected a Keras model"):
+        qat("model.keras")
+    with pytest.warns(DeprecationWarning, match="use tfopt.qat"):
+        quantize(model)

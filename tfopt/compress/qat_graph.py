@@ -193,7 +193,15 @@ class _Builder:
             return op
         config = op.get_config()
         config["name"] = self._unique(op.name, scope)
-        new = type(op).from_config(config)
+        try:
+            new = type(op).from_config(config)
+        except Exception as err:  # noqa: BLE001 - any failure to rebuild; reuse weightless layers
+            if op.weights:
+                raise UnsupportedModelError(
+                    f"Layer {op.name!r} ({kind}) cannot be rebuilt from its config ({err}); give it a working "
+                    "get_config / from_config, or exclude it from the model before QAT."
+                ) from err
+            new = op  # a weightless layer (e.g. a Python Lambda safe mode refuses to rebuild) is shared
         info = {"mode": "float", "source": op, "reason": None}
         if self.skip(op):
             info["reason"] = "matched by exclude"
