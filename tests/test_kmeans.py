@@ -66,6 +66,27 @@ def test_cluster_array_whole_per_channel_and_preserving_zeros():
     assert kmeans.unique_counts(kept) == 8  # 7 centroids for the non-zeros, plus 0
 
 
+@pytest.mark.parametrize("axis", [None, -1, 2], ids=["whole", "last-axis", "axis-2"])
+def test_cluster_state_rebuilds_cluster_array(axis):
+    centroids, labels, nonzero = kmeans.cluster_state(W, 8, axis=axis)
+    rows = 1 if axis is None else W.shape[axis]
+    assert centroids.shape == (rows, 8) and labels.shape == W.shape and labels.dtype == np.int32
+    assert labels.min() >= 0 and labels.max() < 8 and nonzero.all()
+    row = np.zeros(W.shape, dtype=int) if axis is None else np.indices(W.shape)[axis % W.ndim]
+    np.testing.assert_allclose(centroids[row, labels], kmeans.cluster_array(W, 8, axis=axis))
+
+
+def test_cluster_state_preserving_zeros_gives_all_centroids_to_the_non_zeros():
+    sparse = np.where(RNG.random(W.shape) < 0.6, 0.0, W)
+    sparse[..., 0] = 0.0  # an all-zero output channel
+    centroids, labels, nonzero = kmeans.cluster_state(sparse, 4, axis=-1, preserve_zeros=True)
+    np.testing.assert_array_equal(nonzero, sparse != 0)
+    rebuilt = np.where(nonzero, centroids[np.indices(W.shape)[-1], labels], 0.0)
+    np.testing.assert_array_equal(rebuilt == 0, sparse == 0)
+    assert kmeans.unique_counts(rebuilt[..., 1:], axis=-1).max() == 5  # 4 shared values plus 0
+    np.testing.assert_array_equal(centroids[0], 0.0)
+
+
 def test_unique_counts_per_axis():
     x = np.array([[1, 1, 2], [3, 4, 5]])
     assert kmeans.unique_counts(x) == 5

@@ -5,8 +5,10 @@ Weight clustering replaces every value of a kernel by the nearest of
 centroids the four ways tfmot offers (`"kmeans++"`, `"linear"`, `"density"`,
 `"random"`), refine them with Lloyd iterations, assign values to centroids,
 and count unique values (per tensor or per channel) the way a checker of a
-clustered model or a .tflite needs. `tfopt.compress.cluster` writes the refined
-centroids into tfmot's wrappers; the tests pin the maths here.
+clustered model or a .tflite needs. `cluster_state` gives the centroids,
+assignments and zero mask that tfopt's Keras 3 wrapper
+(`tfopt.compress.cluster_layer`) trains; on tf_keras, `tfopt.compress.cluster`
+writes `kmeans` centroids into tfmot's wrappers. The tests pin the maths here.
 """
 
 from __future__ import annotations
