@@ -113,27 +113,41 @@ def test_evaluate_callable_metric_on_two_output_model():
     h = keras.layers.Flatten()(image)
     h = keras.layers.Dense(16, activation="relu")(h)
     classes = keras.layers.Dense(4, name="classes")(h)
-    box = keras.layers.Dense(2, name="box")(h)
+    box = keras.layers.Dense(2, name="box")(h)  # Keras order: classes, box; sorted: box, classes
     model = keras.Model(image, [classes, box])
+    tflite = convert(model)
     rng = np.random.default_rng(0)
     x = rng.random((40, 8, 8, 1)).astype("float32")
-    y = [rng.integers(0, 4, 40), rng.random((40, 2)).astype("float32")]
+    labels, boxes = rng.integers(0, 4, 40), rng.random((40, 2)).astype("float32")
     seen = []
 
     def detection_score(y_true, y_pred):
-        seen.append([p.shape for p in y_pred])
-        return metrics.top_k_accuracy(y_true[0], y_pred[0]) - metrics.mean_absolute_error(y_true[1], y_pred[1])
+        seen.append({k: v.shape for k, v in y_pred.items()})
+        return metrics.top_k_accuracy(y_true["classes"], y_pred["classes"]) - metrics.mean_absolute_error(
+            y_true["box"], y_pred["box"]
+        )
 
+    y = {"classes": labels, "box": boxes}
     on_keras = evaluate(model, (x, y), metric=detection_score, higher_is_better=True)
-    on_litert = evaluate(convert(model), (x, y), metric=detection_score, higher_is_better=True)
-    assert seen == [[(40, 4), (40, 2)], [(40, 4), (40, 2)]]
+    on_litert = evaluate(tflite, (x, y), metric=detection_score, higher_is_better=True)
+    assert seen == [{"classes": (40, 4), "box": (40, 2)}] * 2
+    keras_classes, keras_boxes = model.predict(x, verbose=0)
+    expected = np.mean(keras_classes.argmax(-1) == labels) - np.abs(keras_boxes - boxes).mean()
+    assert on_keras.value == pytest.approx(expected, abs=1e-6)
     assert on_litert.value == pytest.approx(on_keras.value, abs=1e-4)
     assert on_keras.metric == "detection_score" and on_keras.higher_is_better
-    by_name = evaluate(model, (x, {"box": y[1]}), metric=lambda t, p: float(np.abs(t["box"] - p["box"]).mean()),
-                       higher_is_better=False)
-    assert by_name.value == pytest.approx(metrics.mean_absolute_error(y[1], model.predict(x, verbose=0)[1]), rel=1e-5)
+
+    def as_lists(y_true, y_pred):
+        return metrics.top_k_accuracy(y_true[0], y_pred[0]) - metrics.mean_absolute_error(y_true[1], y_pred[1])
+
+    keras_list = evaluate(model, (x, [labels, boxes]), metric=as_lists, higher_is_better=True)  # Keras order
+    tflite_list = evaluate(tflite, (x, [boxes, labels]), metric=lambda t, p: as_lists(t[::-1], p[::-1]),
+                           higher_is_better=True)  # the .tflite's signature order: box, classes
+    assert keras_list.value == pytest.approx(on_keras.value) and tflite_list.value == pytest.approx(on_litert.value)
+    assert "['box', 'classes']" in tflite_list.notes[-1]
     builtin = evaluate(model, (x, y), metric="top1")
-    assert "first output" in builtin.notes[0] or "'classes'" in builtin.notes[0]
+    assert builtin.value == pytest.approx(np.mean(keras_classes.argmax(-1) == labels))
+    assert "'classes'" in builtin.notes[0]
 
 
 def test_evaluate_multi_input_list_and_dict(two_input_model):

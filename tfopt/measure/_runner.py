@@ -210,19 +210,35 @@ def _plain(detail: dict) -> dict[str, Any]:
     }
 
 
-def describe(interpreter) -> dict[str, Any]:
-    """Inputs and outputs as plain data, with the signature's names for the outputs."""
-    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
-    names = [d["name"] for d in outputs]
+def output_order(interpreter) -> tuple[list[int], list[str]]:
+    """Positions in get_output_details() in the signature's output order, and the signature's names.
+
+    The interpreter's own output order is not the Keras model's (the converter
+    numbers outputs by sorted name), so with one signature its order and names
+    are used; otherwise the interpreter's order and tensor names.
+    """
+    outputs = interpreter.get_output_details()
+    positions, names = list(range(len(outputs))), [d["name"] for d in outputs]
     signatures = interpreter.get_signature_list()
     if len(signatures) == 1:
-        runner = interpreter.get_signature_runner(next(iter(signatures)))
-        by_index = {d["index"]: key for key, d in runner.get_output_details().items()}
-        named = [by_index.get(d["index"], d["name"]) for d in outputs]
-        names = named if len(set(named)) == len(named) else names
+        key = next(iter(signatures))
+        by_index = {d["index"]: i for i, d in enumerate(outputs)}
+        runner_outputs = interpreter.get_signature_runner(key).get_output_details()
+        wanted = [n for n in signatures[key]["outputs"] if n in runner_outputs]
+        picked = [by_index.get(runner_outputs[n]["index"]) for n in wanted]
+        if len(picked) == len(outputs) and None not in picked and len(set(picked)) == len(picked):
+            positions, names = picked, wanted
+    return positions, names
+
+
+def describe(interpreter) -> dict[str, Any]:
+    """Inputs and outputs as plain data; outputs in the signature's order, with its names."""
+    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+    positions, names = output_order(interpreter)
+    signatures = interpreter.get_signature_list()
     return {
         "inputs": [_plain(d) for d in inputs],
-        "outputs": [_plain(d) for d in outputs],
+        "outputs": [_plain(outputs[i]) for i in positions],
         "output_names": names,
         "signatures": {k: {"inputs": list(v["inputs"]), "outputs": list(v["outputs"])} for k, v in signatures.items()},
     }
@@ -371,7 +387,8 @@ def measure(request: dict[str, Any]) -> dict[str, Any]:
         times[k] = clock() - t0
     result["latencies_ms"] = times / 1e6
     if xs is not None and request.get("want_outputs"):
-        result["predictions"] = run_outputs(interpreter, xs, batch_size=1)
+        outputs = run_outputs(interpreter, xs, batch_size=1)
+        result["predictions"] = [outputs[i] for i in output_order(interpreter)[0]]
     return result
 
 
@@ -385,7 +402,8 @@ def run_task(task: str, request: dict[str, Any]) -> dict[str, Any]:
         info = describe(interpreter)
         outputs = run_outputs(interpreter, request["xs"], names=request.get("input_names"),
                               batch_size=request.get("batch_size", 1))
-        return {**info, "predictions": outputs, "notes": notes}
+        positions, _ = output_order(interpreter)
+        return {**info, "predictions": [outputs[i] for i in positions], "notes": notes}
     if task == "describe":
         interpreter, notes = load(request["content"], fallback=True)
         return {"notes": notes, **describe(interpreter)}

@@ -80,12 +80,16 @@ def evaluate(
             path, or a `ConversionResult`).
         data: `(x, y)`. `x` is an array, a list of arrays (model-input order) or
             a dict keyed by input name; `y` is an array, or a list / dict with
-            one array per model output.
+            one array per model output. A .tflite does not record the Keras
+            output order: there a list `y` follows the .tflite's signature
+            outputs (sorted by name for converted Keras models); a dict keyed by
+            output name means the same thing everywhere.
         metric: `"top1"` (labels as integers or one-hot), `"top5"` or any
             `"top<k>"`, `"mae"`, `"mse"`, `"f1"` (macro), or a callable
             `metric(y_true, y_pred) -> float`. A built-in metric scores the first
-            output; a callable gets `y` as given and the predictions in the same
-            form (one array, a list or a dict). Defaults to `"top1"`.
+            output (with a dict `y`, its first key); a callable gets `y` as given
+            and the predictions in the same form (one array, a list or a dict).
+            Defaults to `"top1"`.
         higher_is_better: the direction of a callable metric (required then).
             Defaults to `None`.
         batch_size: examples per call to Keras, and per invoke for a .tflite
@@ -133,6 +137,10 @@ def evaluate(
         raw = predict_tflite(content, xs, batch_size=batch_size, num_threads=num_threads,
                              use_xnnpack=use_xnnpack, timeout=timeout)
         outputs, names, notes = raw["predictions"], raw["output_names"], list(raw["notes"])
+        outputs, names = _keras_order(model_or_tflite, outputs, names)
+        if len(outputs) > 1 and isinstance(y, (list, tuple)):
+            notes.append(f"a list y follows the .tflite's outputs {names}; pass y as a dict keyed by these names "
+                         "to be explicit")
         kind, runtime = f"TFLite ({len(content) / 1024:.1f} KB)", "LiteRT" + ("" if use_xnnpack else " (no XNNPACK)")
     else:
         raise InvalidTypeError(
@@ -240,7 +248,7 @@ def score(scorer: _metrics.Metric, outputs: list[np.ndarray], y: Any, names: lis
             raise InvalidTypeError(f"metric {scorer.name!r} must return a number; it returned {type(value).__name__}.") from None
     notes = []
     if isinstance(y, Mapping):
-        first = next((n for n in names if n in y), None)
+        first = next((n for n in y if n in names), None)
         if first is None:
             raise InvalidArgumentError(f"y names outputs {list(y)}; the model's outputs are {names}.")
         target, predicted = y[first], outputs[names.index(first)]
@@ -251,6 +259,14 @@ def score(scorer: _metrics.Metric, outputs: list[np.ndarray], y: Any, names: lis
     if len(outputs) > 1:
         notes.append(f"{scorer.name} scores the output {first!r}; pass a callable metric to score the others")
     return scorer(target, predicted), notes
+
+
+def _keras_order(obj: Any, outputs: list[np.ndarray], names: list[str]) -> tuple[list[np.ndarray], list[str]]:
+    """Outputs in the Keras model's order when the object says it (an `output_names` attribute), else as given."""
+    keras_names = list(getattr(obj, "output_names", None) or [])
+    if len(keras_names) == len(names) > 1 and set(keras_names) == set(names):
+        return [outputs[names.index(n)] for n in keras_names], keras_names
+    return outputs, names
 
 
 def _is_tflite(obj: Any) -> bool:
