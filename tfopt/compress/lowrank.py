@@ -375,7 +375,7 @@ def plan_decomposition(
 
     >>> import keras, tfopt
     >>> model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(300), keras.layers.Dense(10)])
-    >>> plan = tfopt.plan_decomposition(model, param_ratio=0.3)
+    >>> plan = plan_decomposition(model, param_ratio=0.3)
     >>> plan.param_ratio <= 0.3
     True
     >>> [layer.factorised for layer in plan.layers]  # the small head keeps its full rank
