@@ -65,6 +65,9 @@ def files(tmp_path_factory):
     np.savez(folder / "objects.npz", x_train=np.array([{"a": 1}] * 3, dtype=object), y_train=y[:3],
              x_test=x[:3], y_test=y[:3])
     (folder / "text.npz").write_text("not an npz")
+    good = (folder / "data.npz").read_bytes()
+    (folder / "unknown_compression.npz").write_bytes(_patch_zip(good, method=99))
+    (folder / "encrypted.npz").write_bytes(_patch_zip(good, flag=0x1))
     (folder / "empty.keras").write_bytes(b"")
     (folder / "text.keras").write_text("this is not a model")
     (folder / "text.h5").write_text("this is not a model")
@@ -77,6 +80,20 @@ def files(tmp_path_factory):
     (folder / "folder.keras").mkdir()
     (folder / "no_saved_model").mkdir()
     return folder
+
+
+def _patch_zip(content: bytes, *, method: int | None = None, flag: int | None = None) -> bytes:
+    """Rewrites every member's compression method / flag bits in the local and central zip headers."""
+    data = bytearray(content)
+    for signature, flag_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        start = data.find(signature)
+        while start != -1:
+            if flag is not None:
+                data[start + flag_at : start + flag_at + 2] = flag.to_bytes(2, "little")
+            if method is not None:
+                data[start + method_at : start + method_at + 2] = method.to_bytes(2, "little")
+            start = data.find(signature, start + 4)
+    return bytes(data)
 
 
 M, H5, T, D = "{d}/model.keras", "{d}/model.h5", "{d}/model.tflite", "{d}/data.npz"
@@ -220,6 +237,9 @@ CASES = [
     ("prune-object-arrays", train("prune", "{d}/objects.npz"), ["python objects"]),
     ("prune-text-npz", train("prune", "{d}/text.npz"), ["could not read"]),
     ("prune-npy-as-npz", train("prune", "{d}/single.npz"), ["single array"]),
+    ("prune-npz-unknown-compression", train("prune", "{d}/unknown_compression.npz"), ["could not read",
+                                                                                      "NotImplementedError"]),
+    ("bench-npz-encrypted", ["bench", T, "--data", "{d}/encrypted.npz"], ["could not read", "RuntimeError"]),
     ("export-micro-nan-data", ["export-micro", T, "--output", "{out}/c", "--data", "{d}/inf_test.npz"], ["inf"]),
     # ---------------------------------------------------------------- model files
     ("prune-empty-keras", train("prune", D, model="{d}/empty.keras"), ["empty", "0 bytes"]),

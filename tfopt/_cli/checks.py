@@ -7,7 +7,6 @@ with one line: what was received, what was expected, how to fix it.
 from __future__ import annotations
 
 import os
-import zipfile
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -53,11 +52,15 @@ def load_npz(path: str | None, *, required: tuple[str, ...] = DATA_KEYS, label: 
                            "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...).")
         with loaded:
             data = {key: loaded[key] for key in loaded.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
-        if isinstance(err, CLIError):
-            raise
-        reason = "it holds Python objects, which are never unpickled" if "allow_pickle" in str(err) else str(err)
-        raise CLIError(f"could not read {label} {path!r} as an .npz file: {reason}.") from err
+    except CLIError:
+        raise
+    except Exception as err:  # noqa: BLE001 - untrusted bytes: zipfile, numpy's header parser and the pickle
+        # refusal raise many types (BadZipFile, ValueError, EOFError, NotImplementedError for an unknown
+        # compression, RuntimeError for an encrypted member); each is the same user error, a file we cannot read.
+        reason = ("it holds Python objects, which are never unpickled" if "allow_pickle" in str(err)
+                  else f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}")
+        raise CLIError(f"could not read {label} {path!r} as an .npz file of numeric arrays ({reason}). Expected a "
+                       "file written by np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...).") from err
     missing = [key for key in required if key not in data]
     if missing:
         raise CLIError(f"{label} {path!r} lacks {', '.join(missing)}; it holds {', '.join(sorted(data)) or 'nothing'}. "
