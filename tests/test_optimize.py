@@ -213,3 +213,28 @@ def test_level2_trial_prunes_and_clusters_with_per_layer_targets(digits, tmp_pat
     targets = row["recipe"][0]["target_sparsity"]
     assert isinstance(targets, dict) and "hidden" in targets  # sensitivity-based, the big first layer included
     assert row["gzip_bytes"] < 0.25 * result.baseline["gzip_bytes"]
+
+
+def test_micro_arena_objective_runs_in_the_bound_on_tflite_micro(digits, tmp_path):
+    from tflite_micro.python.tflite_micro import runtime
+
+    model, _, npz = digits
+    bound_kb = 16.0
+    result = optimize(model, npz, constraints={"max_accuracy_drop": 2.0, "max_arena_kb": bound_kb}, objective="arena",
+                      target="micro", level=1, output_dir=tmp_path, verbose=False)
+    best = result.best_candidate
+    assert best is not None and best["arena_bytes"] <= bound_kb * 1024
+    assert all(c["arena_bytes"] for c in result.candidates)
+    assert best["arena_bytes"] == min(c["arena_bytes"] for c in result.candidates if c["meets_constraints"])
+    content = open(best["tflite"], "rb").read()
+    interpreter = runtime.Interpreter.from_bytes(content, arena_size=int(bound_kb * 1024))
+    x = np.load(npz)["x_test"][:20]
+    detail = interpreter.get_input_details(0)
+    scale, zero = detail["quantization_parameters"]["scales"][0], detail["quantization_parameters"]["zero_points"][0]
+    hits = 0
+    for row, label in zip(x, np.load(npz)["y_test"][:20]):
+        interpreter.set_input(np.clip(np.round(row[None] / scale + zero), -128, 127).astype(np.int8), 0)
+        interpreter.invoke()
+        hits += int(np.argmax(interpreter.get_output(0)) == label)
+    assert hits >= 17  # the int8 model still reads digits on the microcontroller runtime
+    assert best["c_array"] and os.path.isfile(best["c_array"])

@@ -72,11 +72,26 @@ def _resolve(recipe: Sequence[dict[str, Any]], model, data) -> list[dict[str, An
 
 
 def _apply(model, steps, data, teacher):
+    """`tfopt.apply` on the steps, except channel pruning, called directly: `apply` hands it `data=` for
+    every importance, which `prune_channels` refuses unless importance is `"activation"`."""
     from tfopt.api import apply
 
-    if not steps:
-        return model
-    return apply(model, *steps, data=(data["x_train"], data["y_train"]), teacher=teacher)
+    current, pending = model, []
+    for step in [*steps, None]:
+        if step is not None and step.get("technique") != "prune_channels":
+            pending.append(step)
+            continue
+        if pending:
+            current = apply(current, *pending, data=(data["x_train"], data["y_train"]), teacher=teacher)
+            pending = []
+        if step is not None:
+            from tfopt.compress.channels import prune_channels
+
+            options = {k: v for k, v in step.items() if k != "technique"}
+            if options.get("importance") == "activation":
+                options["data"] = data["x_train"][:512]
+            current = prune_channels(_plain(current), **options).model
+    return current
 
 
 def _plain(model):

@@ -5,7 +5,7 @@ chooses only the post-training conversion; level 2 adds unstructured (with
 per-layer targets from sensitivity) or 2:4 pruning, clustering and QAT
 (PQAT / CQAT when it follows pruning / clustering); level 3 adds channel
 pruning and low-rank factorization before them, distills from the original
-model in every recovery fine-tune, and trains longer.
+model after those structural steps, and trains longer.
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ def seeds(level: int, target: str) -> list[dict[str, Any]]:
     ]
     if level >= 3:
         out = [
+            {**base, "channels": 0.5, "prune": "sparse", "sparsity": 0.95, "clusters": 16},
             {**base, "channels": 0.5, "prune": "sparse", "sparsity": 0.9, "clusters": 16},
             {**base, "channels": 0.25, "prune": "sparse", "sparsity": 0.9, "clusters": 16},
             {**base, "lowrank": 0.5, "prune": "sparse", "sparsity": 0.8, "clusters": 16},
@@ -104,10 +105,14 @@ def ptq_step(name: str) -> dict[str, Any]:
     return PTQConfig(**PTQ[name]).to_dict()
 
 
-def training_step(level: int, epochs: int | None = None) -> dict[str, Any]:
-    """A recovery fine-tune; at level 3 a distillation from the original model."""
+def training_step(level: int, epochs: int | None = None, *, distill: bool = False) -> dict[str, Any]:
+    """A recovery fine-tune; a distillation from the original model after structural steps at level 3.
+
+    Wrapper steps (pruning, clustering, QAT) recover with a plain fine-tune: their masks and centroids
+    train in place, which a distiller's copy of the student would not keep.
+    """
     epochs = epochs or EPOCHS[level]
-    if level >= 3:
+    if distill:
         return DistillConfig(epochs=epochs, learning_rate=LEARNING_RATE, batch_size=BATCH_SIZE).to_dict()
     return FineTuneConfig(epochs=epochs, learning_rate=LEARNING_RATE, batch_size=BATCH_SIZE).to_dict()
 
@@ -119,10 +124,11 @@ def build_recipe(params: dict[str, Any], level: int, *, classification: bool) ->
     if level == 1:
         return [ptq_step(params["ptq"])]
     ft = training_step(level)
+    recover = training_step(level, distill=level >= 3)
     if params.get("channels"):
-        recipe += [ChannelPruneConfig(ratio=float(params["channels"])).to_dict(), dict(ft)]
+        recipe += [ChannelPruneConfig(ratio=float(params["channels"])).to_dict(), dict(recover)]
     if params.get("lowrank"):
-        recipe += [LowRankConfig(param_ratio=float(params["lowrank"])).to_dict(), dict(ft)]
+        recipe += [LowRankConfig(param_ratio=float(params["lowrank"])).to_dict(), dict(recover)]
     prune = params.get("prune", "none")
     if prune == "sparse":
         sparsity = round(float(params["sparsity"]), 4)

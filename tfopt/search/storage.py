@@ -26,7 +26,17 @@ def open_storage(url: str | None, output_dir: str):
     if url is None or url.endswith(".journal") or url.startswith("journal:"):
         path = os.path.join(output_dir, JOURNAL) if url is None else url.removeprefix("journal:")
         return JournalStorage(JournalFileBackend(os.path.abspath(path)))
-    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    return optuna.storages.RDBStorage(_driver(url), engine_kwargs={"pool_pre_ping": True})
+
+
+def _driver(url: str) -> str:
+    """`postgresql://` names psycopg 3 in SQLAlchemy 2.1; use psycopg2 when only that driver is installed."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        if importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
 
 
 def me() -> dict[str, Any]:

@@ -1,0 +1,93 @@
+"""tfopt optimize on a real PostgreSQL server (Debian's postgresql package), started by the test itself:
+two processes on one study through `--storage postgresql://...` split the budget with no trial run twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from test_optimize_resume import _make_inputs
+
+PG_BIN = "/usr/lib/postgresql/15/bin"
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _as_postgres(command: list[str]) -> list[str]:
+    """initdb and postgres refuse to run as root: drop to the `postgres` user when we are root."""
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *command]
+    return command
+
+
+@pytest.fixture()
+def postgres(tmp_path):
+    if not os.path.isfile(os.path.join(PG_BIN, "initdb")):
+        pytest.skip("PostgreSQL 15 server binaries missing: apt-get install postgresql")
+    # Outside pytest's root-only tmp tree, so the postgres user can reach it.
+    folder = tempfile.mkdtemp(prefix="tfopt-pg-")
+    if os.geteuid() == 0:
+        shutil.chown(folder, user="postgres")
+    data, port = os.path.join(folder, "data"), _free_port()
+    subprocess.run(_as_postgres([f"{PG_BIN}/initdb", "-D", data, "-U", "tfopt", "--auth=trust", "-E", "UTF8"]),
+                   check=True, capture_output=True)
+    server = subprocess.Popen(
+        _as_postgres([f"{PG_BIN}/postgres", "-D", data, "-p", str(port), "-k", folder, "-h", "127.0.0.1"]),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"postgresql://tfopt@127.0.0.1:{port}/postgres"
+    import sqlalchemy
+
+    deadline = time.time() + 60
+    while True:
+        try:
+            sqlalchemy.create_engine(url.replace("postgresql://", "postgresql+psycopg2://")).connect().close()
+            break
+        except Exception:  # noqa: BLE001 - the server is still starting
+            if time.time() > deadline or server.poll() is not None:
+                pytest.fail("PostgreSQL did not start")
+            time.sleep(0.5)
+    yield url
+    server.terminate()
+    server.wait(timeout=60)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_two_machines_share_a_postgres_study(postgres, tmp_path):
+    path, npz = _make_inputs(str(tmp_path))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+
+    def command(out):
+        return [sys.executable, "-m", "tfopt.cli", "optimize", path, "--data", npz, "--output", str(tmp_path / out),
+                "--max_trials", "4", "--storage", postgres, "--max_accuracy_drop", "2"]
+
+    # Two "machines": separate processes and output folders, one database.
+    first = subprocess.Popen(command("a"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    second = subprocess.Popen(command("b"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    for process in (first, second):
+        _, err = process.communicate(timeout=900)
+        assert process.returncode == 0, err.decode()[-2000:]
+    rows = []
+    for out in ("a", "b"):
+        rows += [json.loads(l) for l in open(tmp_path / out / "trials.jsonl")]
+    complete = [r for r in rows if r["state"] == "COMPLETE"]
+    numbers = [r["number"] for r in complete]
+    assert len(numbers) == len(set(numbers)) == 4  # the budget split, nothing run twice
+    assert len({json.dumps(r["params"], sort_keys=True) for r in complete}) == 4
+    for out in ("a", "b"):
+        report = json.load(open(tmp_path / out / "report.json"))
+        assert report["trials_completed"] == 4 and report["best"] is not None
