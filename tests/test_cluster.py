@@ -403,10 +403,11 @@ def test_keras3_ops_in_the_graph_survive_wrap_and_strip():
     assert kmeans.unique_counts(plain.get_layer("body").get_weights()[0]) <= 4
 
 
-def test_tf_keras_save_and_load_clustered(tmp_path):
+@pytest.mark.parametrize("suffix", [".h5", ".keras"])
+def test_tf_keras_save_and_load_clustered(tmp_path, suffix):
     clustered = cluster(bn_cnn(tf_keras), num_clusters=8)
     _fit(clustered, k=tf_keras)
-    path = str(tmp_path / "clustered.h5")
+    path = str(tmp_path / f"clustered{suffix}")
     clustered.save(path)
     loaded = load_clustered(path)
     assert _max_diff(loaded, clustered) < 1e-6
@@ -414,6 +415,9 @@ def test_tf_keras_save_and_load_clustered(tmp_path):
     plain = strip_clustering(loaded)
     assert _keras.keras_flavor(plain) == _keras.TF_KERAS
     assert kmeans.unique_counts(plain.get_layer("dense_mid").get_weights()[0]) <= 8
+    from tfopt._legacy.cluster import custom_objects
+
+    assert has_wrappers(_keras.load_model(path, custom_objects=custom_objects()))  # tfopt's safe loader
 
 
 def test_batchnorm_data_reestimates_statistics():

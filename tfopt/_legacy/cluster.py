@@ -143,11 +143,15 @@ def strip(model: Any):
     return plain
 
 
+def custom_objects() -> dict:
+    """The classes a tf_keras file with tfmot clustering wrappers refers to (what `cluster_scope` provides)."""
+    import_tfmot()
+    return {"ClusterWeights": _cluster_weights_class()}
+
+
 def load(path: str):
     """Loads a tf_keras model with tfmot clustering wrappers (`.keras` or `.h5`)."""
-    tfmot = import_tfmot()
-    with tfmot.clustering.keras.cluster_scope():
-        return tf_keras_module().models.load_model(path)
+    return tf_keras_module().models.load_model(path, custom_objects=custom_objects())
 
 
 def is_cluster_wrapper(layer) -> bool:
