@@ -158,7 +158,8 @@ def serve(read_fd: int, write_fd: int, stage_fd: int, parent_pid: int) -> int:
         except Exception:  # noqa: BLE001 - a fault in tfopt: the parent re-raises it with this traceback
             send(write_fd, ("bug", traceback.format_exc()))
             continue
-        result["peak_rss_kb"] = peak_rss_kb()
+        if task == "benchmark":
+            result["peak_rss_kb"] = peak_rss_kb()
         send(write_fd, ("ok", result))
 
 

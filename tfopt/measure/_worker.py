@@ -75,6 +75,7 @@ class MeasureWorker:
                 where = read_stage(self._slot)
                 status = self._reap()
                 tail = self._stderr_tail(position)
+                self.stop()
                 raise BenchmarkError(
                     f"{runtime} crashed ({_cause(status)}) during '{where}'{': ' + tail if tail else ''}. The model "
                     "is likely malformed or uses something this runtime does not support; check it with "
@@ -140,18 +141,18 @@ class MeasureWorker:
         if kind != "ready":
             status = self._reap()
             tail = self._stderr_tail(0)
+            self.stop()
             raise BenchmarkError(f"the measurement worker did not start ({_cause(status)}){': ' + tail if tail else ''}.")
 
     def _reap(self) -> int | None:
+        """Waits for a child that is going away and returns its exit status (None if it would not end)."""
         proc = self._proc
         if proc is None:
             return None
         try:
-            status = proc.wait(timeout=5)
+            return proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            status = None
-        self.stop()
-        return status
+            return None
 
     def stop(self) -> None:
         """Ends the child (its whole process group) and closes the pipes."""
@@ -164,6 +165,13 @@ class MeasureWorker:
                 except OSError:
                     pass
         self._read = self._write = None
+        for name in ("_slot", "_stage_file", "_err"):
+            handle = getattr(self, name, None)
+            if handle is not None and self._owner == os.getpid():
+                try:
+                    handle.close()
+                except (OSError, ValueError, BufferError):
+                    pass
         if proc is None or self._owner != os.getpid():
             return
         if proc.poll() is None:

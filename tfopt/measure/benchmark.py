@@ -97,15 +97,18 @@ def benchmark(
     """Measures a .tflite on the LiteRT interpreter: latency, size, accuracy, XNNPACK coverage.
 
     Runs warm-up invocations, then `num_runs` timed ones on one input, in a child
-    process. With labelled `data` it also reports the accuracy of the .tflite
-    itself (int8 / uint8 inputs are quantized with the model's scale and zero
-    point; the argmax of the first output is compared with the labels).
+    process (the warm measurement worker). With labelled `data` it also reports
+    the top-1 accuracy of the .tflite itself, through `tfopt.evaluate`'s code
+    (int8 / uint8 inputs are quantized with the model's scale and zero point;
+    the first output in signature order is scored). For other metrics, call
+    `tfopt.evaluate`.
 
     Args:
         tflite: flatbuffer bytes, a .tflite path, or a `ConversionResult`.
         data: `(x, y)` to measure accuracy (y: integer labels or one-hot), or `x`
-            alone to time on real inputs. `x` is an array, or a list of arrays in
-            model-input order. Defaults to `None` (random inputs, no accuracy).
+            alone to time on real inputs. `x` is an array, a list of arrays in
+            model-input order, or a dict keyed by input name. Defaults to `None`
+            (random inputs, no accuracy).
         num_threads: interpreter threads. Defaults to `1`.
         num_runs: timed invocations. Defaults to `50`.
         warmup_runs: untimed invocations first. Defaults to `5`.
@@ -184,15 +187,23 @@ def _accuracy(outputs: list[np.ndarray], y: Any, names: list[str]) -> dict[str, 
     }
 
 
+def percentile(sorted_values: np.ndarray, q: float) -> float:
+    """The q-th percentile of sorted values, interpolated linearly (numpy's default), without numpy's overhead."""
+    position = (len(sorted_values) - 1) * q / 100.0
+    low = int(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return float(sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low))
+
+
 def _result(content: bytes, raw: dict[str, Any], *, num_threads: int, use_xnnpack: bool) -> BenchmarkResult:
-    times = np.asarray(raw["latencies_ms"], dtype=np.float64)
+    times = np.sort(np.asarray(raw["latencies_ms"], dtype=np.float64))
     xnn = raw.get("xnnpack") or {}
     return BenchmarkResult(
         size_bytes=len(content),
         gzip_bytes=raw["gzip_bytes"] if "gzip_bytes" in raw else gzip_size(content),
-        latency_ms_median=float(np.median(times)),
-        latency_ms_p90=float(np.percentile(times, 90)),
-        latency_ms_min=float(times.min()),
+        latency_ms_median=percentile(times, 50),
+        latency_ms_p90=percentile(times, 90),
+        latency_ms_min=float(times[0]),
         latency_ms_mean=float(times.mean()),
         num_runs=len(times),
         num_threads=num_threads,
