@@ -170,6 +170,17 @@ def test_cli_convert_quantizer_accepts_old_16x8_spelling(files, tmp_path, capsys
     assert "int16x8" in payload["inspection"]["precision_counts"]
 
 
+def test_cli_convert_quantizes_a_float_tflite(files, tmp_path, capsys):
+    out = tmp_path / "from_tflite.tflite"
+    assert cli.main(["convert", str(files / "model.tflite"), "--output", str(out)]) == 2
+    assert "--engine litert_quantizer" in capsys.readouterr().err
+    assert cli.main(["convert", str(files / "model.tflite"), "--engine", "litert_quantizer", "--mode", "int8",
+                     "--calibration", str(files / "data.npz"), "--output", str(out)]) == 0
+    from tfopt.analyze.flatbuffer import inspect_tflite
+
+    assert "int8" in inspect_tflite(str(out)).precision_counts
+
+
 def test_cli_bench_sweep_and_plot_next_to_json(files, tmp_path):
     report = tmp_path / "sweep.json"
     assert cli.main(["bench", str(files / "model.tflite"), "--threads", "1,2", "--num_runs", "3", "--warmup_runs",

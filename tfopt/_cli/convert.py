@@ -1,6 +1,7 @@
 """`tfopt convert MODEL --output OUT.tflite [--mode int8 --calibration DATA.npz] [--engine converter|litert_quantizer]`.
 
-MODEL is a .keras / .h5 file or a SavedModel folder. Post-training quantization
+MODEL is a .keras / .h5 file or a SavedModel folder (with `--engine litert_quantizer`
+also a float .tflite). Post-training quantization
 has one command: `--engine converter` (TFLite converter: float32, float16,
 dynamic, int8, int16x8) or `--engine litert_quantizer` (LiteRT Quantizer: int8,
 int16x8, int4).
@@ -74,8 +75,15 @@ def main(args: list[str], fv: flags.FlagValues) -> int:
                        outputs={"--output": fv.output, "--json": fv.json})
     if not os.path.exists(source):
         raise CLIError(f"model not found: {source!r}. Pass a .keras / .h5 file or a SavedModel folder.")
-    common.check_model_file(source, (".keras", ".h5", ".hdf5", ".savedmodel"))
-    model = source if os.path.isdir(source) else common.load_keras(source, unsafe=fv.unsafe)
+    if source.endswith(".tflite"):
+        if not quantizer:
+            raise CLIError(f"{source!r} is already a .tflite; to quantize a float .tflite pass --engine "
+                           "litert_quantizer, or convert the Keras model.")
+        checks.check_tflite(source)
+        model = source
+    else:
+        common.check_model_file(source, (".keras", ".h5", ".hdf5", ".savedmodel"))
+        model = source if os.path.isdir(source) else common.load_keras(source, unsafe=fv.unsafe)
     calibration, validation = _calibration(fv, model, auto) if fv.calibration else (None, None)
 
     from tfopt.export.convert import convert
