@@ -14,6 +14,7 @@ RANK = {
     "errors": 0,
     "_registration": 0,
     "_io": 1,
+    "_data": 1,
     "_keras": 1,
     "config": 1,
     "analyze": 3,
