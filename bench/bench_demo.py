@@ -27,7 +27,9 @@ def main() -> int:
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "bench_demo.json"))
     args = parser.parse_args()
     folder = tempfile.mkdtemp(prefix="tfopt-bench-demo-")
-    result = tfopt.run_demo(folder, dataset=args.dataset, num_runs=args.num_runs, verbose=False)
+    from tfopt.demo import run_demo
+
+    result = run_demo(folder, dataset=args.dataset, num_runs=args.num_runs, verbose=False)
     report = result.report
     print(report.summary())
     int8, f32 = report.row("int8"), report.row("float32")

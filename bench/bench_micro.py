@@ -55,7 +55,9 @@ def main() -> int:
     )
     args = parser.parse_args()
     start = time.perf_counter()
-    data = tfopt.load_dataset("mnist5k")
+    from tfopt.datasets import load_dataset
+
+    data = load_dataset("mnist5k")
     model, keras_accuracy = train_cnn(data, epochs=args.epochs)
     calibration = tfopt.calibration_data(data.x_train, model=model, num_samples=300)
     int8 = tfopt.convert(

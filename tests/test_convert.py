@@ -289,3 +289,21 @@ def test_convert_fake_quant_model_to_int8_without_and_with_calibration(rng):
     calibrated = tfopt.convert(model, mode="int8", calibration=x, check_delegation=False)
     assert calibrated.inspection.precision_counts == {"int8": 2}
     assert_weights_unchanged(model, before)
+
+
+def test_convert_tf_keras_model_with_both_engines_and_fallback(rng):
+    from tfopt._legacy import tf_keras_module
+
+    k = tf_keras_module()
+    k.utils.set_random_seed(0)
+    model = k.Sequential([k.Input((8, 8, 1)), k.layers.Conv2D(4, 3, activation="relu", name="conv"), k.layers.Flatten(),
+                          k.layers.Dense(3, name="head")])
+    x = rng.random((30, 8, 8, 1), dtype=np.float32)
+    litert = tfopt.convert(model, mode="int8", engine="litert_quantizer", calibration=x, check_delegation=False)
+    assert litert.inspection.precision_counts == {"int8": 2}
+    kept = tfopt.convert(model, mode="int8", engine="litert_quantizer", calibration=x, float_fallback=["conv"],
+                         per_channel_dense=False, check_delegation=False)
+    assert kept.inspection.precision_counts == {"float32": 1, "int8": 1} and "conv" in kept.float_fallback[0]
+    assert _dense_weight_scales(kept.tflite) == [1]
+    with pytest.raises(ValueError, match="Use engine='litert_quantizer' for those together"):
+        tfopt.convert(model, mode="int8", calibration=x, float_fallback=["conv"], per_channel_dense=False)

@@ -220,7 +220,8 @@ def convert(
     )
 
 
-def _check_options(mode, engine, float_fallback, input_type, output_type, max_accuracy_drop, validation, sparse):
+def _check_options(mode, engine, float_fallback, input_type, output_type, max_accuracy_drop, validation, sparse,
+                   per_channel_dense=True):
     """Validates the options; returns (mode, recipe or None, input_type, output_type)."""
     if engine not in ENGINES:
         raise InvalidArgumentError(f"engine must be one of {ENGINES}. Received: engine={engine!r}.")
@@ -258,6 +259,16 @@ def _check_options(mode, engine, float_fallback, input_type, output_type, max_ac
             raise InvalidArgumentError(f"float_fallback keeps ops of a quantized model float; mode={mode!r} quantizes nothing.")
         if isinstance(float_fallback, str) and float_fallback != "auto" and not float_fallback.startswith("re:"):
             float_fallback = [float_fallback]
+    if float_fallback is not None and engine == "converter" and (
+        not per_channel_dense or types[0] != "float32" or types[1] != "float32"
+    ):
+        # The converter keeps ops float through its QuantizationDebugger, which re-quantizes with per-channel
+        # Dense weights and float inputs / outputs whatever the converter was told.
+        raise InvalidArgumentError(
+            "float_fallback with engine='converter' gives float inputs and outputs and per-channel Dense weights; "
+            f"received input_type={types[0]!r}, output_type={types[1]!r}, per_channel_dense={per_channel_dense}. "
+            "Use engine='litert_quantizer' for those together."
+        )
     if validation is not None and float_fallback != "auto":
         raise InvalidArgumentError("validation= is only used by float_fallback='auto'.")
     if isinstance(max_accuracy_drop, bool) or not isinstance(max_accuracy_drop, (int, float)) or not 0 <= max_accuracy_drop < 1:
@@ -279,7 +290,7 @@ def _convert(
     max_float_ops=8, base_rules=None,
 ) -> ConversionResult:
     mode, recipe, input_type, output_type, float_fallback = _check_options(
-        mode, engine, float_fallback, input_type, output_type, max_accuracy_drop, validation, sparse
+        mode, engine, float_fallback, input_type, output_type, max_accuracy_drop, validation, sparse, per_channel_dense
     )
     if isinstance(model, (str, os.PathLike)) and not _is_tflite(model) and not os.path.isdir(model):
         model = _keras.load_model(os.fspath(model), safe_mode=safe_mode)
