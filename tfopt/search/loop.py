@@ -109,7 +109,9 @@ class Runner:
 
         keras.utils.set_random_seed(self.job.seed + number)
 
-        recipe = space.build_recipe(params, self.job.level, classification=self.classification)
+        recipe = space.build_recipe(
+            params, self.job.level, classification=self.classification, num_train=len(self.data["x_train"])
+        )
         keras_model, tflite, resolved = run_recipe(
             self.model, recipe, self.data, calibration=self.calibration, teacher=self.model,
             allowed_drop=allowed_drop(self.constraints),

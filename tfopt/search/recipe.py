@@ -21,6 +21,7 @@ import numpy as np
 from tfopt.errors import InvalidArgumentError
 
 TRAINING = ("fine_tune", "distill")
+MAX_LAYER_DROP = 0.10  # accuracy lost by pruning one layer alone, without training, before it is capped
 
 
 def sensitivity_targets(model, validation, *, global_sparsity: float | None = None, robust_24: bool = False):
@@ -38,10 +39,18 @@ def sensitivity_targets(model, validation, *, global_sparsity: float | None = No
         index = result.sparsities.index(0.5)
         names = [layer.name for layer in result.layers if layer.drops[index] <= 0.005]
         return names or [max(result.layers, key=lambda layer: layer.num_weights).name]
-    try:
-        targets = result.per_layer_targets(global_sparsity, max_sparsity=0.98)
-    except ValueError:
-        targets = result.per_layer_targets(min(global_sparsity, 0.9))
+    # No layer goes past the sparsity at which pruning it alone (no training) cost 10 points: the
+    # classifier and other small sensitive layers stay light. When the caps make the global target
+    # unreachable, the highest reachable global sparsity below it is used.
+    targets = None
+    goal = float(global_sparsity)
+    while targets is None and goal > 0.05:
+        try:
+            targets = result.per_layer_targets(goal, max_drop=MAX_LAYER_DROP, max_sparsity=0.98)
+        except ValueError:
+            goal = round(goal - 0.05, 4)
+    if targets is None:
+        raise InvalidArgumentError(f"No layer can be pruned within a {MAX_LAYER_DROP:.0%} drop each.")
     return {name: value for name, value in targets.items() if value > 0}
 
 

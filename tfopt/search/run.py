@@ -144,7 +144,23 @@ def optimize(
             child.wait()
         if progress is not None:
             progress.close()
+    _wait_for_others(study, say)
     return _finish(study, runner, job, resumed)
+
+
+def _wait_for_others(study, say, *, max_wait_s: float = 1800.0) -> None:
+    """With a shared storage, other machines may still run trials of the budget: report them too."""
+    from optuna.trial import TrialState
+
+    deadline, shown = time.time() + max_wait_s, None
+    while time.time() < deadline:
+        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        if not running:
+            return
+        if running != shown:
+            say(f"[tfopt optimize] waiting for {running} trial(s) running in other processes ...")
+            shown = running
+        time.sleep(5)
 
 
 def _check_same_study(study, stamp: str, **settings) -> None:

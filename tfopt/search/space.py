@@ -30,6 +30,7 @@ PTQ = {
 }
 
 EPOCHS = {2: 2, 3: 4}
+MIN_STEPS = {2: 100, 3: 200}  # optimizer steps per recovery fine-tune at least (small datasets get more epochs)
 LEARNING_RATE = 3e-4
 BATCH_SIZE = 64
 DEFAULT_TRIALS = {2: 10, 3: 14}
@@ -105,6 +106,14 @@ def ptq_step(name: str) -> dict[str, Any]:
     return PTQConfig(**PTQ[name]).to_dict()
 
 
+def epochs_for(level: int, num_train: int | None) -> int:
+    """Epochs of a recovery fine-tune: the level's default, more when one epoch is only a few steps."""
+    if not num_train:
+        return EPOCHS[level]
+    steps_per_epoch = max(1, -(-num_train // BATCH_SIZE))
+    return max(EPOCHS[level], -(-MIN_STEPS[level] // steps_per_epoch))
+
+
 def training_step(level: int, epochs: int | None = None, *, distill: bool = False) -> dict[str, Any]:
     """A recovery fine-tune; a distillation from the original model after structural steps at level 3.
 
@@ -117,14 +126,17 @@ def training_step(level: int, epochs: int | None = None, *, distill: bool = Fals
     return FineTuneConfig(epochs=epochs, learning_rate=LEARNING_RATE, batch_size=BATCH_SIZE).to_dict()
 
 
-def build_recipe(params: dict[str, Any], level: int, *, classification: bool) -> list[dict[str, Any]]:
+def build_recipe(
+    params: dict[str, Any], level: int, *, classification: bool, num_train: int | None = None
+) -> list[dict[str, Any]]:
     """The recipe a trial's choices mean. Prune steps carry `_allocate` (global sparsity to split per
     layer by sensitivity, resolved by the runner on the model at that point) or `_robust_24`."""
     recipe: list[dict[str, Any]] = []
     if level == 1:
         return [ptq_step(params["ptq"])]
-    ft = training_step(level)
-    recover = training_step(level, distill=level >= 3)
+    epochs = epochs_for(level, num_train)
+    ft = training_step(level, epochs)
+    recover = training_step(level, epochs, distill=level >= 3)
     if params.get("channels"):
         recipe += [ChannelPruneConfig(ratio=float(params["channels"])).to_dict(), dict(recover)]
     if params.get("lowrank"):
@@ -146,7 +158,7 @@ def build_recipe(params: dict[str, Any], level: int, *, classification: bool) ->
         recipe += [ClusterConfig(num_clusters=clusters, preserve_sparsity=prune != "none").to_dict(), dict(ft)]
     if params.get("qat"):
         preserve = "clusters" if clusters else ("sparsity" if prune != "none" else None)
-        recipe += [QATConfig(preserve=preserve).to_dict(), training_step(level, max(1, EPOCHS[level] // 2))]
+        recipe += [QATConfig(preserve=preserve).to_dict(), training_step(level, max(1, epochs // 2))]
     recipe.append(ptq_step(params["ptq"]))
     return recipe
 
