@@ -38,6 +38,7 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 def main(args: list[str], fv: flags.FlagValues) -> int:
     from tfopt.search import Constraints, optimize
+    from tfopt.search.constraints import check_request
 
     if len(args) != 1:
         raise CLIError(f"optimize takes one MODEL path; received {args}. Usage: tfopt optimize MODEL --data DATA.npz --output DIR")
@@ -47,6 +48,7 @@ def main(args: list[str], fv: flags.FlagValues) -> int:
         max_accuracy_drop=fv.max_accuracy_drop, max_metric_drop=fv.max_metric_drop, max_size_kb=fv.max_size_kb,
         max_latency_ms=fv.max_latency_ms, max_arena_kb=fv.max_arena_kb,
     )
+    check_request(constraints, objective=fv.objective, level=int(fv.level), target=fv.target, metric=fv.metric)
     checks.check_paths(inputs={"MODEL": args[0], "--data": fv.data}, outputs={"--output": fv.output},
                        folder_outputs=("--output",))
     result = optimize(
