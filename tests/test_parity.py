@@ -68,3 +68,19 @@ def test_parity_errors_name_what_was_received():
         compare(model, model, [X, X[:3]])
     with pytest.raises(ValueError, match="max_examples must be"):
         compare(model, model, X, max_examples=0)
+
+
+def test_parity_runs_litert_only_in_the_worker(monkeypatch):
+    """An Interpreter built in this process would fail: every .tflite run happens in the measurement worker."""
+    import ai_edge_litert.interpreter as litert
+
+    model = _cnn()
+    tflite = convert(model)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("LiteRT ran in the caller's process")
+
+    monkeypatch.setattr(litert, "Interpreter", refuse)
+    result = compare(model, tflite, (X[:8], RNG.integers(0, 4, 8)))
+    assert result.top1_agreement == 1.0 and result.layers
+    assert result.reference_accuracy == result.candidate_accuracy
