@@ -131,3 +131,45 @@ def test_results_travel_intact():
     x = np.random.default_rng(0).random((300, 4)).astype("float32")
     raw = _worker.run_task("outputs", {"content": one_op_model(), "xs": [x], "batch_size": 1}, timeout=60)
     np.testing.assert_array_equal(raw["predictions"][0], np.maximum(x, 0))
+
+
+ONE_SHOT_PARENT = r"""
+import os, sys, tempfile
+sys.path.insert(0, {root!r})
+from tfopt.measure._isolate import run_child
+with tempfile.TemporaryDirectory(prefix="tfopt-oneshot-") as tmp:
+    path = os.path.join(tmp, "m.tflite")
+    with open(path, "wb") as handle:
+        handle.write(open({model!r}, "rb").read())
+    request = {{"tflite_path": path, "result_path": os.path.join(tmp, "r.json"), "num_threads": 1,
+               "num_runs": 10_000_000, "warmup_runs": 0, "use_xnnpack": True, "input_shapes": {{}}}}
+    print("ready", flush=True)
+    run_child("tfopt.measure._runner", request, tmp, timeout=600)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["sigterm", "sigint", "sigkill"])
+def test_one_shot_child_and_its_folder_go_with_the_parent(tmp_path, signum):
+    """The one-shot path (TFLite Micro check): the child dies and the parent's temp folder is removed."""
+    model = tmp_path / "relu.tflite"
+    model.write_bytes(one_op_model())
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    script = ONE_SHOT_PARENT.format(root=ROOT, model=str(model))
+    parent = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert parent.stdout.readline().strip() == b"ready"
+        proc = psutil.Process(parent.pid)
+        assert _wait_for(lambda: any("tfopt.measure._runner" in " ".join(c.cmdline()) for c in proc.children()))
+        child = proc.children()[0]
+        assert _wait_for(lambda: sum(child.cpu_times()[:2]) > 2.0, 60)  # imports done, measuring
+        assert any(p.name.startswith("tfopt-oneshot-") for p in scratch.iterdir())
+        parent.send_signal(signum)
+        parent.wait(timeout=30)
+        assert _wait_for(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, 10)
+        assert _wait_for(lambda: list(scratch.iterdir()) == [], 10), list(scratch.iterdir())
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()

@@ -26,6 +26,7 @@ from typing import Any
 from tfopt.errors import BenchmarkError
 
 _children: set[subprocess.Popen] = set()
+_folders: set[str] = set()  # temp folders of running children, removed if this process is told to stop
 
 
 def run_child(
@@ -54,6 +55,7 @@ def run_child(
     env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["TFOPT_PARENT_PID"] = str(os.getpid())
+    env["TFOPT_CLEANUP_DIR"] = os.path.abspath(tmp)  # the child removes it if this process dies first
     from tfopt.measure._worker import _install_handlers
 
     _install_handlers()
@@ -69,10 +71,12 @@ def run_child(
             start_new_session=True,
         )
         _children.add(proc)
+        _folders.add(os.path.abspath(tmp))
         try:
             status, peak_kb = _wait(proc, timeout)
         finally:
             _kill(proc)
+            _folders.discard(os.path.abspath(tmp))
         err.seek(0)
         stderr = err.read()
     stages = [
@@ -144,10 +148,15 @@ def _kill(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def kill_children() -> None:
-    """Kills every one-shot child still running (at exit or on a signal)."""
+def kill_children(*, remove_folders: bool = False) -> None:
+    """Kills every one-shot child still running (at exit or on a signal), and on a signal removes their folders."""
     for proc in list(_children):
         _kill(proc)
+    if remove_folders:
+        import shutil
+
+        for folder in list(_folders):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _hwm_kb(path: str) -> int | None:

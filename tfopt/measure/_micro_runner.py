@@ -368,7 +368,7 @@ def main(argv: list[str]) -> int:
     from tfopt.measure._serve import die_with_parent
 
     if os.environ.get("TFOPT_PARENT_PID"):
-        die_with_parent(int(os.environ["TFOPT_PARENT_PID"]))
+        die_with_parent(int(os.environ["TFOPT_PARENT_PID"]), cleanup=os.environ.get("TFOPT_CLEANUP_DIR"))
     with open(argv[1]) as handle:
         request = json.load(handle)
     task = {"micro": check_micro, "analyze": analyze}[request["task"]]

@@ -90,8 +90,24 @@ def _read_exact(fd: int, size: int, deadline: float | None) -> bytes:
     return b"".join(chunks)
 
 
-def die_with_parent(parent_pid: int, death_signal: int = signal.SIGKILL) -> None:
-    """Makes this process end when `parent_pid` ends (prctl on Linux, a watchdog thread everywhere)."""
+def die_with_parent(parent_pid: int, *, cleanup: str | None = None) -> None:
+    """Makes this process end when `parent_pid` ends (prctl on Linux, a watchdog thread everywhere).
+
+    With `cleanup` (the parent's temp folder of a one-shot child), the death
+    signal is SIGTERM and the folder is removed before exiting, since a parent
+    killed with SIGKILL cannot remove it itself.
+    """
+
+    def finish() -> None:
+        if cleanup and os.getppid() != parent_pid:
+            import shutil
+
+            shutil.rmtree(cleanup, ignore_errors=True)
+        os._exit(1)
+
+    death_signal = signal.SIGTERM if cleanup else signal.SIGKILL
+    if cleanup:
+        signal.signal(signal.SIGTERM, lambda signum, frame: finish())
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -101,13 +117,13 @@ def die_with_parent(parent_pid: int, death_signal: int = signal.SIGKILL) -> None
         except (OSError, AttributeError):
             pass
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
+        finish()
 
     def watch() -> None:
         while True:
             time.sleep(0.5)
             if os.getppid() != parent_pid:
-                os.kill(os.getpid(), death_signal)
+                finish()
 
     threading.Thread(target=watch, name="tfopt-parent-watch", daemon=True).start()
 

@@ -232,17 +232,17 @@ def run_task(task: str, request: dict[str, Any], *, timeout: float = 600.0, fres
         worker.stop()
 
 
-def shutdown() -> None:
-    """Ends every worker this process started."""
+def shutdown(*, remove_folders: bool = False) -> None:
+    """Ends every worker and one-shot child this process started (on a signal, also their temp folders)."""
     for worker in list(_live):
         worker.stop()
     from tfopt.measure import _isolate
 
-    _isolate.kill_children()
+    _isolate.kill_children(remove_folders=remove_folders)
 
 
 def _on_signal(signum, frame) -> None:  # noqa: ARG001
-    shutdown()
+    shutdown(remove_folders=True)  # the signal ends this process without unwinding its `with` blocks
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
 
