@@ -29,6 +29,8 @@ def _corpus(suffix: str) -> list[bytes]:
 TFLITE = _corpus(".tflite")
 NPZ = _corpus(".npz")
 KERAS = _corpus(".keras")
+H5 = [b for name, b in zip(sorted(n for n in os.listdir(CORPUS_DIR) if n.endswith(".h5")), _corpus(".h5"))
+      if not name.startswith("hangs_")]
 FUZZ = settings(max_examples=100, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
@@ -159,3 +161,16 @@ def test_fuzz_keras_archive_reader(tmp_path, index, edits):
         _keras.unsafe_objects(_keras.read_model_file(path).configs)
 
     _must_not_crash(read, b"")
+
+
+@settings(max_examples=10, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(edits=st.lists(EDIT, min_size=1, max_size=4))
+def test_fuzz_h5_model_reader(tmp_path, monkeypatch, edits):
+    # ~1 s an example: the HDF5 library runs in a child process (bench/bench_fuzz.py runs 500).
+    from tfopt import _keras
+
+    monkeypatch.setattr(_keras, "H5_READ_TIMEOUT", 5.0)
+    path = tmp_path / "model.h5"
+    path.write_bytes(_apply(H5[0], edits, identifier=None))
+    _must_not_crash(lambda _: _keras.unsafe_objects(_keras.read_model_file(path).configs), b"")

@@ -254,3 +254,13 @@ def test_read_model_file_hostile_archives(tmp_path):
     for _ in range(5000):  # deeper than Python's recursion limit
         nested = {"config": {"layers": [nested]}}
     assert _keras.unsafe_objects([nested]) == ["'deep_evil' (Lambda layer: runs Python code stored in the file)"]
+
+
+def test_read_h5_damaged_file_that_hangs_hdf5_times_out(monkeypatch):
+    # Found by bench/bench_fuzz.py: the HDF5 library never returns while reading this model_config.
+    path = os.path.join(os.path.dirname(__file__), "fuzz_corpus", "hangs_hdf5_model_config.h5")
+    monkeypatch.setattr(_keras, "H5_READ_TIMEOUT", 3.0)
+    with pytest.raises(InvalidArgumentError, match="did not finish in 3 s: the file is damaged"):
+        _keras.load_model(path)
+    good = os.path.join(os.path.dirname(__file__), "fuzz_corpus", "tiny_tf_keras.h5")
+    assert _keras.read_model_file(good).flavor == "tf_keras"

@@ -13,6 +13,8 @@ import importlib
 import json
 import os
 import re
+import subprocess
+import sys
 import zipfile
 from typing import Any
 
@@ -255,16 +257,46 @@ def _read_keras_zip(path: str) -> ModelFile:
     return ModelFile(path, "keras", TF_KERAS if legacy else KERAS3, version, (config,))
 
 
+# Reads the two attributes in a child process: the HDF5 library can loop forever or crash on a damaged
+# file (a fuzzed model_config length hung it in bench/bench_fuzz.py), and no signal interrupts C code.
+_H5_CHILD = """
+import json, sys
+import h5py
+try:
+    with h5py.File(sys.argv[1], "r") as handle:
+        values = [handle.attrs.get("model_config"), handle.attrs.get("keras_version")]
+except Exception as err:
+    print(json.dumps({"error": f"{type(err).__name__}: {err}"}))
+    sys.exit(0)
+text = [v.decode("utf-8", "replace") if isinstance(v, bytes) else (None if v is None else str(v)) for v in values]
+print(json.dumps({"model_config": text[0], "keras_version": text[1]}))
+"""
+H5_READ_TIMEOUT = 60.0  # seconds; reading two attributes takes milliseconds
+
+
 def _read_h5(path: str) -> ModelFile:
     expected = "an .h5 model written by model.save('model.h5')"
-    h5py = optional_import("h5py", "h5py")
+    optional_import("h5py", "h5py")
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if head != b"\x89HDF\r\n\x1a\n":
+        raise _not_a_model(path, f"{size} bytes without the HDF5 signature", expected)
     try:
-        with h5py.File(path, "r") as handle:
-            raw_config = handle.attrs.get("model_config")
-            version = handle.attrs.get("keras_version")
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
-        size = os.path.getsize(path)
-        raise _not_a_model(path, f"{size} bytes, not a readable HDF5 file: {_first_line(err)}", expected) from err
+        done = subprocess.run([sys.executable, "-I", "-c", _H5_CHILD, os.path.abspath(path)], capture_output=True,
+                              text=True, timeout=H5_READ_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired as err:
+        raise _not_a_model(path, f"reading its HDF5 attributes did not finish in {H5_READ_TIMEOUT:.0f} s: the "
+                           "file is damaged", expected) from err
+    try:
+        answer = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
+    except (ValueError, IndexError):
+        answer = None
+    if not isinstance(answer, dict):
+        raise _not_a_model(path, f"the HDF5 library failed on it (exit status {done.returncode})", expected)
+    if "error" in answer:
+        raise _not_a_model(path, f"{size} bytes, not a readable HDF5 file: {_first_line(answer['error'])}", expected)
+    raw_config, version = answer.get("model_config"), answer.get("keras_version") or ""
     if raw_config is None:
         raise _not_a_model(
             path, "no model_config: a weights-only file from save_weights", expected + "; for weights, build the "
@@ -273,8 +305,7 @@ def _read_h5(path: str) -> ModelFile:
     config = _json(raw_config, path, expected)
     if not isinstance(config, dict):
         raise _not_a_model(path, "model_config is not a JSON object", expected)
-    version = version.decode("utf-8", "replace") if isinstance(version, bytes) else str(version or "")
-    return ModelFile(path, "h5", TF_KERAS if version.startswith("2.") else KERAS3, version, (config,))
+    return ModelFile(path, "h5", TF_KERAS if str(version).startswith("2.") else KERAS3, str(version), (config,))
 
 
 def _json(raw, path: str, expected: str):
