@@ -98,6 +98,7 @@ _MOVED = {
 # Result records users read but never build: importable from their modules, not part of __all__.
 _RECORDS = {
     "BenchmarkResult": "tfopt.measure.benchmark",
+    "EvaluationResult": "tfopt.measure.evaluate",
     "ConversionResult": "tfopt.export.convert",
     "CalibrationData": "tfopt.export.calibration",
     "TFLiteInspection": "tfopt.analyze.flatbuffer",
