@@ -54,6 +54,14 @@ def sensitivity_targets(model, validation, *, global_sparsity: float | None = No
     return {name: value for name, value in targets.items() if value > 0}
 
 
+WEIGHT_LAYERS = ("Dense", "Conv1D", "Conv2D", "Conv3D")
+
+
+def weight_layers(model) -> list[str]:
+    """Names of the Dense / Conv layers: every one, not the default that leaves the first and last alone."""
+    return [layer.name for layer in model.layers if type(layer).__name__ in WEIGHT_LAYERS]
+
+
 def _schedule(step: dict[str, Any], following: dict[str, Any] | None, num_train: int) -> dict[str, Any]:
     step = dict(step)
     if step.get("end_step") is None and following is not None and step.get("m_by_n") is None:
@@ -76,6 +84,8 @@ def _resolve(recipe: Sequence[dict[str, Any]], model, data) -> list[dict[str, An
                 step["include"] = sensitivity_targets(model, validation, robust_24=True)
             following = next((s for s in recipe[index + 1:] if s.get("technique") in TRAINING), None)
             step = _schedule(step, following, len(data["x_train"]))
+        if step.get("technique") == "cluster" and step.get("_every_layer") and step.get("include") is None:
+            step["include"] = weight_layers(model)
         out.append({k: v for k, v in step.items() if not k.startswith("_")})
     return out
 

@@ -155,7 +155,9 @@ def build_recipe(
         recipe += [step, dict(ft)]
     clusters = int(params.get("clusters", 0) or 0)
     if clusters:
-        recipe += [ClusterConfig(num_clusters=clusters, preserve_sparsity=prune != "none").to_dict(), dict(ft)]
+        step = ClusterConfig(num_clusters=clusters, preserve_sparsity=prune != "none").to_dict()
+        step["_every_layer"] = True  # cluster every Conv/Dense, the first one included (it may hold most weights)
+        recipe += [step, dict(ft)]
     if params.get("qat"):
         preserve = "clusters" if clusters else ("sparsity" if prune != "none" else None)
         recipe += [QATConfig(preserve=preserve).to_dict(), training_step(level, max(1, epochs // 2))]
