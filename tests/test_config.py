@@ -79,3 +79,10 @@ def test_config_16x8_is_int16x8():
 def test_config_callable_rule_is_kept_for_the_verbs():
     rule = lambda layer: layer.name == "a"  # noqa: E731
     assert tfopt.PruneConfig(include=rule).include is rule
+
+
+def test_config_lowrank_takes_per_layer_dicts():
+    config = tfopt.LowRankConfig(param_ratio={"a": 0.3, "b": 0.5})
+    assert tfopt.Config.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match=r"param_ratio\['a'\] must be in \(0, 1\)"):
+        tfopt.LowRankConfig(param_ratio={"a": 1.5})

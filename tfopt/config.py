@@ -203,9 +203,9 @@ class LowRankConfig(Config):
     """Low-rank (SVD) decomposition; see `tfopt.decompose`. Give at most one of rank / energy / param_ratio."""
 
     technique: ClassVar[str] = "decompose"
-    rank: int | None = None
-    energy: float | None = None
-    param_ratio: float | None = None
+    rank: Any = None  # an int, or {layer name: int}
+    energy: Any = None  # a fraction, or {layer name: fraction}
+    param_ratio: Any = None  # a fraction, or {layer name: fraction}
     include: Any = None
     exclude: Any = None
 
@@ -213,12 +213,17 @@ class LowRankConfig(Config):
         given = [k for k in ("rank", "energy", "param_ratio") if getattr(self, k) is not None]
         if len(given) > 1:
             raise InvalidArgumentError(f"Give at most one of rank, energy, param_ratio. Received: {given}.")
-        if self.rank is not None:
-            _positive_int(self.rank, "rank")
-        for field in ("energy", "param_ratio"):
+        for field in ("rank", "energy", "param_ratio"):
             value = getattr(self, field)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1):
-                raise InvalidArgumentError(f"{field} must be in (0, 1). Received: {field}={value!r}.")
+            values = value.items() if isinstance(value, dict) else [(None, value)]
+            for layer, v in values:
+                label = field if layer is None else f"{field}[{layer!r}]"
+                if v is None:
+                    continue
+                if field == "rank":
+                    _positive_int(v, label)
+                elif isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+                    raise InvalidArgumentError(f"{label} must be in (0, 1). Received: {label}={v!r}.")
 
 
 QAT_PRESERVE = (None, "sparsity", "clusters", "sparsity+clusters")
@@ -233,25 +238,29 @@ class PTQConfig(Config):
 
     `engine` is `"converter"` (the TFLite converter) or `"litert_quantizer"`
     (LiteRT Quantizer recipes). `float_fallback` keeps layers in float: a list of
-    layer names, or `"auto"` for the most sensitive ones (measured). `per_channel_dense=False`
+    layer names, or `"auto"` for the most sensitive ones (measured, until the
+    model is within `max_accuracy_drop`, a fraction). `per_channel_dense=False`
     quantizes Dense layers per tensor (smaller file and TFLite Micro arena).
+    `input_type` / `output_type` `None` keep each engine's default.
     """
 
     technique: ClassVar[str] = "ptq"
     mode: str = "int8"
     engine: str = "converter"
     float_fallback: Any = None
+    max_accuracy_drop: float = 0.005
     per_channel_dense: bool = True
-    input_type: str = "float32"
-    output_type: str = "float32"
+    input_type: str | None = None
+    output_type: str | None = None
 
     def validate(self) -> None:
         if self.mode == "16x8":
             object.__setattr__(self, "mode", "int16x8")
         _choice(self.mode, "mode", PTQ_MODES)
         _choice(self.engine, "engine", PTQ_ENGINES)
-        _choice(self.input_type, "input_type", IO_TYPES)
-        _choice(self.output_type, "output_type", IO_TYPES)
+        _choice(self.input_type, "input_type", (None, *IO_TYPES))
+        _choice(self.output_type, "output_type", (None, *IO_TYPES))
+        _number(self.max_accuracy_drop, "max_accuracy_drop", low=0.0, high=1.0)
         fallback = self.float_fallback
         if isinstance(fallback, (list, tuple)) and all(isinstance(v, str) for v in fallback):
             object.__setattr__(self, "float_fallback", tuple(fallback))
