@@ -212,6 +212,7 @@ def test_level2_trial_prunes_and_clusters_with_per_layer_targets(digits, tmp_pat
     assert techniques == ["prune", "fine_tune", "cluster", "fine_tune", "ptq"]
     targets = row["recipe"][0]["target_sparsity"]
     assert isinstance(targets, dict) and "hidden" in targets  # sensitivity-based, the big first layer included
+    assert "hidden" in row["recipe"][2]["include"]  # clustered too: no blanket keep-the-first-layer rule
     assert row["gzip_bytes"] < 0.25 * result.baseline["gzip_bytes"]
 
 

@@ -161,6 +161,11 @@ def build_recipe(
     if params.get("qat"):
         preserve = "clusters" if clusters else ("sparsity" if prune != "none" else None)
         recipe += [QATConfig(preserve=preserve).to_dict(), training_step(level, max(1, epochs // 2))]
+    if level >= 3 and len(recipe) > 1 and recipe[-1]["technique"] in ("fine_tune", "distill"):
+        # Level 3 spends more time on the last recovery: twice the epochs at a third of the learning rate.
+        last = dict(recipe[-1])
+        last.update(epochs=2 * last["epochs"], learning_rate=LEARNING_RATE / 3)
+        recipe[-1] = last
     recipe.append(ptq_step(params["ptq"]))
     return recipe
 
