@@ -302,16 +302,23 @@ def summary(model: Any):
     return getattr(module, summary_name)(model)
 
 
-def load_model(path: Any, *, safe_mode: bool = True):
-    """Loads a Keras model file (.keras or .h5, Keras 3 or tf_keras), with tfopt's wrappers if it has any.
+def load_model(path: Any, *, safe_mode: bool = True, custom_objects: dict[str, Any] | None = None):
+    """Loads a Keras model file (.keras, .h5 or a SavedModel folder; Keras 3 or tf_keras), with tfopt's wrappers.
 
-    Loading is safe by default: a file that would run code when loaded (a
-    Lambda layer, an unknown custom object) is refused, with the layer named.
+    Loading is safe by default: the file's configuration is read as plain data
+    before any Keras deserializer runs, and a file that would run code when
+    loaded (a Lambda layer, a stored lambda, a class from a module that is not
+    Keras, tfopt or a class you pass) is refused, with the layer named. The
+    flavour comes from the file, so a tf_keras `.keras` file loads with tf_keras.
+    A SavedModel folder loads only through its Keras metadata; `tfopt.convert`
+    converts any SavedModel folder directly, running no Python from it.
 
     Args:
-        path: a `.keras` or `.h5` file.
+        path: a `.keras` or `.h5` file, or a SavedModel folder saved by Keras.
         safe_mode: refuse files that would run code. Pass `False` only for files
             you trust. Defaults to `True`.
+        custom_objects: your own layer classes by name; they count as safe.
+            Defaults to `None`.
 
     Returns:
         The model, in the Keras flavour that saved it, not compiled.
@@ -331,7 +338,7 @@ def load_model(path: Any, *, safe_mode: bool = True):
     """
     from tfopt import _keras
 
-    return _keras.load_model(path, safe_mode=safe_mode)
+    return _keras.load_model(path, safe_mode=safe_mode, custom_objects=custom_objects)
 
 
 # The verbs: `apply` with one config. Each returns exactly what `apply(model, Config(...))` returns.
