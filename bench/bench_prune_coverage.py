@@ -2,11 +2,13 @@
 
 For each architecture (weights=None, small inputs), in a child process:
 plain tfmot on the tf_keras build (does `prune_low_magnitude(model)` wrap it?),
-then tfopt: `prune(model, target_sparsity=0.8)` on the Keras 3 model, a few
-training steps with a plain `fit`, `strip`, float32 conversion, and checks that
-every kernel reported as pruned reaches the target in the stripped model and in
-the .tflite, that every weight layer is either pruned or listed as skipped, and
-that the caller's model is unchanged. Keras 3.15 has no RegNet, so RegNetX002
+then tfopt: `prune(model, target_sparsity=0.8)` on the Keras 3 model (native
+`PruneWrapper`, no tfmot), a few training steps with a plain `fit` and a
+`keras.optimizers.Adam` object, `strip_pruning`, float32 conversion, and checks
+that every kernel reported as pruned reaches the target in the stripped model
+and in the .tflite, that the .tflite agrees with the stripped Keras model on
+top-1 (LiteRT, `tfopt.measure.evaluate`), that every weight layer is either
+pruned or listed as skipped, and that the caller's model is unchanged. Keras 3.15 has no RegNet, so RegNetX002
 comes from tf_keras.applications (a tf_keras model in, tf_keras out).
 
     python bench/bench_prune_coverage.py [--json bench/results/bench_prune_coverage.json] [--models A,B]
@@ -91,7 +93,8 @@ def run_one(name: str) -> dict:
 
     from tfopt import _keras
     from tfopt.compress import schedules
-    from tfopt.compress.prune import prune, pruning_summary, strip
+    from tfopt.compress.prune import prune, pruning_summary, strip_pruning as strip
+    from tfopt.measure.evaluate import evaluate
     from tfopt.export.convert import convert
     from tfopt.analyze.sparsity import tflite_sparsity
 
@@ -110,7 +113,8 @@ def run_one(name: str) -> dict:
         row["stage"] = "wrap"
         pruned = prune(model, target_sparsity=TARGET, end_step=STEPS - 1)
         row["stage"] = "train"
-        pruned.compile("adam", "sparse_categorical_crossentropy")
+        k = _keras.keras_module(flavor)
+        pruned.compile(k.optimizers.Adam(1e-3), k.losses.SparseCategoricalCrossentropy())
         pruned.fit(x, y, batch_size=2, epochs=1, verbose=0)
         summary = pruning_summary(pruned)
         row["stage"] = "strip"
@@ -123,10 +127,15 @@ def run_one(name: str) -> dict:
         row["stage"] = "convert"
         tflite = convert(stripped, mode="float32", check_delegation=False).tflite
         report = tflite_sparsity(tflite)
+        row["stage"] = "parity"
+        x_check = rng.random((32, size, size, 3), dtype=np.float32)
+        keras_top1 = np.argmax(stripped.predict(x_check, verbose=0), -1)
+        row["tflite_top1_agreement"] = evaluate(tflite, (x_check, keras_top1)).value
         row["stage"] = "done"
         weight_layers = [l for l in pruned.layers if l.weights]
         classes = collections.Counter(l.class_name for l in summary.layers)
         row.update(
+            wrapper=type(next(l for l in pruned.layers if hasattr(l, "pruning_step"))).__name__,
             pruned_layers=len(summary.layers),
             pruned_classes=dict(classes),
             pruned_weight_fraction=sum(l.num_weights for l in summary.layers) / max(model.count_params(), 1),
@@ -143,6 +152,7 @@ def run_one(name: str) -> dict:
             row["min_kernel_sparsity"] >= TARGET - 0.01
             and row["tflite_tensors_at_target"] >= row["pruned_layers"]
             and row["all_weight_layers_accounted"]
+            and row["tflite_top1_agreement"] >= 0.97
             and row["caller_unchanged"]
         )
     except Exception as err:  # noqa: BLE001 - the bench records where and why a model fails
