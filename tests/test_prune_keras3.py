@@ -82,7 +82,7 @@ def test_keras3_80_percent_on_digits_with_optimizer_object_and_callbacks(digits,
     from tfopt.export.convert import convert
 
     model, (x_train, y_train), (x_test, y_test) = digits
-    snapshot = weights_snapshot(model)
+    snapshot, optimizer = weights_snapshot(model), model.optimizer
     dense = accuracy(model, x_test, y_test)
     steps_per_epoch = int(np.ceil(len(x_train) / 32))
     pruned = prune(model, target_sparsity=0.8, end_step=3 * steps_per_epoch)
@@ -113,6 +113,7 @@ def test_keras3_80_percent_on_digits_with_optimizer_object_and_callbacks(digits,
     pruned_tensors = [t for t in tflite_sparsity(int8).tensors if t.sparsity >= 0.79]
     assert len(pruned_tensors) == 2 and all(t.dtype == "int8" for t in pruned_tensors)
     assert_weights_unchanged(model, snapshot)
+    assert model.compiled and model.optimizer is optimizer  # the caller's compile state is kept
 
 
 def test_gradient_tape_loop_applies_masks_and_advances_the_step(digits):
