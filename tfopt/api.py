@@ -173,7 +173,9 @@ def _run(config: C.Config, model: Any, *, x: Any, y: Any, teacher: Any, last: bo
     options = config.options()
     technique = config.technique
     if technique == "prune_channels":
-        result = _call(_handler(technique), model, options={**options, "data": x})
+        if options["importance"] == "activation":
+            options["data"] = x  # the only importance measured on data
+        result = _call(_handler(technique), model, options=options)
         return result if last else result.model
     if technique == "cluster" and x is not None:
         options["batchnorm_data"] = x
