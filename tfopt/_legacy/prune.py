@@ -123,11 +123,12 @@ def strip(model: Any):
 
 def load(path: str):
     """Loads a pruned tf_keras model file (`.keras` or `.h5`) inside tfmot's `prune_scope()`."""
+    from tfopt import _keras
+
     tfmot = import_tfmot()
-    tf_keras = tf_keras_module()
     bridge.register_wrapper()
-    with tfmot.sparsity.keras.prune_scope():
-        return tf_keras.models.load_model(path)
+    with tfmot.sparsity.keras.prune_scope():  # the file's configs are checked before tf_keras runs anything
+        return _keras.load_model(path)
 
 
 def sparsity_logger(log_dir: str | None, summarize):

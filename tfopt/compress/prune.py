@@ -348,10 +348,8 @@ def load_pruned(path: str | os.PathLike):
         from tfopt._legacy import prune as legacy
 
         return legacy.load(path)
-    import keras
-
     try:
-        return keras.models.load_model(path)
+        return _keras.load_model(path)  # safe: the file's configs are checked before Keras runs anything
     except (ValueError, TypeError) as err:
         if path.endswith(".keras"):
             raise
