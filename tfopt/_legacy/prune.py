@@ -123,8 +123,6 @@ def strip(model: Any):
 
 def load(path: str):
     """Loads a pruned tf_keras model file (`.keras` or `.h5`) inside tfmot's `prune_scope()`."""
-    from tfopt import _keras
-
     tfmot = import_tfmot()
     bridge.register_wrapper()
     with tfmot.sparsity.keras.prune_scope():  # the file's configs are checked before tf_keras runs anything
