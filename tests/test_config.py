@@ -13,7 +13,7 @@ CONFIGS = [
     tfopt.PruneConfig(target_sparsity={"a": 0.9, "b": 0.5}),
     tfopt.ChannelPruneConfig(ratio=0.25, round_to=8),
     tfopt.ClusterConfig(num_clusters=8, init="linear", exclude="re:out.*"),
-    tfopt.QATConfig(preserve="sparsity+clusters"),
+    tfopt.QATConfig(preserve="sparsity_clusters", ema_decay=0.9),
     tfopt.LowRankConfig(energy=0.9),
     tfopt.DistillConfig(temperature=2.0, alpha=0.3, epochs=3, feature_layers=[("t1", "s1")]),
     tfopt.FineTuneConfig(epochs=1, learning_rate=5e-4),
@@ -86,3 +86,7 @@ def test_config_lowrank_takes_per_layer_dicts():
     assert tfopt.Config.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match=r"param_ratio\['a'\] must be in \(0, 1\)"):
         tfopt.LowRankConfig(param_ratio={"a": 1.5})
+
+
+def test_config_qat_preserve_pair_is_pcqat():
+    assert tfopt.QATConfig(preserve=("sparsity", "clusters")).preserve == "sparsity_clusters"

@@ -414,7 +414,7 @@ def cluster(
     return apply(model, C.ClusterConfig(**options), data=None if data is None else (data, None))
 
 
-def qat(model: Any, *, exclude: Any = None, preserve: str | None = None):
+def qat(model: Any, *, exclude: Any = None, preserve: str | None = None, ema_decay: float = 0.99):
     """Quantization-aware training: fake-quant wrappers that learn int8 ranges under a plain `model.fit`.
 
     `tfopt.apply(model, tfopt.QATConfig(...))`. Fine-tune the returned model,

@@ -187,15 +187,21 @@ class QATConfig(Config):
     """Quantization-aware training for int8 (fake-quant wrappers); see `tfopt.qat`.
 
     `preserve` keeps what an earlier step made: `"sparsity"` (pruned zeros stay
-    zero), `"clusters"` (shared values stay shared) or `"sparsity+clusters"`.
+    zero: PQAT), `"clusters"` (shared values stay shared: CQAT) or
+    `"sparsity_clusters"` (both: PCQAT). `ema_decay` is the moving-average decay
+    of the activation ranges.
     """
 
     technique: ClassVar[str] = "qat"
     exclude: Any = None
     preserve: str | None = None
+    ema_decay: float = 0.99
 
     def validate(self) -> None:
+        if isinstance(self.preserve, (tuple, list)) and sorted(self.preserve) == ["clusters", "sparsity"]:
+            object.__setattr__(self, "preserve", "sparsity_clusters")
         _choice(self.preserve, "preserve", QAT_PRESERVE)
+        _number(self.ema_decay, "ema_decay", low=0.0, high=1.0, low_open=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,7 +232,7 @@ class LowRankConfig(Config):
                     raise InvalidArgumentError(f"{label} must be in (0, 1). Received: {label}={v!r}.")
 
 
-QAT_PRESERVE = (None, "sparsity", "clusters", "sparsity+clusters")
+QAT_PRESERVE = (None, "sparsity", "clusters", "sparsity_clusters")
 PTQ_MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
 PTQ_ENGINES = ("converter", "litert_quantizer")
 IO_TYPES = ("float32", "int8", "uint8", "int16")
