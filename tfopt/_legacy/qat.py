@@ -319,8 +319,8 @@ def quantize_tf_keras(model: Any, *, skip: Callable[[Any], bool] | None, preserv
 def load_qat(path: str):
     """Loads a tfmot QAT model saved as `.h5` (tfmot wrappers do not reload from `.keras`)."""
     tfmot = _legacy.import_tfmot()
-    with tfmot.quantization.keras.quantize_scope():
-        return _legacy.tf_keras_module().models.load_model(path)
+    with tfmot.quantization.keras.quantize_scope():  # the file's configs are checked before tf_keras runs anything
+        return _keras.load_model(path)
 
 
 def _scheme(tfmot, preserve: str | None):
