@@ -155,3 +155,20 @@ def test_strip_pruned_and_clustered_models_keep_flavour():
     assert type(clustered).__module__.startswith("keras")
     for name in ("a", "b"):
         assert len(np.unique(clustered.get_layer(name).get_weights()[0])) <= 8
+
+
+def test_load_model_reads_wrapped_tf_keras_files(tmp_path):
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(0)
+    model = tf_keras.Sequential([tf_keras.Input((8,)), tf_keras.layers.Dense(16, name="a"), tf_keras.layers.Dense(4)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, wrapped in (("pruned", tfopt.prune(model, include=["a"])), ("clustered", tfopt.cluster(model, num_clusters=4, include=["a"]))):
+            path = str(tmp_path / f"{name}.h5")
+            wrapped.save(path)
+            loaded = tfopt.load_model(path)
+            assert type(loaded).__module__.startswith("tf_keras"), name
+            x = np.random.default_rng(0).random((4, 8), dtype=np.float32)
+            np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(wrapped(x)), atol=1e-6)
+            assert tfopt.strip(loaded).get_layer("a") is not None

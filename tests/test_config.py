@@ -40,7 +40,7 @@ def test_config_round_trips_through_json(config):
         (lambda: tfopt.QATConfig(preserve="zeros"), ValueError, "preserve must be one of"),
         (lambda: tfopt.PruneConfig(include=lambda layer: True).to_dict(), TypeError, "cannot be saved"),
         (lambda: tfopt.PruneConfig(include=3), TypeError, "layer name"),
-        (lambda: tfopt.ClusterConfig(num_clusters=2, preserve_sparsity=True), ValueError, "num_clusters >= 3"),
+        (lambda: tfopt.ClusterConfig(preserve_sparsity="yes"), TypeError, "True or False"),
         (lambda: tfopt.PTQConfig(mode="int4"), ValueError, "mode must be one of"),
         (lambda: tfopt.PTQConfig(engine="tensorrt"), ValueError, "engine must be one of"),
         (lambda: tfopt.PTQConfig(float_fallback=3), ValueError, "float_fallback must be"),
@@ -55,7 +55,7 @@ def test_config_round_trips_through_json(config):
         (lambda: tfopt.ClusterConfig.from_dict({"technique": "prune"}), ValueError, "cannot be built from a 'prune'"),
     ],
     ids=["sparsity", "schedule", "clusters", "importance", "two-ranks", "preserve", "callable-save", "bad-rule",
-         "preserve-sparsity-2", "ptq-mode", "ptq-engine", "ptq-fallback", "epochs-0", "lr-0", "temperature", "alpha-nan",
+         "preserve-sparsity-type", "ptq-mode", "ptq-engine", "ptq-fallback", "epochs-0", "lr-0", "temperature", "alpha-nan",
          "feature-pairs", "from-list", "unknown-key", "unknown-technique", "wrong-class"],
 )
 def test_config_rejects_bad_values(make, error, match):

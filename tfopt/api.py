@@ -340,7 +340,12 @@ def load_model(path: Any, *, safe_mode: bool = True, custom_objects: dict[str, A
     """
     from tfopt import _keras
 
-    return _keras.load_model(path, safe_mode=safe_mode, custom_objects=custom_objects)
+    objects = dict(custom_objects or {})
+    if _keras.read_model_file(path).flavor == _keras.TF_KERAS:
+        from tfopt import _legacy
+
+        objects = {**_legacy.tfmot_custom_objects(), **objects}  # pruned / clustered / QAT tf_keras files
+    return _keras.load_model(path, safe_mode=safe_mode, custom_objects=objects or None)
 
 
 # The verbs: `apply` with one config. Each returns exactly what `apply(model, Config(...))` returns.

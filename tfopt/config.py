@@ -175,10 +175,10 @@ class ClusterConfig(Config):
     def validate(self) -> None:
         _positive_int(self.num_clusters, "num_clusters", 2)
         _choice(self.init, "init", ("kmeans++", "linear", "density", "random"))
-        if self.preserve_sparsity and self.num_clusters < 3:
-            raise InvalidArgumentError(
-                "preserve_sparsity keeps 0 as its own value, so it needs num_clusters >= 3 (0 plus at least two "
-                f"shared non-zero values). Received: num_clusters={self.num_clusters}."
+        if not isinstance(self.preserve_sparsity, bool) or not isinstance(self.per_channel, bool):
+            raise InvalidTypeError(
+                "preserve_sparsity and per_channel must be True or False. "
+                f"Received: preserve_sparsity={self.preserve_sparsity!r}, per_channel={self.per_channel!r}."
             )
 
 

@@ -150,8 +150,10 @@ def custom_objects() -> dict:
 
 
 def load(path: str):
-    """Loads a tf_keras model with tfmot clustering wrappers (`.keras` or `.h5`)."""
-    return tf_keras_module().models.load_model(path, custom_objects=custom_objects())
+    """Loads a tf_keras model with tfmot clustering wrappers (`.keras` or `.h5`), safely."""
+    from tfopt import _keras
+
+    return _keras.load_model(path, custom_objects=custom_objects())
 
 
 def is_cluster_wrapper(layer) -> bool:
