@@ -21,7 +21,6 @@ import dataclasses
 import re
 from typing import Any, Callable
 
-import numpy as np
 
 from tfopt import _keras, _legacy
 from tfopt.errors import InvalidArgumentError, InvalidTypeError, UnsupportedModelError
@@ -264,22 +263,8 @@ def prepare(model: Any) -> Preparation:
         source = sources.get(layer.name)
         if source is not None and layer.weights:
             layer.set_weights(source.get_weights())
-    _check_same(model, new)
+    _keras.check_same_outputs(model, new)
     return Preparation(new, tuple(rewrites), tuple(untouched))
-
-
-def _check_same(a: Any, b: Any, *, input_shape: tuple[int, ...] | None = None, atol: float = 1e-4) -> None:
-    rng = np.random.default_rng(0)
-    shapes = [input_shape] if input_shape is not None else [tuple(int(d or 1) for d in t.shape[1:]) for t in a.inputs]
-    xs = [rng.random((2, *s), dtype=np.float32) for s in shapes]
-    feed = xs[0] if len(xs) == 1 else xs
-    out_a, out_b = a(feed, training=False), b(feed, training=False)
-    flat_a = [np.asarray(v) for v in (out_a if isinstance(out_a, (list, tuple)) else [out_a])]
-    flat_b = [np.asarray(v) for v in (out_b if isinstance(out_b, (list, tuple)) else [out_b])]
-    diff = max(float(np.max(np.abs(x - y))) for x, y in zip(flat_a, flat_b))
-    scale = max(float(np.max(np.abs(x))) for x in flat_a)
-    if len(flat_a) != len(flat_b) or not np.isfinite(diff) or diff > atol * max(1.0, scale):
-        raise InvalidArgumentError(f"The prepared model's outputs differ from {a.name!r} by up to {diff:.3g}; please report this model.")
 
 
 # --- tfmot ----------------------------------------------------------------------------------------
