@@ -55,6 +55,30 @@ def sensitivity_targets(model, validation, *, global_sparsity: float | None = No
 
 
 WEIGHT_LAYERS = ("Dense", "Conv1D", "Conv2D", "Conv3D")
+SHARE_POWER = 0.4  # how fast the sparsity falls for smaller layers
+SHARE_FLOOR = 0.5  # no weight layer is pruned less than this
+
+
+def share_targets(model, sparsity: float) -> dict[str, float]:
+    """Per-layer pruning targets from weight share: the biggest layer to `sparsity`, smaller ones less.
+
+    A layer with `n` weights (the biggest has `n_max`) keeps `(1 - sparsity) *
+    (n_max / n) ** 0.4` of them (at least half pruned): the few weights of a
+    classifier are each worth more than those of a wide first layer (the
+    Deep Compression shape: about 0.95 / 0.85 / 0.5 on LeNet-300-100).
+    """
+    sizes = {}
+    for layer in model.layers:
+        if type(layer).__name__ in WEIGHT_LAYERS and getattr(layer, "kernel", None) is not None:
+            sizes[layer.name] = int(np.prod(layer.kernel.shape))
+    if not sizes:
+        raise InvalidArgumentError("The model has no Dense / Conv layer to prune.")
+    biggest = max(sizes.values())
+    keep = 1.0 - float(sparsity)
+    return {
+        name: round(min(float(sparsity), max(SHARE_FLOOR, 1.0 - keep * (biggest / n) ** SHARE_POWER)), 4)
+        for name, n in sizes.items()
+    }
 
 
 def weight_layers(model) -> list[str]:
@@ -78,6 +102,8 @@ def _resolve(recipe: Sequence[dict[str, Any]], model, data) -> list[dict[str, An
     for index, step in enumerate(recipe):
         step = dict(step)
         if step.get("technique") == "prune":
+            if "_share" in step:
+                step["target_sparsity"] = share_targets(model, step["_share"])
             if "_allocate" in step:
                 step["target_sparsity"] = sensitivity_targets(model, validation, global_sparsity=step["_allocate"])
             if step.get("_robust_24"):

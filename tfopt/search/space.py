@@ -4,8 +4,10 @@ A trial's choices are a flat dict of plain values (Optuna parameters). Level 1
 chooses only the post-training conversion; level 2 adds unstructured (with
 per-layer targets from sensitivity) or 2:4 pruning, clustering and QAT
 (PQAT / CQAT when it follows pruning / clustering); level 3 adds channel
-pruning and low-rank factorization before them, distills from the original
-model after those structural steps, and trains longer.
+pruning and low-rank factorization before them, pruning by weight share
+(`share_targets`), distills from the original model after those structural
+steps, and trains longer (at least 400 steps per recovery, the last one
+followed by two more at a third and a tenth of the learning rate).
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ PTQ = {
 }
 
 EPOCHS = {2: 2, 3: 4}
-MIN_STEPS = {2: 100, 3: 200}  # optimizer steps per recovery fine-tune at least (small datasets get more epochs)
+MIN_STEPS = {2: 100, 3: 400}  # optimizer steps per recovery fine-tune at least (small datasets get more epochs)
 LEARNING_RATE = 3e-4
+LEARNING_RATES = {2: LEARNING_RATE, 3: 1e-3}  # level 3 starts higher and decays in its last recovery
 BATCH_SIZE = 64
 DEFAULT_TRIALS = {2: 10, 3: 14}
 
@@ -63,8 +66,9 @@ def suggest(trial, level: int, target: str) -> dict[str, Any]:
         params["channels"] = trial.suggest_categorical("channels", [0.0, 0.25, 0.5])
         params["lowrank"] = trial.suggest_categorical("lowrank", [0.0, 0.5, 0.25])
     if level >= 2:
-        params["prune"] = trial.suggest_categorical("prune", ["none", "sparse", "2:4"])
-        if params["prune"] == "sparse":
+        prunes = ["none", "sparse", "2:4"] + (["share"] if level >= 3 else [])
+        params["prune"] = trial.suggest_categorical("prune", prunes)
+        if params["prune"] in ("sparse", "share"):
             params["sparsity"] = trial.suggest_float("sparsity", 0.5, 0.95, step=0.05)
         params["clusters"] = trial.suggest_categorical("clusters", [0, 16, 32, 8])
         params["qat"] = trial.suggest_categorical("qat", [False, True])
@@ -87,7 +91,11 @@ def seeds(level: int, target: str) -> list[dict[str, Any]]:
         {**base, "prune": "sparse", "sparsity": 0.8, "qat": True},
     ]
     if level >= 3:
+        # Deep-Compression shape first: halve the channels, prune by weight share (the biggest layer to
+        # `sparsity`, smaller ones less), cluster to 16 keeping the zeros.
         out = [
+            {**base, "channels": 0.5, "prune": "share", "sparsity": 0.9, "clusters": 16},
+            {**base, "channels": 0.5, "prune": "share", "sparsity": 0.95, "clusters": 16},
             {**base, "channels": 0.5, "prune": "sparse", "sparsity": 0.95, "clusters": 16},
             {**base, "channels": 0.5, "prune": "sparse", "sparsity": 0.9, "clusters": 16},
             {**base, "channels": 0.25, "prune": "sparse", "sparsity": 0.9, "clusters": 16},
@@ -121,9 +129,10 @@ def training_step(level: int, epochs: int | None = None, *, distill: bool = Fals
     train in place, which a distiller's copy of the student would not keep.
     """
     epochs = epochs or EPOCHS[level]
+    rate = LEARNING_RATES[level]
     if distill:
-        return DistillConfig(epochs=epochs, learning_rate=LEARNING_RATE, batch_size=BATCH_SIZE).to_dict()
-    return FineTuneConfig(epochs=epochs, learning_rate=LEARNING_RATE, batch_size=BATCH_SIZE).to_dict()
+        return DistillConfig(epochs=epochs, learning_rate=rate, batch_size=BATCH_SIZE).to_dict()
+    return FineTuneConfig(epochs=epochs, learning_rate=rate, batch_size=BATCH_SIZE).to_dict()
 
 
 def build_recipe(
@@ -148,6 +157,11 @@ def build_recipe(
         if classification:
             step["_allocate"] = sparsity
         recipe += [step, dict(ft)]
+    elif prune == "share":
+        sparsity = round(float(params["sparsity"]), 4)
+        step = PruneConfig(target_sparsity=sparsity).to_dict()
+        step["_share"] = sparsity
+        recipe += [step, dict(ft)]
     elif prune == "2:4":
         step = PruneConfig(target_sparsity=0.5, m_by_n=(2, 4)).to_dict()
         if classification:
@@ -162,10 +176,11 @@ def build_recipe(
         preserve = "clusters" if clusters else ("sparsity" if prune != "none" else None)
         recipe += [QATConfig(preserve=preserve).to_dict(), training_step(level, max(1, epochs // 2))]
     if level >= 3 and len(recipe) > 1 and recipe[-1]["technique"] in ("fine_tune", "distill"):
-        # Level 3 spends more time on the last recovery: twice the epochs at a third of the learning rate.
+        # Level 3 spends more time on the last recovery, with a stepwise decaying learning rate:
+        # its epochs again at a third, then at a tenth of the learning rate.
         last = dict(recipe[-1])
-        last.update(epochs=2 * last["epochs"], learning_rate=LEARNING_RATE / 3)
-        recipe[-1] = last
+        rate = LEARNING_RATES[level]
+        recipe += [dict(last, learning_rate=rate / 3), dict(last, learning_rate=rate / 10)]
     recipe.append(ptq_step(params["ptq"]))
     return recipe
 
@@ -179,6 +194,8 @@ def recipe_name(params: dict[str, Any]) -> str:
         parts.append(f"lr{params['lowrank']:g}")
     if params.get("prune") == "sparse":
         parts.append(f"sp{float(params['sparsity']):g}")
+    elif params.get("prune") == "share":
+        parts.append(f"sh{float(params['sparsity']):g}")
     elif params.get("prune") == "2:4":
         parts.append("2of4")
     if params.get("clusters"):
