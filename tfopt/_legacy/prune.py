@@ -128,23 +128,3 @@ def load(path: str):
     with tfmot.sparsity.keras.prune_scope():  # the file's configs are checked before tf_keras runs anything
         return _keras.load_model(path)
 
-
-def sparsity_logger(log_dir: str | None, summarize):
-    """A tf_keras callback adding `sparsity/<layer>` to the epoch logs (and TensorBoard with `log_dir`)."""
-    import tensorflow as tf
-
-    tf_keras = tf_keras_module()
-
-    class SparsityLogger(tf_keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self._writer = tf.summary.create_file_writer(log_dir) if log_dir else None
-
-        def on_epoch_end(self, epoch, logs=None):
-            for name, sparsity in summarize(self.model).items():
-                if logs is not None:
-                    logs[f"sparsity/{name}"] = sparsity
-                if self._writer is not None:
-                    with self._writer.as_default():
-                        tf.summary.scalar(f"sparsity/{name}", sparsity, step=epoch)
-
-    return SparsityLogger()

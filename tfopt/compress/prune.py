@@ -386,16 +386,12 @@ def sparsity_logger(log_dir: str | None = None, *, flavor: str = _keras.KERAS3):
     [0.5]
     """
     summarize = lambda m: {l.name: l.sparsity for l in pruning_summary(m).layers}  # noqa: E731
-    if flavor == _keras.TF_KERAS:
-        from tfopt._legacy import prune as legacy
-
-        return legacy.sparsity_logger(log_dir, summarize)
-    if flavor != _keras.KERAS3:
+    if flavor not in (_keras.KERAS3, _keras.TF_KERAS):
         raise InvalidArgumentError(f"flavor must be 'keras3' or 'tf_keras'. Received: flavor={flavor!r}.")
-    import keras
+    callbacks = _keras.keras_module(flavor).callbacks  # the same logger for both flavours' fit
     import tensorflow as tf
 
-    class SparsityLogger(keras.callbacks.Callback):
+    class SparsityLogger(callbacks.Callback):
         def on_train_begin(self, logs=None):
             self._writer = tf.summary.create_file_writer(log_dir) if log_dir else None
 
