@@ -117,7 +117,9 @@ def apply(model: Any, *configs: Any, data: Any = None, teacher: Any = None):
 
     Pruning and clustering wrappers stay on through the training steps after
     them (`FineTuneConfig`, `DistillConfig`) and are stripped before any other
-    step. The caller's model is never changed. Configs may also be given as their
+    step. A polynomial `PruneConfig` without `end_step` followed by a training
+    step reaches its target after two thirds of that step's batches, so the
+    rest recovers at full sparsity. The caller's model is never changed. Configs may also be given as their
     `to_dict()` output, so a stored recipe replays as it ran.
 
     Args:
@@ -154,6 +156,7 @@ def apply(model: Any, *configs: Any, data: Any = None, teacher: Any = None):
     x, y = _xy(data)
     for config in steps:
         _needs_data(config, x, y)
+    steps = _fit_prune_schedules(steps, x)
     original, current, result = model, model, model
     for i, config in enumerate(steps):
         if i > 0 and config.technique not in _TRAINING_STEPS:
@@ -167,6 +170,30 @@ def apply(model: Any, *configs: Any, data: Any = None, teacher: Any = None):
         if config.technique == "distill" and x is not None and config.epochs:
             current = result
     return result
+
+
+def _fit_prune_schedules(steps: list[C.Config], x: Any) -> list[C.Config]:
+    """A polynomial `PruneConfig` without `end_step` ends its ramp within the training step after it.
+
+    The default ramp (a fixed number of steps) knows nothing of the data; in a
+    recipe the fine-tuning that follows is known, so the ramp ends after two
+    thirds of its steps and the last third recovers at the target sparsity.
+    """
+    fitted = list(steps)
+    for i, config in enumerate(steps[:-1]):
+        after = steps[i + 1]
+        if config.technique != "prune" or config.schedule != "polynomial" or config.end_step is not None:
+            continue
+        if after.technique not in _TRAINING_STEPS or x is None or not getattr(after, "epochs", 0):
+            continue
+        first = next(iter(x.values())) if isinstance(x, dict) else x[0] if isinstance(x, (list, tuple)) else x
+        n = len(first) if hasattr(first, "__len__") else 0
+        if not n:
+            continue
+        train_steps = after.epochs * -(-n // after.batch_size)
+        end = config.begin_step + max(1, (2 * train_steps) // 3)
+        fitted[i] = dataclasses.replace(config, end_step=end)
+    return fitted
 
 
 def _run(config: C.Config, model: Any, *, x: Any, y: Any, teacher: Any, last: bool):

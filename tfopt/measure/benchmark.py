@@ -286,7 +286,9 @@ def evaluate_tflite(tflite: Any, x: Any, y: Any, *, max_examples: int | None = N
 
     >>> import keras, numpy as np, tfopt
     >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    >>> tfopt.evaluate(tfopt.convert(model), (np.ones((5, 4)), np.zeros(5, int))).value
+    >>> x = np.ones((5, 4), "float32")
+    >>> labels = model.predict(x, verbose=0).argmax(-1)
+    >>> tfopt.evaluate(tfopt.convert(model), (x, labels)).value
     1.0
     """
     warnings.warn("evaluate_tflite is deprecated; use tfopt.evaluate(tflite, (x, y)).value", DeprecationWarning, stacklevel=2)
