@@ -182,7 +182,7 @@ def _fit_prune_schedules(steps: list[C.Config], x: Any) -> list[C.Config]:
     fitted = list(steps)
     for i, config in enumerate(steps[:-1]):
         after = steps[i + 1]
-        if config.technique != "prune" or config.schedule != "polynomial" or config.end_step is not None:
+        if config.technique != "prune" or config.schedule != "polynomial" or config.end_step is not None or config.m_by_n:
             continue
         if after.technique not in _TRAINING_STEPS or x is None or not getattr(after, "epochs", 0):
             continue
