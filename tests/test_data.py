@@ -182,3 +182,22 @@ def test_load_npz_bad_files(tmp_path):
         load_npz(_npz(tmp_path, "nan.npz", x_train=bad, y_train=Y, x_test=X, y_test=Y))
     with pytest.raises(InvalidArgumentError, match=r"\(test split\): x holds 6 example"):
         load_npz(_npz(tmp_path, "short.npz", x_train=X, y_train=Y, x_test=X, y_test=Y[:3]))
+
+
+def test_dataset_hold_out_is_a_disjoint_seeded_validation_split(tmp_path):
+    from tfopt.datasets import load_dataset
+    from tfopt.search.inputs import validation_given
+
+    data = load_dataset("digits")
+    held = data.hold_out(0.2, seed=3)
+    assert len(held.x_train) + len(held.x_val) == len(data.x_train)
+    rows = {row.tobytes() for row in held.x_train}
+    assert not any(row.tobytes() in rows for row in held.x_val if (data.x_train == row).all(axis=(1, 2, 3)).sum() == 1)
+    np.testing.assert_array_equal(held.x_val, data.hold_out(0.2, seed=3).x_val)
+    assert held.x_test is data.x_test
+    path = held.to_npz(str(tmp_path / "held.npz"))
+    assert validation_given(path) and not validation_given(data.to_npz(str(tmp_path / "plain.npz")))
+    with pytest.raises(InvalidArgumentError, match="fraction"):
+        data.hold_out(1.0)
+    with pytest.raises(InvalidArgumentError, match="both x_val and y_val"):
+        type(data)("d", data.x_train, data.y_train, data.x_test, data.y_test, x_val=data.x_test)

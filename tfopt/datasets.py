@@ -41,10 +41,35 @@ class Dataset:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    x_val: np.ndarray | None = None  # validation held out of training (see `hold_out`)
+    y_val: np.ndarray | None = None
 
     def __post_init__(self):
         check_arrays(self.x_train, self.y_train, name=f"{self.name} train")
         check_arrays(self.x_test, self.y_test, name=f"{self.name} test")
+        if (self.x_val is None) != (self.y_val is None):
+            raise InvalidArgumentError(f"Dataset {self.name!r}: give both x_val and y_val, or neither.")
+        if self.x_val is not None:
+            check_arrays(self.x_val, self.y_val, name=f"{self.name} validation")
+
+    def hold_out(self, fraction: float = 0.2, *, seed: int = 0) -> "Dataset":
+        """A copy whose training split gives up `fraction` of its examples (seeded) as validation.
+
+        Train on the new `x_train`, then hand the whole dataset to
+        `tfopt.optimize`: it selects candidates on examples the model never saw.
+
+        >>> d = load_dataset("digits").hold_out(0.25)
+        >>> len(d.x_val), len(d.x_train)
+        (360, 1078)
+        """
+        if not 0.0 < float(fraction) < 1.0:
+            raise InvalidArgumentError(f"hold_out fraction must be in (0, 1). Received: {fraction!r}.")
+        order = np.random.default_rng(seed).permutation(len(self.x_train))
+        n_val = max(1, int(round(fraction * len(order))))
+        val, train = order[:n_val], order[n_val:]
+        return dataclasses.replace(
+            self, x_train=self.x_train[train], y_train=self.y_train[train], x_val=self.x_train[val], y_val=self.y_train[val]
+        )
 
     @property
     def num_classes(self) -> int:
@@ -52,17 +77,22 @@ class Dataset:
         return int(max(self.y_train.max(), self.y_test.max())) + 1
 
     def to_npz(self, path: str) -> str:
-        """Saves x_train, y_train, x_test, y_test to an .npz (the CLI's data format)."""
+        """Saves x_train, y_train, x_test, y_test (and x_val, y_val if held out) to an .npz (the CLI's data format)."""
         from tfopt._io import atomic_write
         import io
 
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, x_train=self.x_train, y_train=self.y_train, x_test=self.x_test, y_test=self.y_test)
+        arrays = {"x_train": self.x_train, "y_train": self.y_train, "x_test": self.x_test, "y_test": self.y_test}
+        if self.x_val is not None:
+            arrays.update(x_val=self.x_val, y_val=self.y_val)
+        np.savez_compressed(buffer, **arrays)
         return atomic_write(path, buffer.getvalue())
 
     def __repr__(self) -> str:
         return (
-            f"Dataset({self.name!r}: train {self.x_train.shape}, test {self.x_test.shape}, "
+            f"Dataset({self.name!r}: train {self.x_train.shape}, "
+            + ("" if self.x_val is None else f"validation {self.x_val.shape}, ")
+            + f"test {self.x_test.shape}, "
             f"{self.num_classes} classes)"
         )
 

@@ -66,6 +66,46 @@ def split_data(data: Any, *, seed: int = 0, val_fraction: float = 0.15) -> dict[
     return out
 
 
+def validation_given(data: Any) -> bool:
+    """Whether `data` holds its own x_val / y_val (else `split_data` carves them from x_train)."""
+    if isinstance(data, (str, os.PathLike)) and os.path.isfile(os.fspath(data)):
+        with np.load(os.fspath(data), allow_pickle=False) as npz:
+            return "x_val" in npz.files and "y_val" in npz.files
+    if isinstance(data, dict):
+        return "x_val" in data and "y_val" in data
+    return getattr(data, "x_val", None) is not None and getattr(data, "y_val", None) is not None
+
+
+def memorised_validation(val_score: float, test_score: float, *, n_val: int, n_test: int) -> str | None:
+    """A warning when an accuracy on a validation split carved from x_train is far above the test accuracy.
+
+    The model was most likely trained on those examples: drops measured on them
+    do not predict drops on new data (the model's memory of them is what
+    compression erodes first, or what it keeps), so the search selects on a
+    biased measure. "Far" is more than one
+    point and more than 2.5 standard errors (one-sided p < 0.01) of the difference of two
+    proportions.
+
+    >>> memorised_validation(1.0, 0.95, n_val=1000, n_test=1000) is not None
+    True
+    >>> memorised_validation(0.955, 0.95, n_val=1000, n_test=1000) is None
+    True
+    """
+    if not (0.0 <= test_score <= 1.0 and 0.0 <= val_score <= 1.0) or n_val < 1 or n_test < 1:
+        return None
+    p = 0.5 * (val_score + test_score)
+    error = float(np.sqrt(max(p * (1 - p), 1e-12) * (1.0 / n_val + 1.0 / n_test)))
+    gap = val_score - test_score
+    if gap <= max(0.01, 2.5 * error):
+        return None
+    return (
+        f"The model scores {100 * val_score:.1f}% on the validation split tfopt carved from x_train but "
+        f"{100 * test_score:.1f}% on x_test: it was probably trained on those examples, so accuracy drops "
+        "measured on them say little about new data. Pass x_val / y_val held out from training "
+        "(tfopt.datasets.Dataset.hold_out does it for tfopt's datasets)."
+    )
+
+
 def fingerprint(model, data: dict[str, np.ndarray]) -> str:
     """A hash of the model's weights and the data: a restart must continue the same study, not another."""
     digest = hashlib.sha256()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
+import warnings
 from typing import Any, Callable
 
 from tfopt.errors import InvalidArgumentError
@@ -107,7 +109,7 @@ def optimize(
     _positive(workers, "workers")
     if workers > 1 and not isinstance(metric, str):
         raise InvalidArgumentError("workers > 1 needs a metric by name (a callable cannot be sent to other processes).")
-    from tfopt.search.inputs import fingerprint, load_model, save_inputs, split_data
+    from tfopt.search.inputs import fingerprint, load_model, memorised_validation, save_inputs, split_data, validation_given
 
     start = time.time()
     say = print if verbose else (lambda *a, **k: None)
@@ -134,6 +136,12 @@ def optimize(
     inputs = save_inputs(model, parts, os.path.join(output_dir, "inputs")) if workers > 1 else {}
     say(f"[tfopt optimize] measuring the float32 baseline ({len(parts['x_val'])} validation, {len(parts['x_test'])} test examples)")
     runner = Runner(job, model, parts, metric=metric, say=say)
+    if not validation_given(data) and re.fullmatch(r"top-?\d+", job.metric):  # proportions: a standard error applies
+        message = memorised_validation(
+            runner.baseline["val_metric"], runner.baseline["accuracy"], n_val=len(parts["x_val"]), n_test=len(parts["x_test"])
+        )
+        if message:
+            warnings.warn(message, UserWarning, stacklevel=2)
     children = _spawn(job, workers - 1) if inputs else []
     progress = _progress(budget, resumed, verbose)
     try:
