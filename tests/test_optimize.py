@@ -150,13 +150,13 @@ def test_level1_report_contract(level1):
 
 
 def test_level1_reported_accuracy_is_the_tflite_on_litert(level1, digits):
-    from tfopt.search.trial import predict_tflite
+    import tfopt
 
     result, _, _, _ = level1
     data = np.load(digits[2])
     best = result.best_candidate
-    outputs = predict_tflite(open(best["tflite"], "rb").read(), data["x_test"])
-    assert np.mean(outputs.argmax(-1) == data["y_test"]) == pytest.approx(best["accuracy"])
+    measured = tfopt.evaluate(best["tflite"], (data["x_test"], data["y_test"]), metric="top1")
+    assert measured.value == pytest.approx(best["accuracy"])
     assert best["size_bytes"] == os.path.getsize(best["tflite"])
 
 
@@ -169,7 +169,7 @@ def test_level1_leaves_model_and_data_file_unchanged(level1, digits):
 
 def test_recipe_replays_with_apply(level1, digits):
     import tfopt
-    from tfopt.search.trial import predict_tflite
+    from tfopt.measure.evaluate import predict_tflite
 
     result, _, _, _ = level1
     model, _, npz = digits
@@ -178,7 +178,9 @@ def test_recipe_replays_with_apply(level1, digits):
     replay = tfopt.apply(model, *row["recipe"], data=data)
     assert len(bytes(replay.tflite)) == pytest.approx(row["size_bytes"], rel=0.01)
     x = data["x_test"][:100]
-    assert np.array_equal(predict_tflite(bytes(replay.tflite), x), predict_tflite(open(row["tflite"], "rb").read(), x))
+    replayed = predict_tflite(bytes(replay.tflite), [x])["predictions"][0]
+    stored = predict_tflite(open(row["tflite"], "rb").read(), [x])["predictions"][0]
+    assert np.array_equal(replayed, stored)
 
 
 def test_cli_exit_3_when_nothing_meets_the_constraints(digits, tmp_path):

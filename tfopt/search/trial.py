@@ -3,62 +3,15 @@ XNNPACK latency interleaved with the baseline, and the TFLite Micro arena for `t
 
 from __future__ import annotations
 
-import gzip
 import tempfile
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from tfopt.measure.benchmark import gzip_size
+from tfopt.measure.evaluate import predict_tflite, score
+from tfopt.measure.metrics import get_metric
 from tfopt.search.constraints import drop, higher_is_better
-
-
-def gzip_size(content: bytes) -> int:
-    """Bytes of `content` after gzip at level 9 (what a download or a compressed flash image costs)."""
-    return len(gzip.compress(bytes(content), compresslevel=9, mtime=0))
-
-
-def predict_tflite(content: bytes, x: np.ndarray, *, batch: int = 1) -> np.ndarray:
-    """Runs a single-input .tflite over `x` on LiteRT (XNNPACK) and returns the float outputs of output 0."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_content=bytes(content), num_threads=1)
-    interpreter.allocate_tensors()
-    inp = interpreter.get_input_details()[0]
-    out = interpreter.get_output_details()[0]
-    results = []
-    for row in np.asarray(x):
-        value = row[None]
-        if np.issubdtype(inp["dtype"], np.integer):
-            scale, zero = inp["quantization"]
-            info = np.iinfo(inp["dtype"])
-            value = np.clip(np.round(value / scale + zero), info.min, info.max)
-        interpreter.set_tensor(inp["index"], value.astype(inp["dtype"]))
-        interpreter.invoke()
-        y = interpreter.get_tensor(out["index"]).astype(np.float32)
-        if np.issubdtype(out["dtype"], np.integer):
-            scale, zero = out["quantization"]
-            y = (y - zero) * scale
-        results.append(y[0])
-    return np.stack(results)
-
-
-def score(outputs: np.ndarray, y: np.ndarray, metric: str | Callable) -> float:
-    """The metric of model `outputs` against labels / targets `y`.
-
-    >>> score(np.array([[0.1, 0.9], [0.8, 0.2]]), np.array([1, 1]), "top1")
-    0.5
-    """
-    y = np.asarray(y)
-    if callable(metric):
-        return float(metric(y, outputs))
-    if metric in ("top1", "top5"):
-        labels = y.argmax(axis=-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(-1)
-        if metric == "top1":
-            return float(np.mean(outputs.argmax(axis=-1) == labels))
-        top = np.argsort(-outputs, axis=-1)[:, :5]
-        return float(np.mean(np.any(top == labels[:, None], axis=-1)))
-    diff = outputs.reshape(len(outputs), -1) - y.reshape(len(y), -1).astype(np.float32)
-    return float(np.mean(np.abs(diff))) if metric == "mae" else float(np.mean(diff**2))
 
 
 class Measurer:
@@ -74,15 +27,19 @@ class Measurer:
         self.num_runs = num_runs
         self.max_eval = max_eval
         self.higher_better = higher_is_better(metric)
+        # The one evaluation path (tfopt.evaluate's): outputs from the LiteRT worker, scored by the metric.
+        self.scorer = get_metric(metric, higher_is_better=None if isinstance(metric, str) else self.higher_better)
         self.baseline_tflite = bytes(baseline_tflite)
         self.baseline: dict[str, Any] | None = None
         self.baseline_outputs: np.ndarray | None = None
 
     def _outputs(self, content: bytes, split: str) -> np.ndarray:
-        return predict_tflite(content, self.data[f"x_{split}"][: self.max_eval])
+        x = np.asarray(self.data[f"x_{split}"][: self.max_eval])
+        return np.asarray(predict_tflite(content, [x])["predictions"][0], dtype=np.float32)
 
     def _score(self, outputs: np.ndarray, split: str) -> float:
-        return score(outputs, self.data[f"y_{split}"][: self.max_eval], self.metric)
+        value, _ = score(self.scorer, [outputs], self.data[f"y_{split}"][: self.max_eval], ["output_0"])
+        return value
 
     def _latency(self, content: bytes) -> tuple[float, float]:
         """Median latency (ms) of `content` and its ratio to the baseline timed around it in the same run."""
