@@ -149,3 +149,42 @@ def test_strip_of_a_trained_qat_model_is_plain_keras3():
     plain = strip_qat(wrapped)
     assert isinstance(plain, keras.Model) and not has_wrappers(plain)
     assert [layer.name for layer in plain.layers] == ["image", "conv", "bn", "relu", "flatten", "logits"]
+
+
+def _inverted_residual_net():
+    """A MobileNetV2 block on 8x8 digits: Conv-BN-ReLU6, expand, depthwise, project, residual Add."""
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    inputs = keras.Input((8, 8, 1))
+    x = layers.ReLU(6.0)(layers.BatchNormalization()(layers.Conv2D(16, 3, padding="same", use_bias=False)(inputs)))
+    shortcut = x
+    x = layers.ReLU(6.0)(layers.BatchNormalization()(layers.Conv2D(48, 1, use_bias=False)(x)))
+    x = layers.ReLU(6.0)(layers.BatchNormalization()(layers.DepthwiseConv2D(3, padding="same", use_bias=False)(x)))
+    x = layers.BatchNormalization()(layers.Conv2D(16, 1, use_bias=False)(x))
+    x = layers.GlobalAveragePooling2D()(layers.Add()([shortcut, x]))
+    return keras.Model(inputs, layers.Dense(10)(x), name="inverted_residual")
+
+
+def test_qat_inverted_residual_block_matches_its_int8_tflite_on_digits():
+    from sklearn.datasets import load_digits
+
+    from tfopt.compress.batchnorm import reestimate_batchnorm
+    from tfopt.export.convert import convert
+    from tfopt.measure.parity import compare
+
+    digits = load_digits()
+    x, y = (digits.images / 16.0).astype("float32")[..., None], digits.target
+    model = _inverted_residual_net()
+    model.compile(keras.optimizers.Adam(3e-3), LOSS)
+    model.fit(x[:1400], y[:1400], epochs=3, batch_size=32, verbose=0)
+    model = reestimate_batchnorm(model, x[:256], batch_size=32)  # a trained model, not near chance
+    wrapped = qat(model)
+    wrapped.compile(keras.optimizers.Adam(1e-4), LOSS)
+    wrapped.fit(x[:320], y[:320], epochs=1, batch_size=32, verbose=0)
+    tflite = convert(wrapped, mode="int8", check_delegation=False)  # ranges from the fake-quant ops only
+    assert not tflite.inspection.float_compute_ops
+    parity = compare(wrapped, tflite, (x[1400:1600], y[1400:1600]), localize=False)
+    logits = wrapped.predict(x[1400:1600], verbose=0)
+    assert parity.top1_agreement >= 0.95, parity.summary()
+    assert parity.reference_accuracy >= 0.6  # the comparison means something only on a model that learned
+    assert parity.mean_abs_error <= 0.05 * float(np.std(logits)), parity.summary()
