@@ -264,3 +264,22 @@ def test_read_h5_damaged_file_that_hangs_hdf5_times_out(monkeypatch):
         _keras.load_model(path)
     good = os.path.join(os.path.dirname(__file__), "fuzz_corpus", "tiny_tf_keras.h5")
     assert _keras.read_model_file(good).flavor == "tf_keras"
+
+
+def test_read_h5_damaged_weights_are_caught_in_the_child(tmp_path):
+    import h5py
+    import keras
+
+    keras.utils.set_random_seed(0)
+    path = str(tmp_path / "model.h5")
+    keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, name="a"), keras.layers.Dense(4)]).save(path)
+    with h5py.File(path, "r") as handle:
+        headers = []
+        handle.visititems(lambda n, o: headers.append(h5py.h5o.get_info(o.id).addr) if isinstance(o, h5py.Dataset) else None)
+    content = bytearray(open(path, "rb").read())
+    content[headers[0] + 2 : headers[0] + 40] = b"\xff" * 38  # one weight's object header, model_config intact
+    damaged = str(tmp_path / "damaged.h5")
+    open(damaged, "wb").write(bytes(content))
+    with pytest.raises(InvalidArgumentError, match="damaged: the HDF5 library cannot read its weights"):
+        _keras.load_model(damaged)
+    assert _keras.read_model_file(path).kind == "h5"

@@ -257,21 +257,28 @@ def _read_keras_zip(path: str) -> ModelFile:
     return ModelFile(path, "keras", TF_KERAS if legacy else KERAS3, version, (config,))
 
 
-# Reads the two attributes in a child process: the HDF5 library can loop forever or crash on a damaged
-# file (a fuzzed model_config length hung it in bench/bench_fuzz.py), and no signal interrupts C code.
+# Reads the two attributes, then every dataset (the weights), in a child process: the HDF5 library can
+# loop forever or crash on a damaged file (a fuzzed model_config length hung it in bench/bench_fuzz.py), and
+# no signal interrupts C code. Once the child has read every object, Keras' own read in this process cannot
+# meet a damaged one.
 _H5_CHILD = """
 import json, sys
 import h5py
 try:
     with h5py.File(sys.argv[1], "r") as handle:
         values = [handle.attrs.get("model_config"), handle.attrs.get("keras_version")]
+        try:
+            handle.visititems(lambda name, item: item[()] if isinstance(item, h5py.Dataset) else None)
+            damaged = None
+        except Exception as err:
+            damaged = f"{type(err).__name__}: {err}"
 except Exception as err:
     print(json.dumps({"error": f"{type(err).__name__}: {err}"}))
     sys.exit(0)
 text = [v.decode("utf-8", "replace") if isinstance(v, bytes) else (None if v is None else str(v)) for v in values]
-print(json.dumps({"model_config": text[0], "keras_version": text[1]}))
+print(json.dumps({"model_config": text[0], "keras_version": text[1], "damaged": damaged}))
 """
-H5_READ_TIMEOUT = 60.0  # seconds; reading two attributes takes milliseconds
+H5_READ_TIMEOUT = 60.0  # seconds, plus one per 50 MB of file: reading the weights once runs at disk speed
 
 
 def _read_h5(path: str) -> ModelFile:
@@ -282,11 +289,12 @@ def _read_h5(path: str) -> ModelFile:
         head = handle.read(8)
     if head != b"\x89HDF\r\n\x1a\n":
         raise _not_a_model(path, f"{size} bytes without the HDF5 signature", expected)
+    timeout = H5_READ_TIMEOUT + size / 50e6
     try:
         done = subprocess.run([sys.executable, "-I", "-c", _H5_CHILD, os.path.abspath(path)], capture_output=True,
-                              text=True, timeout=H5_READ_TIMEOUT, check=False)
+                              text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as err:
-        raise _not_a_model(path, f"reading its HDF5 attributes did not finish in {H5_READ_TIMEOUT:.0f} s: the "
+        raise _not_a_model(path, f"reading it with the HDF5 library did not finish in {timeout:.0f} s: the "
                            "file is damaged", expected) from err
     try:
         answer = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
@@ -296,6 +304,9 @@ def _read_h5(path: str) -> ModelFile:
         raise _not_a_model(path, f"the HDF5 library failed on it (exit status {done.returncode})", expected)
     if "error" in answer:
         raise _not_a_model(path, f"{size} bytes, not a readable HDF5 file: {_first_line(answer['error'])}", expected)
+    if answer.get("damaged"):
+        raise _not_a_model(path, f"damaged: the HDF5 library cannot read its weights ({_first_line(answer['damaged'])})",
+                           expected)
     raw_config, version = answer.get("model_config"), answer.get("keras_version") or ""
     if raw_config is None:
         raise _not_a_model(
