@@ -166,6 +166,8 @@ def run_worker(job: Job, runner: Runner, study, *, progress=None) -> int:
             trial.set_user_attr(key, value)
         params = space.suggest(trial, job.level, job.target)
         twin = next((t for t in storage.completed(study) if _same_params(t.params, params)), None)
+        if twin is None:  # another worker took the same (enqueued) recipe a moment ago: the older trial runs it
+            twin = next((t for t in storage.running(study) if t.number < trial.number and _same_params(t.params, params)), None)
         if twin is not None:
             trial.set_user_attr("duplicate_of", twin.number)
             trial.set_constraint("violation", float(twin.user_attrs.get("violation", 0.0)))

@@ -26,7 +26,30 @@ def open_storage(url: str | None, output_dir: str):
     if url is None or url.endswith(".journal") or url.startswith("journal:"):
         path = os.path.join(output_dir, JOURNAL) if url is None else url.removeprefix("journal:")
         return JournalStorage(JournalFileBackend(os.path.abspath(path)))
-    return optuna.storages.RDBStorage(_driver(url), engine_kwargs={"pool_pre_ping": True})
+    return _rdb_storage(_driver(url))
+
+
+def _rdb_storage(url: str, *, attempts: int = 6):
+    """An Optuna RDBStorage, created again when another machine was creating the same schema at that moment.
+
+    Two workers that start together on an empty database both issue `CREATE TYPE` / `CREATE TABLE`; the
+    database lets one win and the other fails with a duplicate-key error. Once the winner is done, the
+    schema exists and the loser opens it as is.
+    """
+    import random
+    import time
+
+    import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except (IntegrityError, ProgrammingError, OperationalError) as err:
+            racing = "already exists" in str(err) or "duplicate key" in str(err)
+            if not racing or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + random.random() * (attempt + 1))
 
 
 def _driver(url: str) -> str:
@@ -91,6 +114,13 @@ def completed(study) -> list:
     from optuna.trial import TrialState
 
     return sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
+
+
+def running(study) -> list:
+    """The RUNNING trials (this process's and other workers'), by number."""
+    from optuna.trial import TrialState
+
+    return sorted(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), key=lambda t: t.number)
 
 
 def append_jsonl(path: str, row: dict[str, Any]) -> None:
