@@ -3,7 +3,8 @@
 For 13 keras.applications (`weights=None`, small inputs, 10-class logits head)
 plus a Conv1D classifier, a subclassed model and a nested model, on real data
 (sklearn's 8x8 digits, upsampled to the model's input and repeated to 3
-channels; the Conv1D model reads each digit as 8 steps of 8 values):
+channels, in [0, 1], or in [0, 255] for the applications that rescale inside
+the model; the Conv1D model reads each digit as 8 steps of 8 values):
 
 1. the float model trains `--pretrain_epochs` epochs on the 1,200 training
    digits and its BatchNorm statistics are re-estimated (a stand-in for a
@@ -42,6 +43,9 @@ APPLICATIONS = {
     "Xception": 71, "ConvNeXtTiny": 32, "VGG16": 32,
 }
 EXTRA = ("Conv1D", "Subclassed", "Nested")
+# Applications that rescale inside the model and expect pixels in [0, 255] (Keras' documentation): fed [0, 1],
+# their Rescaling output spans less than 1% of its int8 range (2 steps), and int8 loses the image.
+PIXELS_0_255 = {"MobileNetV3Small", "MobileNetV3Large", "EfficientNetB0", "EfficientNetV2B0", "ConvNeXtTiny"}
 
 
 def build(name: str):
@@ -137,6 +141,9 @@ def run_one(name: str, steps: int, min_parity: float, pretrain_epochs: int) -> d
     try:
         model, shape = build(name)
         x_train, y_train, x_test, y_test = digits_for(shape)
+        if name in PIXELS_0_255:
+            x_train, x_test = x_train * 255.0, x_test * 255.0
+        record["input_range"] = [0, 255] if name in PIXELS_0_255 else [0, 1]
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         done("build")
         stage = "float pre-training"
@@ -181,6 +188,25 @@ def run_one(name: str, steps: int, min_parity: float, pretrain_epochs: int) -> d
     return record
 
 
+def merge(paths: list[str], output: str) -> int:
+    """Writes `output` from the rows of several partial runs (e.g. rows re-run after a fix), in bench order."""
+    rows: dict[str, dict] = {}
+    settings: dict = {}
+    for path in paths:
+        with open(path) as handle:
+            payload = json.load(handle)
+        rows.update({row["model"]: row for row in payload["rows"]})
+        settings = {k: v for k, v in payload.items() if k not in ("passed", "total", "planned", "rows")}
+    order = list(EXTRA) + list(APPLICATIONS)
+    done = [rows[name] for name in order if name in rows]
+    payload = {"passed": sum(bool(r["ok"]) for r in done), "total": len(done), "planned": len(order), **settings,
+               "merged_from": [os.path.basename(p) for p in paths], "rows": done}
+    with open(output, "w") as handle:
+        json.dump(payload, handle, indent=1)
+    print(f"{payload['passed']}/{payload['total']} ok ({payload['planned']} planned); wrote {output}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=None, help="comma-separated model names")
@@ -190,7 +216,11 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2, help="models run at once, each in its own process")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "bench_qat_coverage.json"))
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="combine the rows of earlier result files (later files win) into --output and exit")
     args = parser.parse_args()
+    if args.merge:
+        return merge(args.merge, args.output)
     if args.child:
         print("RESULT " + json.dumps(run_one(args.child, args.steps, args.min_parity, args.pretrain_epochs)), flush=True)
         return 0

@@ -188,3 +188,17 @@ def test_qat_inverted_residual_block_matches_its_int8_tflite_on_digits():
     assert parity.top1_agreement >= 0.95, parity.summary()
     assert parity.reference_accuracy >= 0.6  # the comparison means something only on a model that learned
     assert parity.mean_abs_error <= 0.05 * float(np.std(logits)), parity.summary()
+
+
+def test_qat_add_followed_by_relu_rounds_once_like_the_fused_tflite_op():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    y = keras.layers.Conv2D(4, 3, padding="same", name="branch")(x)
+    added = keras.layers.Add(name="add")([x, y])
+    out = keras.layers.GlobalAveragePooling2D(name="gap")(keras.layers.ReLU(name="relu")(added))
+    shared = keras.layers.Add(name="shared_add")([out, out])  # two consumers: its own range
+    model = keras.Model(inputs, [keras.layers.ReLU(name="relu_2")(shared), keras.layers.Dense(2, name="fc")(shared)])
+    names = {layer.name for layer in qat(model).layers}
+    assert "add_quant" not in names and "relu_quant" in names  # ADD+RELU is one LiteRT op: one range, the ReLU's
+    assert "shared_add_quant" in names

@@ -13,8 +13,9 @@
   dropout) get nothing;
 - the input of a quantized layer that is not quantized yet (a model input, or
   the output of a layer kept float) gets an `ActivationQuantizer` too;
-- an output that only feeds a ReLU / ReLU6 is left alone (the converter fuses
-  the ReLU into the op; the ReLU's output carries the range);
+- the output of a weighted layer, Add, Subtract or Multiply that only feeds a
+  ReLU / ReLU6 is left alone (the converter fuses the ReLU into the op; the
+  ReLU's output carries the range, so Keras rounds once where LiteRT does);
 - nested functional and Sequential models are inlined into one flat graph.
 
 Everything else stays float and is listed with its reason.
@@ -48,6 +49,8 @@ _PASS = {
 _ACTIVATIONS = {"linear", "relu", "relu6", "sigmoid", "hard_sigmoid", "hard_silu", "hard_swish", "silu", "swish",
                 "tanh", "softmax", "elu", "leaky_relu", "gelu"}
 _FUSABLE = {"relu", "relu6"}
+# Merge layers whose LiteRT kernel takes a fused ReLU / ReLU6 (ADD, SUB, MUL).
+_FUSES_RELU = {"Add", "Subtract", "Multiply"}
 _MODEL_CLASSES = ("Functional", "Sequential")
 
 
@@ -214,6 +217,9 @@ class _Builder:
         elif kind in _OUTPUT:
             reason = _output_reason(op)
             info.update(mode="output" if reason is None else "float", reason=reason)
+            after = self._sole_consumer(op)
+            if reason is None and kind in _FUSES_RELU and after is not None and _fusable_relu(after) and not self.skip(after):
+                info["fused"] = True  # the converter fuses the ReLU into this op: one rounding, with the ReLU's range
         elif kind == "InputLayer":
             info["mode"] = "pass"
         else:
@@ -285,7 +291,9 @@ class _Builder:
             args = keras.tree.map_structure(self._quantize_input, args)
         outputs = op(*args, **kwargs)
         flat = keras.tree.flatten(outputs)
-        if mode == "output":
+        if mode == "output" and info.get("fused"):
+            self.quantized.update(id(t) for t in flat)  # the fused ReLU after it carries the range
+        elif mode == "output":
             quantizer = qat_layers.ActivationQuantizer(self.ema_decay, name=self._unique(f"{_name(op)}_quant", ""))
             self.plan.pairs.append((None, quantizer))
             outputs = quantizer(outputs)

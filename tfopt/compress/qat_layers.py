@@ -48,13 +48,14 @@ def _fake_quant(x, low, high):
 
 def quantize_weight(kernel, axis: int | None = -1):
     """Fake-quantizes a kernel per channel along `axis` (per tensor for `None`): symmetric, narrow range, 8 bits."""
+    # The bound follows the kernel but passes no gradient (straight-through on the values only).
     if axis is None:
-        bound = ops.maximum(ops.max(ops.abs(kernel)), _EPSILON)
+        bound = ops.stop_gradient(ops.maximum(ops.max(ops.abs(kernel)), _EPSILON))
         return keras.quantizers.fake_quant_with_min_max_vars(kernel, -bound, bound, num_bits=NUM_BITS, narrow_range=True)
     rank = len(kernel.shape)
     axis = axis % rank
     reduce_axes = tuple(i for i in range(rank) if i != axis)
-    bound = ops.maximum(ops.max(ops.abs(kernel), axis=reduce_axes), _EPSILON)
+    bound = ops.stop_gradient(ops.maximum(ops.max(ops.abs(kernel), axis=reduce_axes), _EPSILON))
     return keras.quantizers.fake_quant_with_min_max_vars(
         kernel, -bound, bound, num_bits=NUM_BITS, narrow_range=True, axis=axis
     )
@@ -87,12 +88,14 @@ class ActivationQuantizer(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         if training:
-            x = ops.cast(inputs, "float32")
+            # The range is a statistic, not a parameter: no gradient flows through it (as in tfmot), which
+            # also keeps the backward graph small (tracing the train step dominates short fine-tunes).
+            x = ops.stop_gradient(ops.cast(inputs, "float32"))
             batch_min = ops.minimum(ops.min(x), 0.0)
             batch_max = ops.maximum(ops.max(x), 0.0)
-            seen, decay = self.initialized, self.ema_decay
-            low = seen * (decay * self.range_min + (1.0 - decay) * batch_min) + (1.0 - seen) * batch_min
-            high = seen * (decay * self.range_max + (1.0 - decay) * batch_max) + (1.0 - seen) * batch_max
+            keep = self.initialized * self.ema_decay  # 0 on the first batch: the batch sets the range
+            low = keep * self.range_min + (1.0 - keep) * batch_min
+            high = keep * self.range_max + (1.0 - keep) * batch_max
             self.range_min.assign(low)
             self.range_max.assign(high)
             self.initialized.assign(1.0)
