@@ -202,3 +202,14 @@ def test_qat_add_followed_by_relu_rounds_once_like_the_fused_tflite_op():
     names = {layer.name for layer in qat(model).layers}
     assert "add_quant" not in names and "relu_quant" in names  # ADD+RELU is one LiteRT op: one range, the ReLU's
     assert "shared_add_quant" in names
+
+
+def test_qat_average_pooling_keeps_its_input_range():
+    # LiteRT's int8 AVERAGE_POOL_2D must keep its input's scale; a range of its own made DenseNet121's
+    # transition blocks fail to convert ("violate the same scale constraint").
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 1, use_bias=False, name="conv")(inputs)
+    x = keras.layers.AveragePooling2D(2, name="pool")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="fc")(keras.layers.Flatten(name="flatten")(x)))
+    names = {layer.name for layer in qat(model).layers}
+    assert "pool_quant" not in names and "conv" in names

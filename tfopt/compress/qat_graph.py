@@ -7,10 +7,11 @@
   Conv2DTranspose) become `QuantizeWrapper`s; a BatchNormalization that is
   their only consumer is folded into them and disappears from the graph;
 - layers whose int8 kernel writes a new scale (Add, Concatenate, Multiply,
-  average pooling, activations, Rescaling, Normalization, a BatchNormalization
-  left on its own, ...) get an `ActivationQuantizer` on their output;
-- layers that keep their input's scale (max pooling, reshapes, padding,
-  dropout) get nothing;
+  global average pooling, activations, Rescaling, Normalization, a
+  BatchNormalization left on its own, ...) get an `ActivationQuantizer` on
+  their output;
+- layers that keep their input's scale (max and average pooling, reshapes,
+  padding, dropout) get nothing;
 - the input of a quantized layer that is not quantized yet (a model input, or
   the output of a layer kept float) gets an `ActivationQuantizer` too;
 - the output of a weighted layer, Add, Subtract or Multiply that only feeds a
@@ -34,8 +35,8 @@ from tfopt.errors import UnsupportedModelError
 
 # Layers (and keras.ops operations) whose int8 output gets its own range.
 _OUTPUT = {
-    "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "AveragePooling1D",
-    "AveragePooling2D", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "ReLU", "LeakyReLU", "PReLU", "ELU",
+    "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "GlobalAveragePooling1D",
+    "GlobalAveragePooling2D", "ReLU", "LeakyReLU", "PReLU", "ELU",
     "Softmax", "Activation", "Rescaling", "Normalization", "BatchNormalization", "UpSampling2D", "Resizing",
     "LayerNormalization", "Divide", "TrueDivide", "Mean",
 }
@@ -45,6 +46,8 @@ _PASS = {
     "ZeroPadding1D", "ZeroPadding2D", "Cropping1D", "Cropping2D", "MaxPooling1D", "MaxPooling2D",
     "GlobalMaxPooling1D", "GlobalMaxPooling2D", "Permute", "Identity", "ActivityRegularization", "Transpose",
     "Squeeze", "ExpandDims",
+    # LiteRT's int8 AVERAGE_POOL_2D requires the output scale of its input (the converter rejects another).
+    "AveragePooling1D", "AveragePooling2D",
 }
 _ACTIVATIONS = {"linear", "relu", "relu6", "sigmoid", "hard_sigmoid", "hard_silu", "hard_swish", "silu", "swish",
                 "tanh", "softmax", "elu", "leaky_relu", "gelu"}
