@@ -190,9 +190,10 @@ def _fit_prune_schedules(steps: list[C.Config], x: Any) -> list[C.Config]:
         n = len(first) if hasattr(first, "__len__") else 0
         if not n:
             continue
+        from tfopt.compress.schedules import ramp_end_step
+
         train_steps = after.epochs * -(-n // after.batch_size)
-        end = config.begin_step + max(1, (2 * train_steps) // 3)
-        fitted[i] = dataclasses.replace(config, end_step=end)
+        fitted[i] = dataclasses.replace(config, end_step=ramp_end_step(train_steps, begin_step=config.begin_step))
     return fitted
 
 

@@ -52,11 +52,12 @@ def main(args: list[str], fv: flags.FlagValues) -> int:
         ]
     else:
         from tfopt.compress.prune import prune
+        from tfopt.compress.schedules import ramp_end_step
 
         trainable = prune(
             model,
             target_sparsity=fv.target_sparsity,
-            end_step=max(1, (2 * steps) // 3),
+            end_step=ramp_end_step(steps),
             include=run.include,
             exclude=run.exclude,
             m_by_n=(2, 4) if fv.structure == "2:4" else None,

@@ -65,6 +65,19 @@ def mask_update_steps(begin_step: int, end_step: int, frequency: int) -> np.ndar
     return np.arange(begin_step, end_step + 1, frequency, dtype=np.int64)
 
 
+def ramp_end_step(train_steps: int, *, begin_step: int = 0) -> int:
+    """The `end_step` of a polynomial ramp fitted into `train_steps` of training.
+
+    The target is reached two thirds of the way in, so the last third
+    recovers at full sparsity. `tfopt.apply`, `tfopt optimize` and the
+    `tfopt prune` command all fit their ramps with it.
+
+    >>> ramp_end_step(300)
+    200
+    """
+    return int(begin_step) + max(1, (2 * int(train_steps)) // 3)
+
+
 def choose_frequency(begin_step: int, end_step: int, *, num_updates: int = DEFAULT_NUM_UPDATES) -> int:
     """A mask-update frequency that divides the ramp, so the last update lands on `end_step`.
 

@@ -82,9 +82,8 @@ def memorised_validation(val_score: float, test_score: float, *, n_val: int, n_t
     The model was most likely trained on those examples: drops measured on them
     do not predict drops on new data (the model's memory of them is what
     compression erodes first, or what it keeps), so the search selects on a
-    biased measure. "Far" is more than one
-    point and more than 2.5 standard errors (one-sided p < 0.01) of the difference of two
-    proportions.
+    biased measure. "Far" is more than one point and more than 2.5 standard
+    errors (one-sided p < 0.01) of the difference of two proportions.
 
     >>> memorised_validation(1.0, 0.95, n_val=1000, n_test=1000) is not None
     True

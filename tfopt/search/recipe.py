@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from tfopt.compress.schedules import ramp_end_step
 from tfopt.errors import InvalidArgumentError
 
 TRAINING = ("fine_tune", "distill")
@@ -91,7 +92,7 @@ def _schedule(step: dict[str, Any], following: dict[str, Any] | None, num_train:
     if step.get("end_step") is None and following is not None and step.get("m_by_n") is None:
         epochs = int(following.get("epochs") or 1)
         total = max(1, math.ceil(num_train / int(following.get("batch_size", 64)))) * epochs
-        step["end_step"] = max(2, int(total * 2 / 3))
+        step["end_step"] = ramp_end_step(total)
     return step
 
 
