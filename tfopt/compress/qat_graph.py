@@ -39,6 +39,7 @@ _OUTPUT = {
     "GlobalAveragePooling2D", "ReLU", "LeakyReLU", "PReLU", "ELU",
     "Softmax", "Activation", "Rescaling", "Normalization", "BatchNormalization", "UpSampling2D", "Resizing",
     "LayerNormalization", "Divide", "TrueDivide", "Mean",
+    "LayerScale",  # keras.applications' ConvNeXt: x * gamma, one int8 MUL
 }
 # Layers and operations that keep the scale of their input.
 _PASS = {
@@ -66,14 +67,19 @@ class Plan:
     folded: list[str] = dataclasses.field(default_factory=list)  # "conv <- bn"
     inlined: list[str] = dataclasses.field(default_factory=list)
     pairs: list[tuple[Any, Any]] = dataclasses.field(default_factory=list)  # (source layer, new layer or wrapper)
+    # id(new layer or wrapper) -> function mapping the source layer's weights to the new layer's
+    weight_maps: dict[int, Callable[[list], list]] = dataclasses.field(default_factory=dict)
+    replaced: list[str] = dataclasses.field(default_factory=list)  # "layer: what it became"
 
 
 def activation_name(layer) -> str | None:
     """The name of a layer's activation function, or None."""
-    function = getattr(layer, "activation", None)
-    if function is None:
-        return None
-    return getattr(function, "__name__", None) or str(function)
+    return qat_layers.activation_name(getattr(layer, "activation", None))
+
+
+def _rounds_inside(layer) -> bool:
+    """An Activation layer LiteRT computes on a fixed output grid or as more than one kernel (swish)."""
+    return type(layer).__name__ == "Activation" and activation_name(layer) in (*qat_layers.FIXED_RANGES, "silu", "swish")
 
 
 def _fusable_relu(layer) -> bool:
@@ -93,7 +99,7 @@ def weighted_reason(layer) -> str | None:
     config = layer.get_config()
     if config.get("data_format", "channels_last") != "channels_last":
         return "channels_first layout; LiteRT kernels are channels-last"
-    if config.get("groups", 1) != 1:
+    if config.get("groups", 1) != 1 and not depthwise_equivalent(layer):
         return "grouped convolution has no int8 LiteRT kernel"
     if config.get("lora_rank"):
         return "LoRA-enabled layer"
@@ -102,6 +108,27 @@ def weighted_reason(layer) -> str | None:
     if activation_name(layer) not in _ACTIVATIONS:
         return f"activation {activation_name(layer)!r} has no int8 LiteRT kernel"
     return None
+
+
+def depthwise_equivalent(layer) -> bool:
+    """A Conv2D whose groups equal its input and output channels: a depthwise convolution (ConvNeXt's)."""
+    if type(layer).__name__ != "Conv2D":
+        return False
+    config = layer.get_config()
+    groups = config.get("groups", 1)
+    return groups > 1 and config["filters"] == groups and tuple(layer.kernel.shape)[2] == 1
+
+
+def as_depthwise(layer, name: str):
+    """(a DepthwiseConv2D computing the grouped Conv2D `layer`, a function mapping its weights)."""
+    config = layer.get_config()
+    keys = ("kernel_size", "strides", "padding", "data_format", "dilation_rate", "activation", "use_bias")
+    new = keras.layers.DepthwiseConv2D(depth_multiplier=1, name=name, **{k: config[k] for k in keys})
+
+    def weights(values: list) -> list:  # (kh, kw, 1, C) -> (kh, kw, C, 1); the bias is unchanged
+        return [np.transpose(values[0], (0, 1, 3, 2)), *values[1:]]
+
+    return new, weights
 
 
 def _output_reason(layer) -> str | None:
@@ -215,8 +242,16 @@ class _Builder:
             info.update(self._weighted(op, new))
         elif kind == "BatchNormalization" and id(op) in self.folded_bns:
             info["mode"] = "drop"
-        elif kind in _PASS:
+        elif kind in _PASS or (kind == "Activation" and activation_name(op) == "linear"):
             info["mode"] = "pass"
+        elif kind == "Normalization" or (kind == "Rescaling" and np.any(np.asarray(config.get("offset", 0.0)) != 0)):
+            # Two int8 kernels in LiteRT (SUB then MUL, MUL then ADD): rounded between them too.
+            info.update(mode="weighted", wrapper=qat_layers.AffineQuantizeWrapper(new, ema_decay=self.ema_decay,
+                                                                                  name=config["name"]))
+        elif kind in _OUTPUT and _rounds_inside(op) and _output_reason(op) is None:
+            # Replaced by a layer that rounds where LiteRT's kernels do; strip turns it back into an Activation.
+            info.update(mode="weighted", wrapper=qat_layers.QuantizedActivation(
+                op.activation, ema_decay=self.ema_decay, name=config["name"]))
         elif kind in _OUTPUT:
             reason = _output_reason(op)
             info.update(mode="output" if reason is None else "float", reason=reason)
@@ -252,6 +287,10 @@ class _Builder:
         reason = weighted_reason(op)
         if reason is not None:
             return {"mode": "float", "reason": reason}
+        weight_map = None
+        if depthwise_equivalent(op):
+            new, weight_map = as_depthwise(op, new.name)
+            self.plan.replaced.append(f"{op.name}: grouped Conv2D (groups = channels) computed as DepthwiseConv2D")
         bn = self._sole_consumer(op)
         batchnorm = None
         if (bn is not None and type(bn).__name__ == "BatchNormalization" and not self.skip(bn)
@@ -270,6 +309,8 @@ class _Builder:
             preserve_sparsity=self.preserve in ("sparsity", "sparsity_clusters"),
             cluster_counts=counts, ema_decay=self.ema_decay, name=new.name,
         )
+        if weight_map is not None:
+            self.plan.weight_maps[id(wrapper)] = weight_map
         return {"mode": "weighted", "wrapper": wrapper, "fused": fuse}
 
     @staticmethod
@@ -297,7 +338,9 @@ class _Builder:
         if mode == "output" and info.get("fused"):
             self.quantized.update(id(t) for t in flat)  # the fused ReLU after it carries the range
         elif mode == "output":
-            quantizer = qat_layers.ActivationQuantizer(self.ema_decay, name=self._unique(f"{_name(op)}_quant", ""))
+            fixed = qat_layers.FIXED_RANGES["softmax"] if type(op).__name__ == "Softmax" else None
+            quantizer = qat_layers.ActivationQuantizer(self.ema_decay, fixed_range=fixed,
+                                                       name=self._unique(f"{_name(op)}_quant", ""))
             self.plan.pairs.append((None, quantizer))
             outputs = quantizer(outputs)
             self.quantized.add(id(outputs))

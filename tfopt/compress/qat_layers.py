@@ -42,8 +42,30 @@ KERNELS = {
 }
 
 
+# Activations whose LiteRT int8 kernel writes a fixed output scale whatever the data (LOGISTIC and SOFTMAX:
+# 1/256 with zero point -128; TANH: 1/128 with zero point 0): Keras rounds to the same grid.
+FIXED_RANGES = {"sigmoid": (0.0, 255.0 / 256.0), "softmax": (0.0, 255.0 / 256.0), "tanh": (-1.0, 127.0 / 128.0)}
+# Activations the converter fuses into the op before them (one rounding, after the activation).
+FUSED_ACTIVATIONS = {None, "linear", "relu", "relu6"}
+
+
 def _fake_quant(x, low, high):
     return keras.quantizers.fake_quant_with_min_max_vars(x, low, high, num_bits=NUM_BITS, narrow_range=False)
+
+
+def activation_name(function) -> str | None:
+    """The name of an activation function (`None` for none)."""
+    if function is None:
+        return None
+    return getattr(function, "__name__", None) or str(function)
+
+
+def apply_activation(function, x):
+    """Applies an activation as LiteRT's int8 kernels do: swish (silu) runs as LOGISTIC, rounded to its fixed
+    1/256 grid, then MUL; every other activation is one kernel."""
+    if activation_name(function) in ("silu", "swish"):
+        return x * _fake_quant(ops.sigmoid(x), *FIXED_RANGES["sigmoid"])
+    return function(x)
 
 
 def quantize_weight(kernel, axis: int | None = -1):
@@ -67,14 +89,21 @@ class ActivationQuantizer(keras.layers.Layer):
 
     Args:
         ema_decay: weight of the old range in the moving average. Defaults to `0.99`.
+        fixed_range: `(min, max)` for a tensor whose int8 scale the runtime fixes
+            (the output of a sigmoid, tanh or softmax): no moving range, no state.
+            Defaults to `None`.
         **kwargs: base layer arguments (`name`, ...).
     """
 
-    def __init__(self, ema_decay: float = EMA_DECAY, **kwargs):
+    def __init__(self, ema_decay: float = EMA_DECAY, fixed_range: tuple[float, float] | None = None, **kwargs):
         super().__init__(**kwargs)
         self.ema_decay = float(ema_decay)
+        self.fixed_range = tuple(float(v) for v in fixed_range) if fixed_range is not None else None
 
     def build(self, input_shape=None):
+        if self.fixed_range is not None:
+            self.built = True
+            return
         def variable(name, value):
             return self.add_weight(
                 name=name, shape=(), initializer=keras.initializers.Constant(value), trainable=False,
@@ -87,6 +116,8 @@ class ActivationQuantizer(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, training=None):
+        if self.fixed_range is not None:
+            return _fake_quant(inputs, *self.fixed_range)
         if training:
             # The range is a statistic, not a parameter: no gradient flows through it (as in tfmot), which
             # also keeps the backward graph small (tracing the train step dominates short fine-tunes).
@@ -107,7 +138,52 @@ class ActivationQuantizer(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "ema_decay": self.ema_decay}
+        config = {**super().get_config(), "ema_decay": self.ema_decay}
+        if self.fixed_range is not None:
+            config["fixed_range"] = list(self.fixed_range)
+        return config
+
+
+def output_quantizer_for(activation, ema_decay: float, name: str) -> ActivationQuantizer:
+    """The quantizer of an activation's output: the runtime's fixed grid, or a moving range."""
+    return ActivationQuantizer(ema_decay, fixed_range=FIXED_RANGES.get(activation_name(activation)), name=name)
+
+
+@keras.saving.register_keras_serializable(package="tfopt")
+class QuantizedActivation(keras.layers.Layer):
+    """An `Activation` layer computed with the roundings of LiteRT's int8 kernels, its output quantized.
+
+    Sigmoid, tanh and softmax round to the runtime's fixed output grid; swish
+    also rounds its inner sigmoid (LiteRT runs it as LOGISTIC then MUL);
+    other activations get a moving range. `tfopt.strip` turns it back into
+    `keras.layers.Activation`.
+
+    Args:
+        activation: the activation (name or function).
+        ema_decay: see `ActivationQuantizer`. Defaults to `0.99`.
+        **kwargs: base layer arguments (`name`, ...).
+    """
+
+    def __init__(self, activation, ema_decay: float = EMA_DECAY, **kwargs):
+        super().__init__(**kwargs)
+        self.activation = keras.activations.get(activation)
+        self.ema_decay = float(ema_decay)
+        self.output_quantizer = output_quantizer_for(self.activation, self.ema_decay, "output_quantizer")
+
+    def build(self, input_shape=None):
+        if not self.output_quantizer.built:
+            self.output_quantizer.build()
+        self.built = True
+
+    def call(self, inputs, training=None):
+        return self.output_quantizer(apply_activation(self.activation, inputs), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "activation": keras.activations.serialize(self.activation),
+                "ema_decay": self.ema_decay}
 
 
 @keras.saving.register_keras_serializable(package="tfopt")
@@ -137,7 +213,11 @@ class QuantizeWrapper(keras.layers.Wrapper):
         self.preserve_sparsity = bool(preserve_sparsity)
         self.cluster_counts = {str(k): int(v) for k, v in (cluster_counts or {}).items()}
         self.ema_decay = float(ema_decay)
-        self.output_quantizer = ActivationQuantizer(ema_decay, name="output_quantizer") if quantize_output else None
+        activation = getattr(layer, "activation", None)
+        self.output_quantizer = output_quantizer_for(activation, ema_decay, "output_quantizer") if quantize_output else None
+        # LiteRT rounds the kernel's output before an activation it cannot fuse (sigmoid, swish, tanh, ...).
+        fused = activation_name(activation) in FUSED_ACTIVATIONS
+        self.pre_activation_quantizer = None if fused else ActivationQuantizer(ema_decay, name="pre_activation_quantizer")
         separable = self.kind.startswith("SeparableConv")
         self.mid_quantizer = ActivationQuantizer(ema_decay, name="mid_quantizer") if separable else None
 
@@ -161,7 +241,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
                 self.assignments[name] = self.add_weight(name=f"{name}_assignments", shape=kernel.shape,
                                                          initializer="zeros", dtype="int32", trainable=False)
                 kernel.trainable = False  # the centroids train instead
-        for quantizer in (self.mid_quantizer, self.output_quantizer):
+        for quantizer in (self.mid_quantizer, self.pre_activation_quantizer, self.output_quantizer):
             if quantizer is not None and not quantizer.built:
                 quantizer.build()
         self.built = True
@@ -265,8 +345,10 @@ class QuantizeWrapper(keras.layers.Wrapper):
             y = ops.squeeze(y, 1)
         if bias is not None:
             y = y + bias
+        if self.pre_activation_quantizer is not None:
+            y = self.pre_activation_quantizer(y, training=training)
         if layer.activation is not None:
-            y = layer.activation(y)
+            y = apply_activation(layer.activation, y)
         if self.output_quantizer is not None:
             y = self.output_quantizer(y, training=training)
         return y
@@ -284,3 +366,59 @@ class QuantizeWrapper(keras.layers.Wrapper):
             ema_decay=self.ema_decay,
         )
         return config
+
+
+@keras.saving.register_keras_serializable(package="tfopt")
+class AffineQuantizeWrapper(keras.layers.Wrapper):
+    """Runs a `Normalization` or an offset `Rescaling` as LiteRT's two int8 kernels, rounding between them.
+
+    LiteRT computes `(x - mean) / std` as SUB then MUL, and `x * scale + offset`
+    as MUL then ADD; the tensor between the two kernels is int8 with a range of
+    its own (here a moving range), and the output another.
+
+    Args:
+        layer: a `keras.layers.Normalization` or `keras.layers.Rescaling`.
+        ema_decay: see `ActivationQuantizer`. Defaults to `0.99`.
+        **kwargs: base layer arguments (`name`, ...).
+    """
+
+    def __init__(self, layer, ema_decay: float = EMA_DECAY, **kwargs):
+        super().__init__(layer, **kwargs)
+        self.kind = type(layer).__name__
+        if self.kind not in ("Normalization", "Rescaling"):
+            raise ValueError(f"AffineQuantizeWrapper wraps Normalization or Rescaling; received {self.kind}.")
+        self.ema_decay = float(ema_decay)
+        self.mid_quantizer = ActivationQuantizer(ema_decay, name="mid_quantizer")
+        self.output_quantizer = ActivationQuantizer(ema_decay, name="output_quantizer")
+
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        for quantizer in (self.mid_quantizer, self.output_quantizer):
+            if not quantizer.built:
+                quantizer.build()
+        self.built = True
+
+    def call(self, inputs, training=None):
+        layer = self.layer
+        x = ops.cast(inputs, "float32")
+        if self.kind == "Rescaling":
+            mid = self.mid_quantizer(x * ops.cast(layer.scale, "float32"), training=training)
+            y = mid + ops.cast(layer.offset, "float32")
+        else:
+            std = ops.maximum(ops.sqrt(layer.variance), keras.config.epsilon())
+            if layer.invert:
+                y = self.mid_quantizer(x * std, training=training) + layer.mean
+            else:
+                y = self.mid_quantizer(x - layer.mean, training=training) / std
+        return self.output_quantizer(y, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "ema_decay": self.ema_decay}
+
+
+# Every layer type the QAT graph adds (for telling a QAT model from a float one).
+QAT_LAYERS = (QuantizeWrapper, ActivationQuantizer, QuantizedActivation, AffineQuantizeWrapper)

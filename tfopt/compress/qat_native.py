@@ -10,7 +10,7 @@ from tfopt.compress import qat_graph, qat_layers, qat_prepare
 from tfopt.compress.select import layer_predicate
 from tfopt.errors import InvalidArgumentError
 
-_QAT_TYPES = (qat_layers.QuantizeWrapper, qat_layers.ActivationQuantizer)
+_QAT_TYPES = qat_layers.QAT_LAYERS
 
 
 def _all_layers(model) -> list:
@@ -60,8 +60,9 @@ def qat_keras3(model, *, exclude, preserve, input_shape, ema_decay):
     for source, target in plan.pairs:
         if source is None or not source.weights:
             continue
-        inner = target.layer if isinstance(target, qat_layers.QuantizeWrapper) else target
-        inner.set_weights(source.get_weights())
+        inner = target.layer if isinstance(target, keras.layers.Wrapper) else target
+        weight_map = plan.weight_maps.get(id(target), lambda values: values)
+        inner.set_weights(weight_map(source.get_weights()))
     for layer in new.layers:
         if isinstance(layer, qat_layers.QuantizeWrapper):
             layer.initialize_preserved()
@@ -70,6 +71,7 @@ def qat_keras3(model, *, exclude, preserve, input_shape, ema_decay):
             f"No layer of {model.name!r} can be quantized; kept float: {[name for name, _, _ in plan.kept_float]}."
         )
     rewrites += [f"{fold} (BatchNormalization folded)" for fold in plan.folded]
+    rewrites += plan.replaced
     rewrites += [f"nested model {name!r} inlined" for name in plan.inlined]
     from tfopt.compress.qat import FloatLayer, QATSummary
 
@@ -84,8 +86,10 @@ def _uninitialized(model) -> int:
     count = 0
     for layer in model.layers:
         quantizers = [layer] if isinstance(layer, qat_layers.ActivationQuantizer) else [
-            q for q in (getattr(layer, "output_quantizer", None), getattr(layer, "mid_quantizer", None)) if q is not None]
-        count += sum(1 for q in quantizers if q.built and float(keras.ops.convert_to_numpy(q.initialized)) == 0.0)
+            q for q in (getattr(layer, "output_quantizer", None), getattr(layer, "mid_quantizer", None),
+                        getattr(layer, "pre_activation_quantizer", None)) if q is not None]
+        count += sum(1 for q in quantizers if q.built and q.fixed_range is None
+                     and float(keras.ops.convert_to_numpy(q.initialized)) == 0.0)
     return count
 
 
@@ -99,7 +103,7 @@ def summary_of(model, plan, summary_class, float_class):
     targets = {layer.name[: -len("_quant")] for layer in model.layers if isinstance(layer, qat_layers.ActivationQuantizer)}
     for layer in model.layers:
         kind = type(layer).__name__
-        if isinstance(layer, qat_layers.QuantizeWrapper) or (layer.name in targets):
+        if isinstance(layer, _QAT_TYPES) and not isinstance(layer, qat_layers.ActivationQuantizer) or layer.name in targets:
             quantized.append(layer.name)
         elif not isinstance(layer, qat_layers.ActivationQuantizer) and kind not in qat_graph._PASS and kind != "InputLayer":
             kept.append(float_class(layer.name, kind, "kept float (summary rebuilt from a loaded model)"))
@@ -124,6 +128,12 @@ def strip_keras3(model):
             return op
         if isinstance(op, qat_layers.ActivationQuantizer):
             return op
+        if isinstance(op, qat_layers.QuantizedActivation):
+            return keras.layers.Activation(op.activation, name=op.name)
+        if isinstance(op, qat_layers.AffineQuantizeWrapper):
+            new = type(op.layer).from_config(op.layer.get_config())
+            pairs.append((op.layer, new, None))
+            return new
         if isinstance(op, qat_layers.QuantizeWrapper):
             inner = type(op.layer).from_config(op.layer.get_config())
             bn = type(op.batchnorm).from_config(op.batchnorm.get_config()) if op.batchnorm is not None else None
