@@ -10,14 +10,15 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from sklearn.datasets import load_digits
 
 from tfopt.compress.qat import has_wrappers, qat, strip_qat
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-RNG = np.random.default_rng(0)
-X = RNG.random((64, 8, 8, 1), dtype="float32")
-Y = RNG.integers(0, 4, 64)
+_DIGITS = load_digits()
+X = (_DIGITS.images[:64] / 16.0).astype("float32")[..., None]  # real 8x8 digits
+Y = _DIGITS.target[:64]
 
 
 def _cnn():
@@ -27,7 +28,7 @@ def _cnn():
     x = keras.layers.BatchNormalization(name="bn")(x)
     x = keras.layers.ReLU(name="relu")(x)
     x = keras.layers.Flatten(name="flatten")(x)
-    return keras.Model(inputs, keras.layers.Dense(4, name="logits")(x), name="cnn")
+    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x), name="cnn")
 
 
 def _ranges(model):
