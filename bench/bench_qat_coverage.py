@@ -174,6 +174,9 @@ def run_one(name: str, steps: int, min_parity: float, target_accuracy: float, ma
         wrapped = qat(model, input_shape=shape)
         done("qat_wrap")
         summary = qat_summary(wrapped)
+        modes = {getattr(layer, "batchnorm_statistics", None) for layer in wrapped.layers
+                 if getattr(layer, "batchnorm", None) is not None}
+        record["batchnorm_statistics"] = sorted(modes - {None}) or None  # BatchNorm in QAT training
         record["quantized_layers"] = len(summary.quantized)
         record["kept_float"] = [f"{f.name} ({f.class_name}): {f.reason}" for f in summary.kept_float]
         stage = "qat fine-tune"

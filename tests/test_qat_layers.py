@@ -138,3 +138,30 @@ def test_new_qat_layers_save_load_and_strip(tmp_path, pixels):
     kinds = {layer.name: type(layer).__name__ for layer in stripped.layers}
     assert kinds["stem_act"] == "Activation" and kinds["normalize"] == "Normalization" and kinds["rescale"] == "Rescaling"
     assert not any("Quantiz" in kind for kind in kinds.values())
+
+
+@pytest.mark.parametrize("statistics", ["batch", "moving"])
+def test_folded_batchnorm_trains_on_batch_statistics_and_infers_on_moving_ones(pixels, statistics):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    x = layers.BatchNormalization(momentum=0.5, name="bn")(layers.Conv2D(8, 3, use_bias=False, name="conv")(
+        layers.Rescaling(1 / 255.0, name="scale")(inputs)))
+    model = keras.Model(inputs, x)  # moving statistics at their start (mean 0, variance 1): far from the data's
+    wrapped = qat(model)
+    wrapper = wrapped.get_layer("conv")
+    assert wrapper.batchnorm is not None and wrapper.batchnorm_statistics == "batch"  # the default
+    wrapper.batchnorm_statistics = statistics
+    batch = pixels[0][:128]
+    got = wrapped(batch, training=True)
+    stored = model.get_layer("bn").moving_mean.numpy()
+    np.testing.assert_array_equal(stored, np.zeros_like(stored))  # the caller's BatchNorm is not touched
+    moved = float(np.max(np.abs(wrapper.batchnorm.moving_mean.numpy())))
+    assert (moved > 0.0) == (statistics == "batch")  # the moving statistics follow the batches, or stay frozen
+    expected = model(batch, training=statistics == "batch")  # float Conv + BatchNorm, as Keras trains it
+    scale = float(np.std(expected))
+    assert float(np.max(np.abs(got - expected))) < 0.1 * scale  # int8 weights and output: small steps only
+    inference = wrapped(batch, training=False)  # always the moving statistics
+    bn = wrapper.batchnorm
+    folded = (model.get_layer("conv")(model.get_layer("scale")(batch)) - bn.moving_mean) * (
+        bn.gamma / np.sqrt(bn.moving_variance + bn.epsilon)) + bn.beta
+    assert float(np.max(np.abs(inference - folded))) < 0.1 * float(np.std(folded))

@@ -10,8 +10,10 @@ DepthwiseConv2D, SeparableConv1D/2D, Conv2DTranspose) and computes it from
 fake-quantized weights: per output channel, symmetric, narrow range
 (-127..127, zero point 0), the scheme LiteRT's int8 kernels use. A
 BatchNormalization that directly follows the layer is folded into the kernel
-and bias with its moving statistics (frozen during QAT), so training sees the
-weights the converter will store. The kernel can keep the zeros of a pruned
+and bias with its moving statistics, so training sees the weights the
+converter will store; in training the output is still normalized with the
+batch's statistics (as in float training and tfmot), and the moving
+statistics follow the batches. The kernel can keep the zeros of a pruned
 model (`preserve_sparsity`) or the shared values of a clustered one
 (`cluster_counts`: the centroids train, the assignments stay fixed).
 
@@ -200,10 +202,16 @@ class QuantizeWrapper(keras.layers.Wrapper):
         cluster_counts: `{kernel name: number of shared values}` for kernels whose
             values stay shared (clustered): only the values train. Defaults to `None`.
         ema_decay: see `ActivationQuantizer`. Defaults to `0.99`.
+        batchnorm_statistics: `"batch"` normalizes with each training batch's
+            statistics (the kernel is still quantized folded with the moving
+            ones, and the output rescaled), as float training and tfmot do;
+            `"moving"` freezes the moving statistics. Inference always uses the
+            moving statistics. Defaults to `"batch"`.
     """
 
     def __init__(self, layer, batchnorm=None, quantize_output: bool = True, preserve_sparsity: bool = False,
-                 cluster_counts: dict | None = None, ema_decay: float = EMA_DECAY, **kwargs):
+                 cluster_counts: dict | None = None, ema_decay: float = EMA_DECAY, batchnorm_statistics: str = "batch",
+                 **kwargs):
         if isinstance(batchnorm, dict):
             batchnorm = keras.saving.deserialize_keras_object(batchnorm)
         super().__init__(layer, **kwargs)
@@ -213,6 +221,9 @@ class QuantizeWrapper(keras.layers.Wrapper):
         self.preserve_sparsity = bool(preserve_sparsity)
         self.cluster_counts = {str(k): int(v) for k, v in (cluster_counts or {}).items()}
         self.ema_decay = float(ema_decay)
+        if batchnorm_statistics not in ("batch", "moving"):
+            raise ValueError(f"batchnorm_statistics must be 'batch' or 'moving'; received {batchnorm_statistics!r}.")
+        self.batchnorm_statistics = batchnorm_statistics
         activation = getattr(layer, "activation", None)
         self.output_quantizer = output_quantizer_for(activation, ema_decay, "output_quantizer") if quantize_output else None
         # LiteRT rounds the kernel's output before an activation it cannot fuse (sigmoid, swish, tanh, ...).
@@ -310,48 +321,80 @@ class QuantizeWrapper(keras.layers.Wrapper):
             return ops.reshape(quantize_weight(flat, axis=-1), shape)
         return quantize_weight(kernel, axis=-1)
 
-    def call(self, inputs, training=None):
-        layer = self.layer
-        kernels, bias = self.folded()
-        kind = self.kind
+    def _linear(self, x, kernels: dict, training):
+        """The layer's convolution / matmul on `kernels` (1-D layers as 2-D ones), without bias."""
+        layer, kind = self.layer, self.kind
         one_d = kind in ("Conv1D", "SeparableConv1D")
-        x = inputs
         if one_d:
-            # Run 1-D convolutions as 2-D ones on kernels expanded *before* fake-quant: the converter
-            # cannot follow a per-channel fake-quant through the backend's own ExpandDims.
             if layer.padding == "causal":
                 left = (layer.kernel_size[0] - 1) * layer.dilation_rate[0]
                 x = ops.pad(x, ((0, 0), (left, 0), (0, 0)))
             x = ops.expand_dims(x, 1)
-            kernels = {name: ops.expand_dims(k, 0) for name, k in kernels.items()}
-        q = {name: self._quantized(name, k) for name, k in kernels.items()}
         padding = "valid" if getattr(layer, "padding", None) == "causal" else getattr(layer, "padding", None)
         strides = (1, layer.strides[0]) if one_d else getattr(layer, "strides", None)
         dilation = (1, layer.dilation_rate[0]) if one_d else getattr(layer, "dilation_rate", None)
         if kind == "Dense":
-            y = ops.matmul(x, q["kernel"])
+            y = ops.matmul(x, kernels["kernel"])
         elif kind in ("Conv1D", "Conv2D"):
-            y = ops.conv(x, q["kernel"], strides=strides, padding=padding, dilation_rate=dilation)
+            y = ops.conv(x, kernels["kernel"], strides=strides, padding=padding, dilation_rate=dilation)
         elif kind == "DepthwiseConv2D":
-            y = ops.depthwise_conv(x, q["kernel"], strides=strides, padding=padding, dilation_rate=dilation)
+            y = ops.depthwise_conv(x, kernels["kernel"], strides=strides, padding=padding, dilation_rate=dilation)
         elif kind.startswith("SeparableConv"):
-            mid = ops.depthwise_conv(x, q["depthwise_kernel"], strides=strides, padding=padding, dilation_rate=dilation)
+            mid = ops.depthwise_conv(x, kernels["depthwise_kernel"], strides=strides, padding=padding,
+                                     dilation_rate=dilation)
             mid = self.mid_quantizer(mid, training=training)
-            y = ops.conv(mid, q["pointwise_kernel"], strides=1, padding="valid")
+            y = ops.conv(mid, kernels["pointwise_kernel"], strides=1, padding="valid")
         else:  # Conv2DTranspose
-            y = ops.conv_transpose(x, q["kernel"], strides=strides, padding=padding,
+            y = ops.conv_transpose(x, kernels["kernel"], strides=strides, padding=padding,
                                    output_padding=layer.output_padding, dilation_rate=dilation)
-        if one_d:
-            y = ops.squeeze(y, 1)
-        if bias is not None:
+        return ops.squeeze(y, 1) if one_d else y
+
+    def _expanded(self, kernels: dict) -> dict:
+        # 1-D kernels are expanded *before* fake-quant: the converter cannot follow a per-channel fake-quant
+        # through the backend's own ExpandDims.
+        if self.kind in ("Conv1D", "SeparableConv1D"):
+            return {name: ops.expand_dims(k, 0) for name, k in kernels.items()}
+        return kernels
+
+    def call(self, inputs, training=None):
+        kernels, bias = self.folded()
+        q = {name: self._quantized(name, k) for name, k in self._expanded(kernels).items()}
+        y = self._linear(inputs, q, training)
+        if (training and self.batchnorm is not None and self.batchnorm_statistics == "batch"
+                and not self.kind.startswith("SeparableConv")):
+            y = self._batch_corrected(inputs, y, training)
+        elif bias is not None:
             y = y + bias
         if self.pre_activation_quantizer is not None:
             y = self.pre_activation_quantizer(y, training=training)
-        if layer.activation is not None:
-            y = apply_activation(layer.activation, y)
+        if self.layer.activation is not None:
+            y = apply_activation(self.layer.activation, y)
         if self.output_quantizer is not None:
             y = self.output_quantizer(y, training=training)
         return y
+
+    def _batch_corrected(self, inputs, y, training):
+        """Training with the batch's statistics: `y` (computed from the kernel folded with the moving
+        statistics, as stored) is rescaled to the batch's standard deviation, the batch's mean goes into the
+        bias, and the moving statistics follow the batch."""
+        bn = self.batchnorm
+        raw = self._linear(inputs, self._expanded({n: self.effective_kernel(n) for n in KERNELS[self.kind]}), training)
+        if self.layer.use_bias:
+            raw = raw + self.layer.bias
+        axes = tuple(range(len(raw.shape) - 1))
+        mean, variance = ops.moments(raw, axes=axes)
+        batch_std = ops.sqrt(variance + bn.epsilon)
+        moving_std = ops.sqrt(bn.moving_variance + bn.epsilon)
+        gamma = bn.gamma if bn.scale else 1.0
+        shift = -mean * gamma / batch_std
+        if self.layer.use_bias:
+            shift = shift + self.layer.bias * gamma / batch_std
+        if bn.center:
+            shift = shift + bn.beta
+        momentum = bn.momentum
+        bn.moving_mean.assign(momentum * bn.moving_mean + (1.0 - momentum) * ops.stop_gradient(mean))
+        bn.moving_variance.assign(momentum * bn.moving_variance + (1.0 - momentum) * ops.stop_gradient(variance))
+        return y * (moving_std / batch_std) + shift
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
@@ -364,6 +407,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
             preserve_sparsity=self.preserve_sparsity,
             cluster_counts=dict(self.cluster_counts),
             ema_decay=self.ema_decay,
+            batchnorm_statistics=self.batchnorm_statistics,
         )
         return config
 
