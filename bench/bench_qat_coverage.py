@@ -8,8 +8,9 @@ the model; the Conv1D model reads each digit as 8 steps of 8 values):
 
 1. the float model trains on 1,000 of the 1,200 training digits, one epoch at
    a time, until it classifies `--target_accuracy` of the other 200, has
-   trained `--max_pretrain_epochs` epochs or has spent `--max_pretrain_seconds`
-   (so the epochs of the slowest models depend on the CPU; the row records them)
+   trained `--max_pretrain_epochs` epochs or has finished an epoch past
+   `--max_pretrain_seconds` (so the epochs of the slowest models depend on the
+   CPU; the row records them)
    (Adam 1e-3; 1e-4 for VGG16, which
    has no BatchNorm and does not learn from scratch at 1e-3), and its
    BatchNorm statistics are re-estimated. This stands in for a pretrained
