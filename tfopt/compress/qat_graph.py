@@ -79,7 +79,7 @@ def activation_name(layer) -> str | None:
 
 def _rounds_inside(layer) -> bool:
     """An Activation layer LiteRT computes on a fixed output grid or as more than one kernel (swish)."""
-    return type(layer).__name__ == "Activation" and activation_name(layer) in (*qat_layers.FIXED_RANGES, "silu", "swish")
+    return type(layer).__name__ == "Activation" and activation_name(layer) in (*qat_layers.FIXED_RANGES, *qat_layers.TWO_KERNEL_ACTIVATIONS)
 
 
 def _fusable_relu(layer) -> bool:

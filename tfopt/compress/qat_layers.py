@@ -49,6 +49,8 @@ KERNELS = {
 FIXED_RANGES = {"sigmoid": (0.0, 255.0 / 256.0), "softmax": (0.0, 255.0 / 256.0), "tanh": (-1.0, 127.0 / 128.0)}
 # Activations the converter fuses into the op before them (one rounding, after the activation).
 FUSED_ACTIVATIONS = {None, "linear", "relu", "relu6"}
+# Activations LiteRT runs as more than one int8 kernel: swish (silu) is LOGISTIC then MUL.
+TWO_KERNEL_ACTIVATIONS = ("silu", "swish")
 
 
 def _fake_quant(x, low, high):
@@ -65,7 +67,7 @@ def activation_name(function) -> str | None:
 def apply_activation(function, x):
     """Applies an activation as LiteRT's int8 kernels do: swish (silu) runs as LOGISTIC, rounded to its fixed
     1/256 grid, then MUL; every other activation is one kernel."""
-    if activation_name(function) in ("silu", "swish"):
+    if activation_name(function) in TWO_KERNEL_ACTIVATIONS:
         return x * _fake_quant(ops.sigmoid(x), *FIXED_RANGES["sigmoid"])
     return function(x)
 

@@ -103,7 +103,8 @@ def summary_of(model, plan, summary_class, float_class):
     targets = {layer.name[: -len("_quant")] for layer in model.layers if isinstance(layer, qat_layers.ActivationQuantizer)}
     for layer in model.layers:
         kind = type(layer).__name__
-        if isinstance(layer, _QAT_TYPES) and not isinstance(layer, qat_layers.ActivationQuantizer) or layer.name in targets:
+        computes = isinstance(layer, _QAT_TYPES) and not isinstance(layer, qat_layers.ActivationQuantizer)
+        if computes or layer.name in targets:
             quantized.append(layer.name)
         elif not isinstance(layer, qat_layers.ActivationQuantizer) and kind not in qat_graph._PASS and kind != "InputLayer":
             kept.append(float_class(layer.name, kind, "kept float (summary rebuilt from a loaded model)"))
