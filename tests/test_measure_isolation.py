@@ -15,6 +15,7 @@ import pytest
 
 from tfopt.errors import BenchmarkError
 from tfopt.measure import _worker
+from tfopt.measure._serve import read_stage
 from tfopt.measure.benchmark import benchmark
 from tfopt.measure.sweep import one_op_model
 
@@ -45,9 +46,14 @@ def test_crash_mid_call_names_the_stage_and_next_call_works():
     model = one_op_model()
     benchmark(model, num_runs=1)
     pid = _worker._default.pid
+    idle = psutil.Process(pid).cpu_times().user  # the warm worker has already spent this much (imports)
+
+    def invoking() -> bool:  # half a second of CPU spent in this call, and the stage says invoke
+        busy = psutil.Process(pid).cpu_times().user - idle > 0.5
+        return busy and read_stage(_worker._default._slot) == "invoke"
 
     def crash():  # what a segfaulting kernel looks like from the parent
-        _wait_for(lambda: psutil.Process(pid).cpu_times().user > 0.2, 30)
+        _wait_for(invoking, 60)
         os.kill(pid, signal.SIGSEGV)
 
     thread = threading.Thread(target=crash)
