@@ -45,6 +45,8 @@ from tfopt._io import write_json  # noqa: E402
 from tfopt.analyze.flatbuffer import COMPUTE_OPS  # noqa: E402
 from tfopt.datasets import load_dataset  # noqa: E402
 
+from bench_prune import accuracy, compile_for  # noqa: E402  (the same training and scoring as the pruning bench)
+
 NUM_CALIBRATION = 200
 BN_MOMENTUM = 0.9  # small data: 125 steps an epoch; the default 0.99 leaves the moving statistics behind
 # Ops that run at the float boundary of a float-I/O int8 model, or only move bytes.
@@ -74,23 +76,6 @@ def build_cnn(k=keras):
     x = k.layers.GlobalAveragePooling2D(name="gap")(x)
     outputs = k.layers.Dense(10, name="logits")(x)
     return k.Model(inputs, outputs, name="residual_digits_cnn")
-
-
-def keras_of(model):
-    return __import__(type(model).__module__.split(".")[0])
-
-
-def compile_for(model, learning_rate):
-    k = keras_of(model)
-    model.compile(
-        optimizer=k.optimizers.Adam(learning_rate),
-        loss=k.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-
-
-def accuracy(model_or_tflite, x, y) -> float:
-    return tfopt.evaluate(model_or_tflite, (x, y), batch_size=250).value
 
 
 def float_ops(result) -> dict:

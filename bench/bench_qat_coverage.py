@@ -215,8 +215,9 @@ def render(payload: dict) -> str:
         value = row.get(key)
         return "-" if value is None else str(value)
 
+    runs = payload.get("commands") or [payload.get("command", "python bench/bench_qat_coverage.py")]
     lines = [
-        f"{payload['passed']} of {payload['planned']} ok (`{payload.get('command', 'python bench/bench_qat_coverage.py')}`; "
+        f"{payload['passed']} of {payload['planned']} ok ({' then '.join(f'`{c}`' for c in runs)}; "
         f"pre-training to {payload.get('target_accuracy')} of 200 held-out digits, then {payload['steps']} QAT steps "
         f"of batch 16; `min_parity` {payload['min_parity']}).",
         "",
@@ -260,15 +261,18 @@ def merge(paths: list[str], output: str) -> int:
     """Writes `output` from the rows of several partial runs (e.g. rows re-run after a fix), in bench order."""
     rows: dict[str, dict] = {}
     settings: dict = {}
+    commands: list[str] = []  # every run behind the rows, in the order given (later runs win a model)
     for path in paths:
         with open(path) as handle:
             payload = json.load(handle)
         rows.update({row["model"]: row for row in payload["rows"]})
-        settings = {k: v for k, v in payload.items() if k not in ("passed", "total", "planned", "rows")}
+        commands += payload.get("commands") or [payload["command"]]
+        settings = {k: v for k, v in payload.items()
+                    if k not in ("passed", "total", "planned", "rows", "command", "commands", "merged_from")}
     order = list(EXTRA) + list(APPLICATIONS)
     done = [rows[name] for name in order if name in rows]
     payload = {"passed": sum(bool(r["ok"]) for r in done), "total": len(done), "planned": len(order), **settings,
-               "merged_from": [os.path.basename(p) for p in paths], "rows": done}
+               "commands": commands, "rows": done}
     with open(output, "w") as handle:
         json.dump(payload, handle, indent=1)
     print(f"{payload['passed']}/{payload['total']} ok ({payload['planned']} planned); wrote {output}")

