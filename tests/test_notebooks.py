@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -40,6 +41,16 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     client.execute()
     errors = [o for cell in notebook.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[os.path.basename(p) for p in NOTEBOOKS])
+def test_notebook_is_valid_without_repair(path):
+    """nbformat validates the file as written: every cell has its id (nbformat will refuse files without them)."""
+    nbformat = pytest.importorskip("nbformat")
+    with open(path) as handle:
+        notebook = json.load(handle)
+    assert [i for i, cell in enumerate(notebook["cells"]) if "id" not in cell] == []
+    nbformat.validate(nbformat.from_dict(notebook))
 
 
 def _tree_digest(folder: str) -> dict[str, str]:
