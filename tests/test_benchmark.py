@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 import tfopt
+from tfopt.measure.host import this_host
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +140,8 @@ def test_variant_report_ratios(digits_model):
     assert "int8" in report.table() and "| int8 |" in report.to_markdown()
     with pytest.raises(ValueError, match="baseline 'int4'"):
         tfopt.variant_report(runs, baseline="int4")
+    # the ratios are read against the machine: every result and the report name it
+    assert {r.host for r in runs.values()} == {this_host()} and "logical CPUs" in this_host()
+    assert report.meta["host"] == this_host() and this_host() in report.to_markdown()
+    other = {**runs, "elsewhere": dataclasses.replace(runs["int8"], host="another CPU")}
+    assert "host" not in tfopt.variant_report(other).meta  # measured on two machines: no single host to name

@@ -150,6 +150,7 @@ def variant_report(
             first variant).
         paths: variant name -> file path, recorded in the rows. Defaults to `None`.
         meta: extra facts to print at the top of the Markdown report. Defaults to `None`.
+            The machine the results were measured on is added as `host` when they share one.
 
     Returns:
         A `VariantReport` with `summary()`, `to_markdown()`, `to_dict()` and `write(folder)`.
@@ -191,7 +192,11 @@ def variant_report(
                 path=(paths or {}).get(name),
             )
         )
-    return VariantReport(rows, baseline, keras_accuracy, _notes(rows, results, baseline), dict(meta or {}))
+    facts = dict(meta or {})
+    hosts = {res.host for res in results.values()}
+    if "host" not in facts and len(hosts) == 1 and hosts != {""}:  # ratios are read against the machine
+        facts["host"] = hosts.pop()
+    return VariantReport(rows, baseline, keras_accuracy, _notes(rows, results, baseline), facts)
 
 
 def _notes(rows: list[VariantRow], results: Mapping[str, BenchmarkResult], baseline: str) -> list[str]:

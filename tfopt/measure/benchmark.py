@@ -22,6 +22,7 @@ from tfopt.analyze.flatbuffer import tflite_bytes
 from tfopt.errors import BenchmarkError, InvalidArgumentError  # noqa: F401 - BenchmarkError re-exported
 from tfopt.measure._worker import run_task
 from tfopt.measure.evaluate import evaluate, score, split_data
+from tfopt.measure.host import this_host
 from tfopt.measure.metrics import get_metric
 
 
@@ -50,6 +51,7 @@ class BenchmarkResult:
     outputs: tuple[dict, ...] = ()
     notes: tuple[str, ...] = ()
     predictions: tuple[int, ...] = dataclasses.field(default=(), repr=False)
+    host: str = ""  # the machine the latency was measured on (`tfopt.measure.host.describe_host`)
 
     @property
     def fully_delegated(self) -> bool | None:
@@ -66,6 +68,8 @@ class BenchmarkResult:
             f"min {self.latency_ms_min:.3f} ms over {self.num_runs} runs, {self.num_threads} thread(s), "
             f"XNNPACK {'on' if self.use_xnnpack else 'off'}; init {self.init_ms:.1f} ms",
         ]
+        if self.host:
+            lines.append(f"host: {self.host}")
         if self.xnnpack_total_ops is not None:
             left = f"; not delegated: {', '.join(self.xnnpack_undelegated[:8])}" if self.xnnpack_undelegated else ""
             lines.append(f"XNNPACK took {self.xnnpack_delegated_ops}/{self.xnnpack_total_ops} ops{left}")
@@ -220,6 +224,7 @@ def _result(content: bytes, raw: dict[str, Any], *, num_threads: int, use_xnnpac
         outputs=tuple(raw.get("outputs", ())),
         notes=tuple(raw.get("notes", ())) + ((raw["notes_accuracy"],) if raw.get("notes_accuracy") else ()),
         predictions=tuple(raw.get("predictions", ())),
+        host=this_host(),
     )
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from tfopt import _keras
 from tfopt.errors import InvalidArgumentError
+from tfopt.measure.host import CPUINFO, host_cpu_flags
 
 TARGETS = ("xnnpack_x86", "xnnpack_arm", "tflite_micro")
 # Minimum fraction of zeros across the 1x1 convolutions for XNNPACK's sparse path.
@@ -28,7 +29,6 @@ _NCHW_OPS = {
     "CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "MUL", "RELU", "RELU6", "RELU_N1_TO_1", "HARD_SWISH", "LOGISTIC",
     "ELU", "LEAKY_RELU", "MEAN", "DENSIFY", "PAD", "RESIZE_BILINEAR",
 }
-_CPUINFO = "/proc/cpuinfo"
 
 
 @dataclasses.dataclass
@@ -178,19 +178,6 @@ def advise_sparsity(
     )
 
 
-def host_cpu_flags(path: str = _CPUINFO) -> list[str] | None:
-    """The CPU feature flags of this machine from /proc/cpuinfo (None where it cannot be read)."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return sorted(set(value.split()))
-    except OSError:
-        return None
-    return None
-
-
 def _as_tflite(model: Any, *, sparse: bool) -> bytes:
     if _keras.is_keras_model(model):
         from tfopt.export.convert import convert
@@ -293,7 +280,7 @@ def _target_rules(target: str, rules: dict, conv1x1: list[dict], flags: list[str
     out = [rules["float32"], rules["storage"], rules["start"], rules["mean"], conv_rule]
     if target == "xnnpack_x86":
         if flags is None:
-            out.append(SparsityRule("x86 CPU without AVX", None, f"could not read CPU flags from {_CPUINFO}"))
+            out.append(SparsityRule("x86 CPU without AVX", None, f"could not read CPU flags from {CPUINFO}"))
         else:
             avx = sorted(f for f in flags if f.startswith("avx"))
             out.append(SparsityRule(
