@@ -69,8 +69,8 @@ def test_timeout_kills_the_worker_and_next_call_works():
     model = one_op_model()
     benchmark(model, num_runs=1)
     pid = _worker._default.pid
-    with pytest.raises(BenchmarkError, match=r"did not finish within 0.5 s \(during 'invoke'\)"):
-        benchmark(model, num_runs=50_000_000, warmup_runs=0, timeout=0.5)
+    with pytest.raises(BenchmarkError, match=r"did not finish within 2 s \(during 'invoke'\)"):
+        benchmark(model, num_runs=50_000_000, warmup_runs=0, timeout=2)
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert benchmark(model, num_runs=2).num_runs == 2
 
