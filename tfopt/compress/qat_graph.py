@@ -70,6 +70,24 @@ class Plan:
     # id(new layer or wrapper) -> function mapping the source layer's weights to the new layer's
     weight_maps: dict[int, Callable[[list], list]] = dataclasses.field(default_factory=dict)
     replaced: list[str] = dataclasses.field(default_factory=list)  # "layer: what it became"
+    float32_from: set[str] = dataclasses.field(default_factory=set)  # mixed policies the QAT copy leaves
+
+
+QAT_DTYPE = qat_layers.QAT_DTYPE
+
+
+def float32_config(layer, plan: Plan) -> dict:
+    """`layer`'s config, computing in float32 where its policy computed in float16 / bfloat16 (noted in `plan`).
+
+    Fake quantization must see float32: bfloat16 keeps 8 bits of mantissa and float16 11, too few to hold
+    256 int8 steps anywhere in a range, and the int8 converter reads float32 graphs only.
+    """
+    config = layer.get_config()
+    policy = getattr(layer, "dtype_policy", None)
+    if policy is not None and policy.compute_dtype in ("float16", "bfloat16"):
+        plan.float32_from.add(policy.name)
+        config["dtype"] = QAT_DTYPE
+    return config
 
 
 def activation_name(layer) -> str | None:
@@ -123,7 +141,7 @@ def as_depthwise(layer, name: str):
     """(a DepthwiseConv2D computing the grouped Conv2D `layer`, a function mapping its weights)."""
     config = layer.get_config()
     keys = ("kernel_size", "strides", "padding", "data_format", "dilation_rate", "activation", "use_bias")
-    new = keras.layers.DepthwiseConv2D(depth_multiplier=1, name=name, **{k: config[k] for k in keys})
+    new = keras.layers.DepthwiseConv2D(depth_multiplier=1, name=name, dtype=QAT_DTYPE, **{k: config[k] for k in keys})
 
     def weights(values: list) -> list:  # (kh, kw, 1, C) -> (kh, kw, C, 1); the bias is unchanged
         return [np.transpose(values[0], (0, 1, 3, 2)), *values[1:]]
@@ -224,7 +242,7 @@ class _Builder:
         if kind in _MODEL_CLASSES:
             self.info[id(op)] = {"mode": "inline", "source": op}
             return op
-        config = op.get_config()
+        config = float32_config(op, self.plan)
         config["name"] = self._unique(op.name, scope)
         try:
             new = type(op).from_config(config)
@@ -295,7 +313,7 @@ class _Builder:
         batchnorm = None
         if (bn is not None and type(bn).__name__ == "BatchNormalization" and not self.skip(bn)
                 and bn.axis in (-1, len(bn.input.shape) - 1) and activation_name(op) in (None, "linear")):
-            batchnorm = type(bn).from_config(bn.get_config())
+            batchnorm = type(bn).from_config(float32_config(bn, self.plan))
             self.folded_bns.add(id(bn))
             self.plan.folded.append(f"{op.name} <- {bn.name}")
             self.plan.pairs.append((bn, batchnorm))

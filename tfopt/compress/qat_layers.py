@@ -31,6 +31,8 @@ from keras import ops
 
 NUM_BITS = 8
 EMA_DECAY = 0.99
+# Every QAT layer computes in float32, whatever the global dtype policy (mixed precision cannot hold int8 steps).
+QAT_DTYPE = "float32"
 _EPSILON = 1e-8
 # The weighted layers computed by QuantizeWrapper, by class name: the kernels it fake-quantizes.
 KERNELS = {
@@ -100,6 +102,7 @@ class ActivationQuantizer(keras.layers.Layer):
     """
 
     def __init__(self, ema_decay: float = EMA_DECAY, fixed_range: tuple[float, float] | None = None, **kwargs):
+        kwargs.setdefault("dtype", QAT_DTYPE)
         super().__init__(**kwargs)
         self.ema_decay = float(ema_decay)
         self.fixed_range = tuple(float(v) for v in fixed_range) if fixed_range is not None else None
@@ -169,6 +172,7 @@ class QuantizedActivation(keras.layers.Layer):
     """
 
     def __init__(self, activation, ema_decay: float = EMA_DECAY, **kwargs):
+        kwargs.setdefault("dtype", QAT_DTYPE)
         super().__init__(**kwargs)
         self.activation = keras.activations.get(activation)
         self.ema_decay = float(ema_decay)
@@ -216,6 +220,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
                  **kwargs):
         if isinstance(batchnorm, dict):
             batchnorm = keras.saving.deserialize_keras_object(batchnorm)
+        kwargs.setdefault("dtype", QAT_DTYPE)
         super().__init__(layer, **kwargs)
         self.kind = type(layer).__name__
         self.batchnorm = batchnorm
@@ -429,6 +434,7 @@ class AffineQuantizeWrapper(keras.layers.Wrapper):
     """
 
     def __init__(self, layer, ema_decay: float = EMA_DECAY, **kwargs):
+        kwargs.setdefault("dtype", QAT_DTYPE)
         super().__init__(layer, **kwargs)
         self.kind = type(layer).__name__
         if self.kind not in ("Normalization", "Rescaling"):

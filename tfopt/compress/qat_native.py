@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 
 import keras
 
@@ -72,6 +73,12 @@ def qat_keras3(model, *, exclude, preserve, input_shape, ema_decay):
         )
     rewrites += [f"{fold} (BatchNormalization folded)" for fold in plan.folded]
     rewrites += plan.replaced
+    if plan.float32_from:
+        policies = ", ".join(sorted(plan.float32_from))
+        rewrites.append(f"layers under {policies} compute in float32 (fake quantization needs float32)")
+        warnings.warn(f"tfopt.qat: the QAT model computes in float32; its source layers used {policies}. "
+                      "int8 steps cannot be simulated in float16 / bfloat16, and the int8 converter needs float32.",
+                      stacklevel=3)
     rewrites += [f"nested model {name!r} inlined" for name in plan.inlined]
     from tfopt.compress.qat import FloatLayer, QATSummary
 
