@@ -70,6 +70,7 @@ def test_prune_and_cluster_train_under_a_mixed_policy(mixed):
     plain = tfopt.strip(pruned)
     kernel = keras.ops.convert_to_numpy(plain.get_layer("hidden").kernel)
     assert kernel.dtype == np.float32 and float(np.mean(kernel == 0)) == pytest.approx(0.75, abs=0.01)
+    assert plain.get_layer("hidden").dtype_policy.name == mixed  # the user's policy is kept
     assert _accuracy(plain, test) >= base - 0.03
 
     clustered = tfopt.cluster(model, num_clusters=8, include=["hidden"])
@@ -77,6 +78,7 @@ def test_prune_and_cluster_train_under_a_mixed_policy(mixed):
     clustered.fit(*train, epochs=2, batch_size=32, verbose=0)
     plain = tfopt.strip(clustered)
     assert len(np.unique(keras.ops.convert_to_numpy(plain.get_layer("hidden").kernel))) <= 8
+    assert plain.get_layer("hidden").dtype_policy.name == mixed
     assert _accuracy(plain, test) >= base - 0.03
 
 
