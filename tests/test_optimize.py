@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tfopt.errors import InvalidArgumentError
+from tfopt.measure.host import this_host
 from tfopt.search import Constraints, optimize
 from tfopt.search.constraints import violations
 from tfopt.search.pareto import choose_best, dominates, pareto_front
@@ -145,8 +146,12 @@ def test_level1_report_contract(level1):
     lines = [json.loads(l) for l in open(os.path.join(out, "trials.jsonl"))]
     assert len([l for l in lines if l["state"] == "COMPLETE"]) == 3
     assert os.path.getsize(os.path.join(out, "pareto.png")) > 5000
-    assert "Pareto" in open(os.path.join(out, "report.md")).read()
+    markdown = open(os.path.join(out, "report.md")).read()
+    assert "Pareto" in markdown
     assert result.best in result.summary()
+    # every latency ratio names the machine it was timed on (one machine here: the report names it once)
+    assert {c["host"] for c in report["candidates"]} == {report["baseline"]["host"]} == {this_host()}
+    assert f"host: {this_host()}" in markdown
 
 
 def test_level1_reported_accuracy_is_the_tflite_on_litert(level1, digits):
@@ -241,3 +246,16 @@ def test_micro_arena_objective_runs_in_the_bound_on_tflite_micro(digits, tmp_pat
         hits += int(np.argmax(interpreter.get_output(0)) == label)
     assert hits >= 17  # the int8 model still reads digits on the microcontroller runtime
     assert best["c_array"] and os.path.isfile(best["c_array"])
+
+
+def test_report_names_each_machine_only_when_trials_ran_on_one():
+    from types import SimpleNamespace
+
+    from tfopt.search.result import _hosts
+
+    one = SimpleNamespace(candidates=[{"host": "CPU A"}, {"host": "CPU A"}])
+    two = SimpleNamespace(candidates=[{"host": "CPU A"}, {"host": "CPU B"}, {}])
+    old = SimpleNamespace(candidates=[{}, {"host": None}])  # rows from a study written before hosts were recorded
+    assert _hosts(one) == "host: CPU A"
+    assert _hosts(two) == "on 2 machines, named per candidate in report.json"
+    assert _hosts(old) == "host not recorded"

@@ -15,7 +15,7 @@ CANDIDATE_KEYS = (
     "name", "recipe", "tflite", "accuracy", "size_bytes", "gzip_bytes", "latency_ms_median", "arena_bytes",
     "on_pareto_front", "meets_constraints",
 )
-BASELINE_KEYS = ("accuracy", "size_bytes", "gzip_bytes", "latency_ms_median", "arena_bytes")
+BASELINE_KEYS = ("accuracy", "size_bytes", "gzip_bytes", "latency_ms_median", "arena_bytes", "host")
 
 
 @dataclasses.dataclass
@@ -173,8 +173,17 @@ class OptimizeResult:
         return fig
 
 
+def _hosts(result: OptimizeResult) -> str:
+    """Where the latencies were measured: one machine named, or how many (each candidate names its own)."""
+    hosts = sorted({c["host"] for c in result.candidates if c.get("host")})
+    if len(hosts) == 1:
+        return f"host: {hosts[0]}"
+    return f"on {len(hosts)} machines, named per candidate in report.json" if hosts else "host not recorded"
+
+
 def _extras(c: dict[str, Any]) -> dict[str, Any]:
-    keys = ("val_metric", "drop", "test_drop", "output_error", "size_ratio", "latency_ratio", "violations", "keras", "c_array")
+    keys = ("val_metric", "drop", "test_drop", "output_error", "size_ratio", "latency_ratio", "violations", "keras", "c_array",
+            "host")
     return {k: c.get(k) for k in keys}
 
 
@@ -259,7 +268,7 @@ def _markdown(result: OptimizeResult) -> str:
         f"# tfopt optimize report (level {result.level}, objective {result.objective}, target {result.target})",
         "",
         f"Metric `{result.metric}`; selection on a validation split, numbers below on the test split, every .tflite "
-        "run on LiteRT (latency: XNNPACK, 1 thread, ratio to the float32 baseline timed in the same trial).",
+        f"run on LiteRT (latency: XNNPACK, 1 thread, ratio to the float32 baseline timed in the same trial; {_hosts(result)}).",
         f"Constraints: {', '.join(f'{k}={v:g}' for k, v in result.constraints.to_dict().items() if v is not None) or 'none'}.",
         f"Trials completed: {result.trials_completed} ({result.trials_resumed} resumed from an earlier run).",
         "",

@@ -10,6 +10,7 @@ import numpy as np
 
 from tfopt.measure.benchmark import gzip_size
 from tfopt.measure.evaluate import predict_tflite, score
+from tfopt.measure.host import this_host
 from tfopt.measure.metrics import get_metric
 from tfopt.search.constraints import drop, higher_is_better
 
@@ -80,6 +81,7 @@ class Measurer:
             "latency_ms_median": latency,
             "latency_ratio": ratio,
             "arena_bytes": self._arena(content),
+            "host": this_host(),  # where this trial (and the baseline it is timed against) ran
         }
 
     def measure(self, content: bytes) -> dict[str, Any]:
