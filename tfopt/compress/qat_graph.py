@@ -73,9 +73,6 @@ class Plan:
     float32_from: set[str] = dataclasses.field(default_factory=set)  # mixed policies the QAT copy leaves
 
 
-QAT_DTYPE = qat_layers.QAT_DTYPE
-
-
 def float32_config(layer, plan: Plan) -> dict:
     """`layer`'s config, computing in float32 where its policy computed in float16 / bfloat16 (noted in `plan`).
 
@@ -86,7 +83,7 @@ def float32_config(layer, plan: Plan) -> dict:
     policy = getattr(layer, "dtype_policy", None)
     if policy is not None and policy.compute_dtype in ("float16", "bfloat16"):
         plan.float32_from.add(policy.name)
-        config["dtype"] = QAT_DTYPE
+        config["dtype"] = qat_layers.QAT_DTYPE
     return config
 
 
@@ -141,7 +138,7 @@ def as_depthwise(layer, name: str):
     """(a DepthwiseConv2D computing the grouped Conv2D `layer`, a function mapping its weights)."""
     config = layer.get_config()
     keys = ("kernel_size", "strides", "padding", "data_format", "dilation_rate", "activation", "use_bias")
-    new = keras.layers.DepthwiseConv2D(depth_multiplier=1, name=name, dtype=QAT_DTYPE, **{k: config[k] for k in keys})
+    new = keras.layers.DepthwiseConv2D(depth_multiplier=1, name=name, dtype=qat_layers.QAT_DTYPE, **{k: config[k] for k in keys})
 
     def weights(values: list) -> list:  # (kh, kw, 1, C) -> (kh, kw, C, 1); the bias is unchanged
         return [np.transpose(values[0], (0, 1, 3, 2)), *values[1:]]
