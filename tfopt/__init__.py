@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import warnings
 
-__version__ = "0.2.0"
+from tfopt._version import __version__  # defined in tfopt/_version.py only
 
 # Public name -> module that defines it. tests/test_public_api.py pins this list.
 _EXPORTS = {
