@@ -13,6 +13,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "tfopt"
 RANK = {
     "errors": 0,
     "_registration": 0,
+    "_version": 0,
+    "_extras": 1,
     "_io": 1,
     "_data": 1,
     "_keras": 1,
@@ -24,7 +26,7 @@ RANK = {
     "api": 6,
     "report": 6,
     "search": 7,
-    "datasets": 7,
+    "datasets": 2,
     "demo": 8,
     "cli": 9,
 }

@@ -370,9 +370,9 @@ def load_model(path: Any, *, safe_mode: bool = True, custom_objects: dict[str, A
 
     objects = dict(custom_objects or {})
     if _keras.read_model_file(path).flavor == _keras.TF_KERAS:
-        from tfopt import _legacy
+        from tfopt._legacy.objects import tfmot_custom_objects
 
-        objects = {**_legacy.tfmot_custom_objects(), **objects}  # pruned / clustered / QAT tf_keras files
+        objects = {**tfmot_custom_objects(), **objects}  # pruned / clustered / QAT tf_keras files
     return _keras.load_model(path, safe_mode=safe_mode, custom_objects=objects or None)
 
 

@@ -50,15 +50,3 @@ def import_tfmot():
             raise ImportError(
                 "This feature needs TensorFlow Model Optimization: pip install 'tensorflow-model-optimization>=0.8.1'"
             ) from err
-
-
-def tfmot_custom_objects() -> dict:
-    """The tfmot wrapper classes (pruning, clustering, QAT) a saved tf_keras model may name, by name."""
-    tfmot = import_tfmot()
-    from tfopt._legacy import cluster
-
-    objects = dict(cluster.custom_objects())
-    for scope in (tfmot.sparsity.keras.prune_scope(), tfmot.quantization.keras.quantize_scope()):
-        for mapping in scope.custom_objects:  # the dicts each tfmot scope would install
-            objects.update(mapping)
-    return objects

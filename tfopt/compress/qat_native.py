@@ -8,6 +8,7 @@ import keras
 
 from tfopt import _keras
 from tfopt.compress import qat_graph, qat_layers, qat_prepare
+from tfopt.compress.qat_report import FloatLayer, QATSummary
 from tfopt.compress.select import layer_predicate
 from tfopt.errors import InvalidArgumentError
 
@@ -80,8 +81,6 @@ def qat_keras3(model, *, exclude, preserve, input_shape, ema_decay):
                       "int8 steps cannot be simulated in float16 / bfloat16, and the int8 converter needs float32.",
                       stacklevel=3)
     rewrites += [f"nested model {name!r} inlined" for name in plan.inlined]
-    from tfopt.compress.qat import FloatLayer, QATSummary
-
     summary = QATSummary(
         flavor=_keras.KERAS3, quantized=tuple(plan.quantized),
         kept_float=tuple(FloatLayer(*item) for item in plan.kept_float), rewrites=tuple(rewrites), preserve=preserve,

@@ -14,19 +14,25 @@ timeout, at exit and on SIGTERM.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tfopt.errors import BenchmarkError
 
 _children: set[subprocess.Popen] = set()
 _folders: set[str] = set()  # temp folders of running children, removed if this process is told to stop
+_cleanups: list[Callable[[], None]] = []  # run first at shutdown (the warm workers register theirs)
+_handlers_installed = False
+_install_lock = threading.Lock()
 
 
 def run_child(
@@ -56,9 +62,7 @@ def run_child(
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["TFOPT_PARENT_PID"] = str(os.getpid())
     env["TFOPT_CLEANUP_DIR"] = os.path.abspath(tmp)  # the child removes it if this process dies first
-    from tfopt.measure._worker import _install_handlers
-
-    _install_handlers()
+    install_handlers()
     with (
         tempfile.TemporaryFile(mode="w+") as out,
         tempfile.TemporaryFile(mode="w+") as err,
@@ -157,6 +161,40 @@ def kill_children(*, remove_folders: bool = False) -> None:
 
         for folder in list(_folders):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def at_shutdown(cleanup: Callable[[], None]) -> None:
+    """Runs `cleanup` at exit and on SIGTERM / SIGHUP, before the one-shot children are killed."""
+    if cleanup not in _cleanups:
+        _cleanups.append(cleanup)
+
+
+def shutdown(*, remove_folders: bool = False) -> None:
+    """Ends every worker and one-shot child this process started (on a signal, also their temp folders)."""
+    for cleanup in list(_cleanups):
+        cleanup()
+    kill_children(remove_folders=remove_folders)
+
+
+def _on_signal(signum, frame) -> None:  # noqa: ARG001
+    shutdown(remove_folders=True)  # the signal ends this process without unwinding its `with` blocks
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def install_handlers() -> None:
+    """At exit and on SIGTERM / SIGHUP (when nobody else handles them) the children go first."""
+    global _handlers_installed
+    with _install_lock:
+        if _handlers_installed:
+            return
+        _handlers_installed = True
+        atexit.register(shutdown)
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if signum is not None and signal.getsignal(signum) is signal.SIG_DFL:
+                signal.signal(signum, _on_signal)
 
 
 def _hwm_kb(path: str) -> int | None:

@@ -430,7 +430,7 @@ def _explain_load_error(message: str) -> str:
 
 def main(argv: list[str]) -> int:
     """One-shot mode: `python -m tfopt.measure._runner REQUEST.json` (see `_isolate.run_child`)."""
-    from tfopt.measure._serve import die_with_parent
+    from tfopt.measure._child import die_with_parent
 
     if os.environ.get("TFOPT_PARENT_PID"):
         die_with_parent(int(os.environ["TFOPT_PARENT_PID"]), cleanup=os.environ.get("TFOPT_CLEANUP_DIR"))

@@ -25,13 +25,13 @@ import select
 import signal
 import struct
 import sys
-import threading
 import time
 import traceback
 from typing import Any
 
+from tfopt.measure._child import die_with_parent  # noqa: F401 - also used by the one-shot runners
+
 _HEADER = struct.Struct("<Q")
-_PR_SET_PDEATHSIG = 1
 _F_SETPIPE_SZ = 1031
 STAGE_BYTES = 64
 
@@ -88,44 +88,6 @@ def _read_exact(fd: int, size: int, deadline: float | None) -> bytes:
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
-
-
-def die_with_parent(parent_pid: int, *, cleanup: str | None = None) -> None:
-    """Makes this process end when `parent_pid` ends (prctl on Linux, a watchdog thread everywhere).
-
-    With `cleanup` (the parent's temp folder of a one-shot child), the death
-    signal is SIGTERM and the folder is removed before exiting, since a parent
-    killed with SIGKILL cannot remove it itself.
-    """
-
-    def finish() -> None:
-        if cleanup and os.getppid() != parent_pid:
-            import shutil
-
-            shutil.rmtree(cleanup, ignore_errors=True)
-        os._exit(1)
-
-    death_signal = signal.SIGTERM if cleanup else signal.SIGKILL
-    if cleanup:
-        signal.signal(signal.SIGTERM, lambda signum, frame: finish())
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, int(death_signal), 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        finish()
-
-    def watch() -> None:
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent_pid:
-                finish()
-
-    threading.Thread(target=watch, name="tfopt-parent-watch", daemon=True).start()
 
 
 def _reset_peak() -> None:

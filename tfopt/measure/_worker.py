@@ -16,7 +16,6 @@ goes to an unlinked temporary file).
 
 from __future__ import annotations
 
-import atexit
 import os
 import signal
 import subprocess
@@ -27,12 +26,11 @@ import time
 from typing import Any
 
 from tfopt.errors import BenchmarkError
+from tfopt.measure import _isolate
 from tfopt.measure._serve import STAGE_BYTES, map_stage, read_stage, recv, send, widen_pipe, write_stage
 
 _RECYCLE_AFTER = 1000  # calls; a long search gets a fresh child now and then
 _live: set[MeasureWorker] = set()
-_handlers_installed = False
-_install_lock = threading.Lock()
 
 
 class MeasureWorker:
@@ -103,7 +101,7 @@ class MeasureWorker:
         self._start(timeout)
 
     def _start(self, timeout: float) -> None:
-        _install_handlers()
+        _isolate.install_handlers()
         a_read, a_write = os.pipe()  # parent -> child
         from_child, to_parent = os.pipe()  # child -> parent
         for fd in (a_write, from_child):
@@ -234,29 +232,12 @@ def run_task(task: str, request: dict[str, Any], *, timeout: float = 600.0, fres
 
 def shutdown(*, remove_folders: bool = False) -> None:
     """Ends every worker and one-shot child this process started (on a signal, also their temp folders)."""
+    _isolate.shutdown(remove_folders=remove_folders)
+
+
+def _stop_workers() -> None:
     for worker in list(_live):
         worker.stop()
-    from tfopt.measure import _isolate
-
-    _isolate.kill_children(remove_folders=remove_folders)
 
 
-def _on_signal(signum, frame) -> None:  # noqa: ARG001
-    shutdown(remove_folders=True)  # the signal ends this process without unwinding its `with` blocks
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
-
-
-def _install_handlers() -> None:
-    """At exit and on SIGTERM / SIGHUP (when nobody else handles them) the children go first."""
-    global _handlers_installed
-    with _install_lock:
-        if _handlers_installed:
-            return
-        _handlers_installed = True
-        atexit.register(shutdown)
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-            if signum is not None and signal.getsignal(signum) is signal.SIG_DFL:
-                signal.signal(signum, _on_signal)
+_isolate.at_shutdown(_stop_workers)
