@@ -82,11 +82,12 @@ def test_cli_missing_command_module_is_simply_absent(monkeypatch, capsys):
     assert "unknown command 'ghost'" in capsys.readouterr().err
 
 
-def test_cli_optimize_is_registered_when_its_module_exists():
-    import importlib.util
-
-    present = importlib.util.find_spec("tfopt._cli.optimize") is not None
-    assert ("optimize" in cli.command_names()) == present
+def test_cli_optimize_is_a_command_with_its_own_flags():
+    assert "optimize" in cli.command_names()
+    module = cli.command_module("optimize")
+    assert module.NAME == "optimize" and module.HELP
+    fv = cli.command_flags(module)
+    assert {"max_accuracy_drop", "max_trials", "storage", "workers"} <= set(fv)
 
 
 @pytest.mark.parametrize("argv", [["convert", "--help"], ["help", "convert"], ["convert", "model.keras", "-h"]],

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 
-from tfopt.measure.host import describe_host, host_cpu_flags
+import pytest
+
+from tfopt.measure.host import describe_host, host_cpu_flags, this_host
 
 AMD_AVX2 = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -54,9 +56,37 @@ def test_unreadable_cpuinfo_leaves_the_flags_out(tmp_path):
     assert describe_host(missing) == f"unknown CPU; {os.cpu_count()} logical CPUs"
 
 
-def test_this_machine():
+def _read_cpuinfo_by_hand() -> tuple[str | None, set[str]] | None:
+    """The first model line and the first flags line of this machine, read independently of tfopt."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    fields = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines)]
+    model = next((v for k, v in fields if k in ("model name", "Model name", "Hardware") and v), None)
+    flags = next((v.split() for k, v in fields if k in ("flags", "Features")), None)
+    return model, set(flags) if flags is not None else None
+
+
+def test_this_machine_line_matches_its_cpuinfo():
+    read = _read_cpuinfo_by_hand()
+    if read is None:
+        pytest.skip("no /proc/cpuinfo on this machine")
+    model, flags = read
     line = describe_host()
-    assert "logical CPUs" in line
-    flags = host_cpu_flags()
-    if flags is not None and "avx2" in flags and not any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8")):
-        assert line.endswith("no int8 dot-product instructions")
+    parts = line.split("; ")
+    assert parts[0] == (model or "unknown CPU")
+    assert parts[1] == f"{os.cpu_count()} logical CPUs"
+    if flags is None:
+        assert len(parts) == 2
+        return
+    expected_vector = next((f for f in ("avx512f", "avx2", "avx") if f in flags), None)
+    if expected_vector is None:
+        assert len(parts) == 3  # no x86 vector name
+    else:
+        assert parts[2] == {"avx512f": "AVX-512", "avx2": "AVX2", "avx": "AVX"}[expected_vector]
+    dot = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm") if f in flags]
+    assert parts[-1] == (f"int8 dot product: {', '.join(dot)}" if dot else "no int8 dot-product instructions")
+    assert sorted(flags) == host_cpu_flags()
+    assert this_host() == line

@@ -43,9 +43,19 @@ def test_unknown_name_is_an_attribute_error():
         tfopt.frobnicate  # noqa: B018
 
 
-def test_all_names_resolve():
-    for name in tfopt.__all__:
-        assert getattr(tfopt, name) is not None, name
+def test_public_names_resolve_to_the_tfopt_object_of_that_name_without_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a public name is never a deprecated alias
+        objects = {name: getattr(tfopt, name) for name in tfopt.__all__}
+    wrong = {
+        name: f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__name__', type(obj).__name__)}"
+        for name, obj in objects.items()
+        if not callable(obj) or getattr(obj, "__name__", None) != name
+        or not getattr(obj, "__module__", "").startswith("tfopt.")
+    }
+    assert not wrong, f"public names bound to another object: {wrong}"
 
 
 def test_public_names_have_docstrings_with_examples():
