@@ -5,10 +5,17 @@ Commands are modules in `tfopt._cli` (the convention is written at the top of
 `absl.flags.FlagValues`. A user mistake (a `tfopt.errors.TfoptError`, an unknown
 flag, another command's flag) prints `tfopt <command>: error: <one line>` and
 exits 2; any other exception is a bug in tfopt and keeps its traceback.
+
+Flags are absl's, with three additions: `--no-FLAG` is accepted next to absl's
+`--noFLAG` for on/off flags, a misspelled flag or command gets a "did you mean",
+and `--json -` prints the JSON to stdout (the command's other lines then go to
+stderr, so stdout is JSON only). Fix hints in error messages are spoken as the
+command's own flags (`common.flag_hints`), not as Python keyword arguments.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import os
@@ -18,6 +25,7 @@ import sys
 from absl import flags
 
 from tfopt._cli import common
+from tfopt._version import __version__
 from tfopt.errors import TfoptError
 
 # Command name -> module under tfopt._cli, in the order `tfopt help` lists them.
@@ -38,6 +46,7 @@ COMMANDS = {
 }
 
 HELP_FLAGS = ("-h", "--help", "-help", "--helpfull", "--helpshort")
+VERSION_FLAGS = ("--version", "-V", "version")
 
 
 def command_module(name: str):
@@ -63,7 +72,7 @@ def usage() -> str:
     lines = ["usage: tfopt <command> [args] [--flags]", "", "commands:"]
     for name in command_names():
         lines.append(f"  {name:<14} {command_module(name).HELP}")
-    lines += ["", "Run `tfopt <command> --help` for its flags."]
+    lines += ["", "Run `tfopt <command> --help` for its flags; `tfopt --version` prints the version."]
     return "\n".join(lines)
 
 
@@ -100,16 +109,62 @@ def _owners(flag_name: str, exclude: str) -> list[str]:
     return owners
 
 
+def spelled_flags(fv: flags.FlagValues) -> list[str]:
+    """Every accepted spelling of the command's flags (no dashes): `epochs`, and `unsafe`, `nounsafe`, `no-unsafe`."""
+    aliases = common.alias_names(fv)
+    names = []
+    for name in sorted(set(fv) - set(aliases)):
+        if fv[name].name != name:
+            continue
+        names.append(name)
+        if fv[name].boolean:
+            names += [f"no{name}", f"no-{name}"]
+    return names
+
+
+def did_you_mean(word: str, choices: list[str]) -> str | None:
+    """The closest of `choices` to a misspelled `word` (difflib), or None when nothing is close."""
+    normal = word.replace("-", "_")
+    if normal != word and normal in choices:
+        return normal  # --per-channel-dense -> per_channel_dense
+    matches = difflib.get_close_matches(word, choices, n=1, cutoff=0.75)
+    return matches[0] if matches else None
+
+
+def dash_no(fv: flags.FlagValues, args: list[str]) -> list[str]:
+    """`--no-FLAG` -> absl's `--noFLAG` for on/off flags of the command; everything else unchanged.
+
+    Stops at `--` (what follows is positional). `--no-FLAG` for a flag that takes a value is an error.
+    """
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg == "--":
+            break
+        match = re.fullmatch(r"(--?)no-([A-Za-z0-9_]+)(=.*)?", arg)
+        if not match or match.group(2) not in fv:
+            continue
+        flag_name = match.group(2)
+        if not fv[flag_name].boolean:
+            raise common.CLIError(f"--no-{flag_name}: only on/off flags take --no-; --{flag_name} takes a value "
+                                  f"(--{flag_name} VALUE). Leave it out to keep its default.")
+        if match.group(3):
+            raise common.CLIError(f"{arg}: --no-{flag_name} takes no value; pass --{flag_name} or --no-{flag_name}.")
+        out[i] = f"{match.group(1)}no{flag_name}"
+    return out
+
+
 def parse_flags(name: str, fv: flags.FlagValues, args: list[str]) -> list[str]:
     """Parses `args` against the command's flags; returns the positional arguments."""
     try:
-        positional = fv([f"tfopt {name}", *args])[1:]
+        positional = fv([f"tfopt {name}", *dash_no(fv, args)])[1:]
     except flags.UnrecognizedFlagError as err:
         flag_name = (err.flagname or "").lstrip("-")
-        bare = flag_name[2:] if flag_name.startswith("no") and flag_name[2:] else flag_name
+        bare = re.sub(r"^no-?", "", flag_name) or flag_name
         owners = _owners(flag_name, name) or _owners(bare, name)
         where = f" (it belongs to tfopt {' / '.join(owners)})" if owners else ""
-        raise common.CLIError(f"unknown flag --{flag_name}{where}. Valid flags: {valid_flags(fv)}.") from None
+        guess = None if owners else did_you_mean(flag_name, spelled_flags(fv))
+        hint = f" Did you mean --{guess}?" if guess else ""
+        raise common.CLIError(f"unknown flag --{flag_name}{where}.{hint} Valid flags: {valid_flags(fv)}.") from None
     except flags.Error as err:
         raise common.CLIError(_flag_message(str(err))) from None
     try:
@@ -117,6 +172,11 @@ def parse_flags(name: str, fv: flags.FlagValues, args: list[str]) -> list[str]:
     except flags.IllegalFlagValueError as err:
         raise common.CLIError(_flag_message(str(err))) from None
     return positional
+
+
+def _flag_sets() -> dict[str, flags.FlagValues]:
+    """Command name -> its flags, for hints that name another command (`tfopt.convert(...)` -> `tfopt convert`)."""
+    return {name: command_flags(command_module(name)) for name in command_names()}
 
 
 def _flag_message(text: str) -> str:
@@ -136,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()  # libraries reading absl's global flags get their defaults
+    if argv and argv[0] in VERSION_FLAGS:
+        print(f"tfopt {__version__}")
+        return 0
     if not argv or argv[0] in ("help", *HELP_FLAGS):
         if len(argv) > 1 and command_module(argv[1]) is not None:
             module = command_module(argv[1])
@@ -146,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     name, args = argv[0], argv[1:]
     module = command_module(name)
     if module is None:
-        print(f"tfopt: error: unknown command {name!r}. Expected one of: {', '.join(command_names())}.",
+        guess = did_you_mean(name, command_names())
+        hint = f" Did you mean `tfopt {guess}`?" if guess else ""
+        print(f"tfopt: error: unknown command {name!r}.{hint} Expected one of: {', '.join(command_names())}.",
               file=sys.stderr)
         return 2
     fv = command_flags(module)
@@ -156,9 +221,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         positional = parse_flags(name, fv, args)
+        if "json" in fv and fv["json"].value == common.STDOUT:
+            with common.json_to_stdout():  # stdout carries the JSON only; the command's other lines go to stderr
+                return int(module.main(positional, fv) or 0)
         return int(module.main(positional, fv) or 0)
     except TfoptError as err:
-        print(f"tfopt {name}: error: {one_line(str(err))}", file=sys.stderr)
+        print(f"tfopt {name}: error: {common.flag_hints(one_line(str(err)), fv, _flag_sets)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"tfopt {name}: interrupted", file=sys.stderr)

@@ -66,7 +66,7 @@ def int_list(label: str, value) -> list[int]:
 
 
 def _plot_path(fv: flags.FlagValues, first_model: str, suffix: str) -> str:
-    base = fv.json if fv.json else first_model
+    base = fv.json if fv.json and fv.json != common.STDOUT else first_model
     return os.path.splitext(base)[0] + suffix
 
 

@@ -25,12 +25,14 @@ def check_paths(*, inputs: Mapping[str, str | None], outputs: Mapping[str, str |
 
     Args:
         inputs: label (e.g. "MODEL", "--data") -> path read by the command; empty entries are skipped.
-        outputs: label (e.g. "--output", "--json") -> path the command writes; empty entries are skipped.
+        outputs: label (e.g. "--output", "--json") -> path the command writes; empty entries, and `-`
+            (stdout, for `--json -`), are skipped.
         folder_outputs: labels of outputs that are folders (created when missing).
     """
+    from tfopt._cli.common import STDOUT
     from tfopt._io import check_outputs
 
-    check_outputs({label: path for label, path in outputs.items() if path},
+    check_outputs({label: path for label, path in outputs.items() if path and path != STDOUT},
                   {label: path for label, path in inputs.items() if path}, folders=folder_outputs)
 
 

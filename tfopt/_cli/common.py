@@ -29,19 +29,32 @@ of valid flags, and `tfopt NAME --help` lists them. A user mistake is raised as 
 keeps its traceback (exit 1). Check what the user gave before long work starts:
 `check_paths` (outputs never overwrite an input or each other, output locations are
 writable) and the data checks in `tfopt._cli.checks`.
+
+`--json -` prints the JSON to stdout: write it with `common.write_json(fv.json, payload)`
+(never `tfopt._io.write_json` directly) and the dispatcher does the rest. Error messages
+raised by library code may give fix hints as keyword arguments (`input_type='int8'`);
+the dispatcher rewrites them as the command's flags (`flag_hints`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import re
 import sys
+from collections.abc import Callable, Iterator, Mapping
 
 from absl import flags
 
-from tfopt._io import atomic_write, save_keras_model, write_json  # noqa: F401 - re-exported for commands
+from tfopt import _io
+from tfopt._io import atomic_write, save_keras_model  # noqa: F401 - re-exported for commands
 from tfopt.errors import InvalidArgumentError, MissingFileError
+
+# `--json -`: the JSON goes to stdout.
+STDOUT = "-"
+_json_stream: list = []  # the real stdout while `json_to_stdout` is active
 
 
 class CLIError(InvalidArgumentError):
@@ -53,6 +66,114 @@ def warn(message: str) -> None:
     print(f"tfopt: warning: {message}", file=sys.stderr)
 
 
+# ----------------------------------------------------------------------------- --json (a path, or - for stdout)
+
+
+def write_json(path: str, payload) -> str:
+    """Writes a command's JSON: atomically to `path`, or to stdout when `path` is `-`. Returns `path`."""
+    if path != STDOUT:
+        return _io.write_json(path, payload)
+    stream = _json_stream[-1] if _json_stream else sys.stdout
+    stream.write(json.dumps(payload, indent=2, default=_io._jsonable) + "\n")
+    stream.flush()
+    return path
+
+
+@contextlib.contextmanager
+def json_to_stdout() -> Iterator[None]:
+    """While active, `print` goes to stderr and `write_json(STDOUT, ...)` to the real stdout.
+
+    So `tfopt CMD ... --json - | jq .` reads JSON only, and the command's progress lines stay visible.
+    """
+    _json_stream.append(sys.stdout)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _json_stream.pop()
+
+
+def shown_path(path: str | None) -> str:
+    """How a written path is named in a command's closing line: `-` reads as `stdout`."""
+    return "stdout" if path == STDOUT else str(path)
+
+
+# ----------------------------------------------------------------------------- fix hints as flags
+
+# A keyword argument in a message: name=value, where value is a quoted string, a list, a literal or `...`.
+_VALUE = r"""'[^']*'|"[^"]*"|\[[^\]]*\]|True\b|False\b|None\b|[-+]?\d[\d.e+-]*|\.\.\.|tfopt\.\w+\([^()]*\)"""
+_KWARG = re.compile(r"(?<![\w.\-])([a-z_][a-z0-9_]*)=(?:(" + _VALUE + r")|(?=[\s,.;:)]|$))")
+_CALL = re.compile(r"tfopt\.([a-z_]+)\(([^()]*)\)")
+_WORDS = re.compile(r"""[(\[]('[^']*'|"[^"]*")(?:, ('[^']*'|"[^"]*"))*,?[)\]]""")
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_SHAPE = re.compile(r"\((?:None|\d+)(?:, (?:None|\d+))*,?\)")
+
+
+def _flag_value(name: str, value: str | None, fv: flags.FlagValues) -> str:
+    """One keyword argument as the flag that says the same thing."""
+    if value and value.startswith("tfopt."):
+        value = "..."  # a Python call (tfopt.calibration_data(...)): the flag takes a file instead
+    if value in (None, "", "..."):
+        return f"--{name} ..." if value == "..." or not fv[name].boolean else f"--{name}"
+    if value == "True":
+        return f"--{name}"
+    if value == "False":
+        return f"--no-{name}"
+    if value == "None":
+        return f"--{name} (not given)"
+    if value[0] in "'\"":
+        value = value[1:-1]
+    elif value[0] == "[":
+        value = ",".join(part.strip().strip("'\"") for part in value[1:-1].split(",") if part.strip())
+    return f"--{name} {value}"
+
+
+def _call_as_command(match: re.Match, commands: Mapping[str, flags.FlagValues]) -> str:
+    """`tfopt.convert(model, mode='int8')` -> `tfopt convert MODEL --mode int8`, when every keyword is a flag."""
+    command = match.group(1).replace("_", "-")
+    fv = commands.get(command)
+    if fv is None:
+        return match.group(0)
+    words = [f"tfopt {command}"]
+    for part in (p.strip() for p in match.group(2).split(",") if p.strip()):
+        kwarg = _KWARG.fullmatch(part)
+        if kwarg is None:
+            if not re.fullmatch(r"[a-z_][a-z0-9_]*", part):
+                return match.group(0)
+            words.append(part.upper())  # model -> MODEL
+        elif kwarg.group(1) in fv:
+            words.append(_flag_value(kwarg.group(1), kwarg.group(2), fv))
+        else:
+            return match.group(0)  # an argument the command has no flag for: keep the Python form
+    return "`" + " ".join(words) + "`"
+
+
+def flag_hints(message: str, fv: flags.FlagValues,
+               commands: Mapping[str, flags.FlagValues] | Callable[[], Mapping[str, flags.FlagValues]] = ()) -> str:
+    """A library message as a CLI user reads it: keyword arguments that are flags of the command become flags.
+
+    `pass write_unsupported=True` -> `pass --write_unsupported`; `Received: num_samples=0` ->
+    `Received: --num_samples 0`; `tfopt.convert(model, mode='int8')` -> `tfopt convert MODEL --mode int8`
+    (when `commands`, command name -> its flags, names it); a tuple of names prints as `a, b`, and shapes
+    print `N` for an unknown size, not `None`.
+    Keywords the command has no flag for stay as they are.
+    """
+    if "tfopt." in message:
+        table = commands() if callable(commands) else commands
+        if table:
+            message = _CALL.sub(lambda m: _call_as_command(m, table), message)
+
+    def one(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2)
+        if name not in fv or hasattr(fv[name], "tfopt_alias_of"):
+            return match.group(0)
+        return _flag_value(name, value, fv)
+
+    message = _KWARG.sub(one, message)
+    message = _WORDS.sub(lambda m: ", ".join(w[1:-1] for w in _QUOTED.findall(m.group(0))), message)
+    return _SHAPE.sub(lambda m: m.group(0).replace("None", "N").replace(",)", ")"), message)
+
+
 # ----------------------------------------------------------------------------- shared flag groups
 
 
@@ -61,7 +182,8 @@ def define_output_flag(fv: flags.FlagValues, help_text: str = "Output file.") ->
 
 
 def define_json_flag(fv: flags.FlagValues) -> None:
-    flags.DEFINE_string("json", None, "Also write the result as JSON to this path.", flag_values=fv)
+    flags.DEFINE_string("json", None, "Also write the result as JSON to this path (- prints it to stdout).",
+                        flag_values=fv)
 
 
 def define_data_flag(fv: flags.FlagValues, help_text: str = "An .npz file with x_train, y_train, x_test, y_test.") -> None:

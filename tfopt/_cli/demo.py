@@ -24,12 +24,12 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 def main(args: list[str], fv: flags.FlagValues) -> int:
     if args:
-        raise CLIError(f"demo takes no positional arguments; received {args}. Usage: tfopt demo --output DIR")
+        raise CLIError(f"demo takes no positional arguments; received {' '.join(args)}. Usage: tfopt demo --output DIR")
     from tfopt.datasets import DATASETS
     from tfopt.demo import run_demo
 
     if fv.dataset not in DATASETS:
-        raise CLIError(f"unknown --dataset {fv.dataset!r}; expected one of {DATASETS}.")
+        raise CLIError(f"unknown --dataset {fv.dataset!r}; expected one of {', '.join(DATASETS)}.")
     output = fv.output or "tfopt_out"
     checks.check_paths(inputs={}, outputs={"--output": output}, folder_outputs=("--output",))
     result = run_demo(output, dataset=fv.dataset, epochs=fv.epochs, num_runs=fv.num_runs,

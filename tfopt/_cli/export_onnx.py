@@ -25,7 +25,8 @@ def main(args: list[str], fv: flags.FlagValues) -> int:
     from tfopt.export.onnx_export import export_onnx
 
     if len(args) != 1:
-        raise common.CLIError(f"expected one MODEL (.keras or .h5 file); received {len(args)} arguments: {args}.")
+        raise common.CLIError(f"expected one MODEL (.keras or .h5 file); received {len(args)} arguments: "
+                              f"{' '.join(args) or 'none'}. Usage: tfopt export-onnx MODEL --output OUT.onnx")
     if not fv.output:
         raise common.CLIError("pass --output OUT.onnx for the ONNX file to write.")
     checks.check_paths(inputs={"MODEL": args[0], "--data": fv.data}, outputs={"--output": fv.output, "--json": fv.json})
@@ -37,6 +38,6 @@ def main(args: list[str], fv: flags.FlagValues) -> int:
     result = export_onnx(model, fv.output, opset=fv.opset, data=data, num_samples=fv.num_samples)
     print(result.summary())
     if fv.json:
-        paths = {"onnx": result.path, "json": fv.json}
+        paths = {"onnx": result.path, **({} if fv.json == common.STDOUT else {"json": fv.json})}
         common.write_json(fv.json, {"model": args[0], **result.to_dict(), "paths": paths})
     return 0

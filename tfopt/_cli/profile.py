@@ -30,7 +30,7 @@ def main(args: list[str], fv: flags.FlagValues) -> int:
 
     if len(args) != 1:
         raise common.CLIError(
-            f"profile takes one MODEL path (.keras, .h5 or .tflite). Received: {args!r}. "
+            f"profile takes one MODEL path (.keras, .h5 or .tflite). Received {len(args)}: {' '.join(args) or 'none'}. "
             "Usage: tfopt profile MODEL [--batch_size N] [--json OUT.json]"
         )
     source = args[0]
@@ -46,7 +46,8 @@ def main(args: list[str], fv: flags.FlagValues) -> int:
     print(result.summary(max_rows=fv.max_rows))
     if fv.json:
         payload = {"model": os.path.abspath(source), **result.to_dict()}
-        payload["paths"] = {"json": os.path.abspath(fv.json)}
+        if fv.json != common.STDOUT:
+            payload["paths"] = {"json": os.path.abspath(fv.json)}
         common.write_json(fv.json, payload)
-        print(f"wrote {fv.json}")
+        print(f"wrote {common.shown_path(fv.json)}")
     return 0
