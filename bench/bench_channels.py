@@ -27,6 +27,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+from _provenance import stamp  # noqa: E402  (bench/_provenance.py: commit, date, host, command)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -221,6 +222,7 @@ def main() -> int:
     payload = {"imagenet_models": rows, "mnist_cnn": mnist, "done_when": done,
                "load_average_1_5_15": list(os.getloadavg()),
                "versions": {"tensorflow": tf.__version__, "keras": keras.__version__}}
+    payload["provenance"] = stamp(script=__file__)
     write_json(args.output, payload)
     print(f"wrote {args.output}")
     return 0 if all(done.values()) else 1

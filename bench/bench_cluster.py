@@ -38,6 +38,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+from _provenance import stamp  # noqa: E402  (bench/_provenance.py: commit, date, host, command)
 
 import keras
 import numpy as np
@@ -246,6 +247,7 @@ def main() -> int:
                "learning_rate": LEARNING_RATE, "base": base_row, "runs": rows, **extras,
                "side_by_side": side_by_side, "done_when": done_when,
                "seconds": time.perf_counter() - start}
+    payload["provenance"] = stamp(script=__file__)
     write_json(args.json, payload)
     print("\n" + _table(base_row, rows))
     print(f"done when: {done_when}")

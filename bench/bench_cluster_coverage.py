@@ -30,6 +30,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
+from _provenance import merged  # noqa: E402  (bench/_provenance.py: commit, date, host, command)
 
 ARCHITECTURES = (
     "MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNetV3Large", "EfficientNetB0", "EfficientNetV2B0",
@@ -150,10 +151,11 @@ def main() -> int:
             json.dump(run_one(*args.one), handle)
         return 0
 
-    rows = []
+    rows, parts = [], []
     for path in args.merge or []:
         with open(path) as handle:
-            rows.extend(json.load(handle)["rows"])
+            parts.append(json.load(handle))
+        rows.extend(parts[-1]["rows"])
     names = [] if args.merge else args.only or [*ARCHITECTURES, "Subclassed"]
     for name in names:
         for flavor in args.flavors:
@@ -193,7 +195,8 @@ def main() -> int:
         flavor: sum(1 for r in rows if r["flavor"] == flavor and r.get("tfmot_strip") == "ok")
         for flavor in sorted({r["flavor"] for r in rows}) if flavor == "tf_keras"
     }
-    payload = {"size": SIZE, "num_clusters": 16, "totals": totals, "tfmot_strip_ok": tfmot_ok, "rows": rows}
+    payload = {"provenance": merged(parts, script=__file__, ran=bool(names)), "size": SIZE, "num_clusters": 16,
+               "totals": totals, "tfmot_strip_ok": tfmot_ok, "rows": rows}
     from tfopt._io import write_json
 
     write_json(args.json, payload)

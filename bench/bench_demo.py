@@ -14,6 +14,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _provenance import stamp  # noqa: E402  (bench/_provenance.py: commit, date, host, command)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tfopt  # noqa: E402
@@ -39,7 +40,8 @@ def main() -> int:
         "int8_accuracy_within_1pt": abs(int8.accuracy_drop) <= 0.01,
     }
     print("\nchecks:", checks)
-    write_json(args.output, {**result.to_dict(), "checks": checks, "dataset": args.dataset})
+    write_json(args.output, {"provenance": stamp(script=__file__), **result.to_dict(), "checks": checks,
+                             "dataset": args.dataset})
     print(f"wrote {args.output}")
     return 0 if all(checks.values()) else 1
 

@@ -27,6 +27,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+from _provenance import stamp  # noqa: E402  (bench/_provenance.py: commit, date, host, command)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -172,7 +173,7 @@ def main() -> None:
     args = parser.parse_args()
     result = run(args.seeds, args.temperature, args.alpha)
     print_table(result)
-    write_json(args.json, result)
+    write_json(args.json, {"provenance": stamp(script=__file__), **result})
     print(json.dumps({k: result[k] for k in ("teacher_accuracy", "param_ratio", "done")}))
     print(f"wrote {args.json}")
 

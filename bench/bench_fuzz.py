@@ -39,6 +39,7 @@ import zipfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from _provenance import stamp  # noqa: E402  (bench/_provenance.py: commit, date, host, command)
 CORPUS = os.path.join(ROOT, "tests", "fuzz_corpus")
 RESULT = os.path.join(ROOT, "bench", "results", "bench_fuzz.json")
 INTERESTING = [0, 1, 2, 3, 4, 7, 8, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFF, 0x7FFFFFFF, 0x80000000,
@@ -294,6 +295,7 @@ def main(argv=None) -> int:
     }
     from tfopt._io import write_json
 
+    payload["provenance"] = stamp(script=__file__, command=payload["command"])
     write_json(args.output, payload)
     print(f"wrote {args.output}: {payload['total_inputs']} inputs, {payload['total_crashes']} crashes, "
           f"{payload['total_hangs']} hangs")

@@ -27,6 +27,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _provenance import stamp  # noqa: E402  (bench/_provenance.py: commit, date, host, command)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
@@ -216,6 +217,7 @@ def main() -> None:
         "worker_start_ms": round(worker_start_ms, 1),
         "rows": rows,
     }
+    payload["provenance"] = stamp(script=__file__)
     write_json(args.output, payload)
     head = (f"{'model':<36}{'bare ms':>9}{'before ms':>11}{'after ms':>10}{'new model':>11}"
             f"{'before/bare':>12}{'after/bare':>11}{'new/bare':>10}")

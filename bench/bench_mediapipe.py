@@ -19,6 +19,7 @@ import sys
 import zipfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _provenance import stamp  # noqa: E402  (bench/_provenance.py: commit, date, host, command)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tfopt  # noqa: E402
@@ -92,7 +93,7 @@ def main() -> int:
         "crashed_caller": 0,  # reaching this line is the proof
     }
     print(summary)
-    write_json(args.output, {"source": WHEEL, "summary": summary, "rows": rows})
+    write_json(args.output, {"provenance": stamp(script=__file__), "source": WHEEL, "summary": summary, "rows": rows})
     return 0
 
 

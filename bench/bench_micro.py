@@ -20,6 +20,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _provenance import stamp  # noqa: E402  (bench/_provenance.py: commit, date, host, command)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -108,6 +109,7 @@ def main() -> int:
         f"on {litert.num_examples} test digits; TFLite Micro check took {check_seconds:.1f} s"
     )
     print("checks:", checks)
+    payload["provenance"] = stamp(script=__file__)
     write_json(args.output, payload)
     print(f"wrote {args.output}")
     return 0 if all(checks.values()) else 1

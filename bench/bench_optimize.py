@@ -31,6 +31,8 @@ import time
 
 import numpy as np
 
+from _provenance import merged  # bench/_provenance.py: commit, date, host, command
+
 
 L3_VAL = 1000  # level-3 validation examples held out of the LeNet's training (x_train keeps 3,000)
 
@@ -102,8 +104,11 @@ def main() -> None:
     from tfopt.datasets import load_dataset
 
     payload = json.load(open(args.output)) if os.path.exists(args.output) else {}
+    earlier = [payload] if payload else []  # rows kept from earlier runs: the JSON is as old as the oldest
     for path in args.merge:
         part = json.load(open(path))
+        earlier.append(part)
+        part.pop("provenance", None)
         loads = part.pop("load_average_1_5_15", {})
         payload.update({k: v for k, v in part.items() if k != "done_when"})
         if isinstance(loads, dict):
@@ -182,6 +187,7 @@ def main() -> None:
     payload["note"] = ("2-core machine shared with other jobs (see load averages): wall times are upper bounds; "
                        "ratios and drops do not depend on load")
     print("Done-when:", done)
+    payload["provenance"] = merged(earlier, script=__file__, ran=bool(parts))
     write_json(args.output, payload)
 
 

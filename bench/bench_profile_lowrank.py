@@ -18,6 +18,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+from _provenance import stamp  # noqa: E402  (bench/_provenance.py: commit, date, host, command)
 
 import numpy as np  # noqa: E402
 
@@ -127,6 +128,7 @@ def main() -> int:
     print(f"  mean drop {np.mean([r['drop_points'] for r in runs]):.2f} pt, worst {worst:.2f} pt; "
           f"done-when (<= 0.35x params, within 1.0 pt): {'PASS' if passed else 'FAIL'}")
     payload = {
+        "provenance": stamp(script=__file__),
         "profiler": checks,
         "lowrank": {"settings": vars(args), "runs": runs, "worst_drop_points": worst, "passed": passed},
         "seconds": round(time.perf_counter() - start, 1),

@@ -26,6 +26,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+from _provenance import stamp  # noqa: E402  (bench/_provenance.py: commit, date, host, command)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -206,7 +207,7 @@ def main() -> int:
         checks = [defaults_check("mnist5k", momentum=m, num_train=4000, epochs=4) for m in (0.99, 0.9)]
         for row in checks:
             print(row, flush=True)
-        write_json(args.defaults_only, {"defaults_check": checks, "args": vars(args)})
+        write_json(args.defaults_only, {"provenance": stamp(script=__file__), "defaults_check": checks, "args": vars(args)})
         print(f"wrote {args.defaults_only}")
         return 0
     import tf_keras  # the bench builds the tf_keras twin itself; tfopt reaches tf_keras only in tfopt/_legacy
@@ -276,7 +277,8 @@ def main() -> int:
     }
     print("comparison:", comparison)
     print("done when:", done)
-    write_json(args.json, {"dense": dense, "runs": rows, "comparison": comparison, "done_when": done, "args": vars(args)})
+    write_json(args.json, {"provenance": stamp(script=__file__), "dense": dense, "runs": rows, "comparison": comparison,
+                           "done_when": done, "args": vars(args)})
     print(f"wrote {args.json}")
     return 0 if all(done.values()) else 1
 

@@ -28,6 +28,7 @@ import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+from _provenance import stamp  # noqa: E402  (bench/_provenance.py: commit, date, host, command)
 
 APPS = [
     "MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNetV3Large", "EfficientNetB0", "EfficientNetV2B0",
@@ -208,7 +209,8 @@ def main() -> int:
     print("done when:", done)
     from tfopt._io import write_json
 
-    write_json(args.json, {"rows": rows, "done_when": done, "target_sparsity": TARGET, "train_steps": STEPS})
+    write_json(args.json, {"provenance": stamp(script=__file__), "rows": rows, "done_when": done, "target_sparsity": TARGET,
+                           "train_steps": STEPS})
     print(f"wrote {args.json}")
     return 0 if done["all_passed"] else 1
 

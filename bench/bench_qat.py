@@ -36,6 +36,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+from _provenance import stamp  # noqa: E402  (bench/_provenance.py: commit, date, host, command)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -299,6 +300,7 @@ def main() -> int:
         "versions": _versions(),
         "seconds": time.perf_counter() - total,
     }
+    payload["provenance"] = stamp(script=__file__)
     write_json(args.json, payload)
     print(f"wrote {args.json} ({payload['seconds']:.0f} s)")
     return 0 if all(done_when.values()) else 1

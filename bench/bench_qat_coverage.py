@@ -43,6 +43,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
+from _provenance import merged, stale_because, stamp  # noqa: E402  (bench/_provenance.py: commit, date, host, command)
 
 APPLICATIONS = {
     "MobileNet": 32, "MobileNetV2": 32, "MobileNetV3Small": 32, "MobileNetV3Large": 32, "EfficientNetB0": 32,
@@ -240,6 +241,11 @@ def render(payload: dict) -> str:
 
 def update_docs(result: str, page: str) -> int:
     """Replaces the text between `<!-- coverage -->` and `<!-- /coverage -->` in `page` with the table of `result`."""
+    later = stale_because(result)  # a page quotes only results of the code as it is
+    if later:
+        print(f"{result} is stale: {len(later)} commit(s) since changed what it measured (latest: {later[0]}); "
+              "re-run the bench first")
+        return 1
     with open(result) as handle:
         table = render(json.load(handle))
     with open(page) as handle:
@@ -262,17 +268,20 @@ def merge(paths: list[str], output: str) -> int:
     rows: dict[str, dict] = {}
     settings: dict = {}
     commands: list[str] = []  # every run behind the rows, in the order given (later runs win a model)
+    parts = []
     for path in paths:
         with open(path) as handle:
             payload = json.load(handle)
+        parts.append(payload)
         rows.update({row["model"]: row for row in payload["rows"]})
         commands += payload.get("commands") or [payload["command"]]
         settings = {k: v for k, v in payload.items()
-                    if k not in ("passed", "total", "planned", "rows", "command", "commands", "merged_from")}
+                    if k not in ("passed", "total", "planned", "rows", "command", "commands", "merged_from", "provenance",
+                                 "commit", "script")}
     order = list(EXTRA) + list(APPLICATIONS)
     done = [rows[name] for name in order if name in rows]
-    payload = {"passed": sum(bool(r["ok"]) for r in done), "total": len(done), "planned": len(order), **settings,
-               "commands": commands, "rows": done}
+    payload = {"provenance": merged(parts, script=__file__, ran=False), "passed": sum(bool(r["ok"]) for r in done),
+               "total": len(done), "planned": len(order), **settings, "commands": commands, "rows": done}
     with open(output, "w") as handle:
         json.dump(payload, handle, indent=1)
     print(f"{payload['passed']}/{payload['total']} ok ({payload['planned']} planned); wrote {output}")
@@ -323,7 +332,7 @@ def main() -> int:
     def write() -> int:
         done = [rows[n] for n in list(EXTRA) + list(APPLICATIONS) if n in rows]  # bench order, whatever --only's
         passed = sum(bool(r["ok"]) for r in done)
-        payload = {"passed": passed, "total": len(done), "planned": len(names), "steps": args.steps,
+        payload = {"provenance": stamp(script=__file__), "passed": passed, "total": len(done), "planned": len(names), "steps": args.steps,
                    "target_accuracy": args.target_accuracy, "max_pretrain_epochs": args.max_pretrain_epochs,
                    "max_pretrain_seconds": args.max_pretrain_seconds,
                    "min_float_accuracy": args.min_float_accuracy, "min_parity": args.min_parity,

@@ -25,6 +25,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+from _provenance import stamp  # noqa: E402  (bench/_provenance.py: commit, date, host, command)
 
 import numpy as np  # noqa: E402
 
@@ -181,6 +182,7 @@ def main() -> int:
         },
         "seconds": time.perf_counter() - start,
     }
+    payload["provenance"] = stamp(script=__file__)
     write_json(args.output, payload)
     print(f"wrote {args.output} ({payload['seconds']:.0f} s)")
     return 0

@@ -28,6 +28,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _provenance import stamp  # noqa: E402  (bench/_provenance.py: commit, date, host, command)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
@@ -411,7 +412,7 @@ def main() -> int:
         "total": len(rows),
     }
     print("\nchecks:", checks, f"({time.perf_counter() - start:.0f} s)")
-    write_json(args.output, {"rows": rows, "checks": checks, "folder": folder})
+    write_json(args.output, {"provenance": stamp(script=__file__), "rows": rows, "checks": checks, "folder": folder})
     print(f"wrote {args.output}")
     return 0 if checks["no_crash"] else 1
 
