@@ -50,6 +50,33 @@ def test_violations_in_points_and_kilobytes():
     assert violations(row, Constraints(max_metric_drop=0.01)) == {"max_metric_drop": 0.005}
 
 
+def test_drop_bound_decided_at_the_stated_confidence():
+    row = {"drop": 0.003, "drop_se": 0.002, "size_bytes": 1024}
+    assert violations(row, Constraints(max_accuracy_drop=0.5)) == {}  # 0.3 pt measured, within 0.5 pt
+    broken = violations(row, Constraints(max_accuracy_drop=0.5, confidence=0.9))  # 0.3 + 1.28 * 0.2 = 0.556 pt
+    assert broken["max_accuracy_drop"] == pytest.approx(0.0563, abs=1e-3)
+    assert violations({"drop": 0.003, "drop_se": 0.0001}, Constraints(max_accuracy_drop=0.5, confidence=0.9)) == {}
+    with pytest.raises(InvalidArgumentError, match="confidence must be"):
+        Constraints(max_accuracy_drop=0.5, confidence=0.3)
+
+
+def test_paired_standard_error_counts_only_disagreements():
+    from tfopt.search.constraints import chance_within, paired_drop
+
+    rng = np.random.default_rng(0)
+    base = (rng.random(1000) < 0.95).astype(float)
+    same = base.copy()
+    assert paired_drop(base, same, higher_better=True) == (0.0, 0.0)
+    worse = base.copy()
+    worse[np.flatnonzero(base)[:4]] = 0.0  # 4 of 1000 examples lost: a 0.4 pt drop
+    value, se = paired_drop(base, worse, higher_better=True)
+    assert value == pytest.approx(0.004)
+    assert se == pytest.approx(np.sqrt((4 - 1000 * 0.004**2) / (1000 * 999)))  # ~0.2 pt, not the ~0.7 pt of one accuracy
+    assert 0.5 < chance_within(value, se, 0.005) < 0.8
+    errors = rng.random(50)
+    assert paired_drop(errors, errors + 0.1, higher_better=False)[0] == pytest.approx(0.1)
+
+
 def test_choose_best_smallest_feasible_else_nearest():
     rows = [
         {"name": "a", "drop": 0.000, "size": 100, "size_bytes": 100},
@@ -126,7 +153,7 @@ def level1(digits, tmp_path_factory):
     return result, str(out), before, digest
 
 
-def test_level1_report_contract(level1):
+def test_level1_report_contract(level1, digits):
     result, out, _, _ = level1
     report = json.load(open(os.path.join(out, "report.json")))
     assert REPORT_KEYS <= set(report)
@@ -152,15 +179,39 @@ def test_level1_report_contract(level1):
     # every latency ratio names the machine it was timed on (one machine here: the report names it once)
     assert {c["host"] for c in report["candidates"]} == {report["baseline"]["host"]} == {this_host()}
     assert f"host: {this_host()}" in markdown
+    # selection on half of x_test (no x_val in the file), every drop with its paired standard error
+    selection = report["selection"]
+    assert selection["source"] == "x_test" and "half of x_test" in selection["description"]
+    assert selection["n_selection"] + selection["n_reporting"] == len(np.load(digits[2])["x_test"])
+    for c in report["candidates"]:
+        assert c["n_selection"] == selection["n_selection"] and c["n_reporting"] == selection["n_reporting"]
+        assert c["drop_se"] is not None and c["drop_se"] >= 0 and c["test_drop_se"] >= 0
+        assert 0.0 <= c["chance_within_bound"] <= 1.0
+    assert "half of x_test" in markdown and "±" in result.summary()
+
+
+def test_front_is_optunas_best_trials(level1):
+    """The front in report.json is the front Optuna computes from the values it stores."""
+    import optuna
+
+    from tfopt.search.storage import open_storage
+
+    result, out, _, _ = level1
+    study = optuna.load_study(storage=open_storage(None, out), study_name="tfopt-optimize")
+    assert study.metric_names == ["drop", "size_ratio"]
+    number_of = {c["name"]: int(c["name"][1:4]) for c in result.candidates}
+    assert {number_of[c["name"]] for c in result.pareto_front} == {t.number for t in study.best_trials}
 
 
 def test_level1_reported_accuracy_is_the_tflite_on_litert(level1, digits):
     import tfopt
 
+    from tfopt.search.inputs import split_data
+
     result, _, _, _ = level1
-    data = np.load(digits[2])
+    parts, _ = split_data(digits[2])  # the reporting half of x_test, as optimize split it
     best = result.best_candidate
-    measured = tfopt.evaluate(best["tflite"], (data["x_test"], data["y_test"]), metric="top1")
+    measured = tfopt.evaluate(best["tflite"], (parts["x_test"], parts["y_test"]), metric="top1")
     assert measured.value == pytest.approx(best["accuracy"])
     assert best["size_bytes"] == os.path.getsize(best["tflite"])
 

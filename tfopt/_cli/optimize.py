@@ -28,6 +28,8 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_float("max_size_kb", None, "Bound on the .tflite size, KB.", flag_values=fv)
     flags.DEFINE_float("max_latency_ms", None, "Bound on the median XNNPACK latency, ms.", flag_values=fv)
     flags.DEFINE_float("max_arena_kb", None, "Bound on the TFLite Micro arena, KB (--target micro).", flag_values=fv)
+    flags.DEFINE_float("confidence", 0.5, "How sure selection must be that a drop is within its bound (0.5: the "
+                       "measured drop; 0.9: 90% sure, from the drop's paired standard error).", flag_values=fv)
     flags.DEFINE_enum("target", "cpu", ["cpu", "micro"], "Deployment target.", flag_values=fv)
     flags.DEFINE_integer("max_trials", None, "Trial budget shared by all workers.", flag_values=fv)
     flags.DEFINE_float("time_budget_min", None, "Start no trial after this many minutes.", flag_values=fv)
@@ -46,7 +48,7 @@ def main(args: list[str], fv: flags.FlagValues) -> int:
         raise CLIError("optimize needs --data DATA.npz and --output DIR.")
     constraints = Constraints(
         max_accuracy_drop=fv.max_accuracy_drop, max_metric_drop=fv.max_metric_drop, max_size_kb=fv.max_size_kb,
-        max_latency_ms=fv.max_latency_ms, max_arena_kb=fv.max_arena_kb,
+        max_latency_ms=fv.max_latency_ms, max_arena_kb=fv.max_arena_kb, confidence=fv.confidence,
     )
     check_request(constraints, objective=fv.objective, level=int(fv.level), target=fv.target, metric=fv.metric)
     checks.check_paths(inputs={"MODEL": args[0], "--data": fv.data}, outputs={"--output": fv.output},

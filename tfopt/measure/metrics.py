@@ -151,6 +151,38 @@ def _same_length(labels: np.ndarray, scores: np.ndarray, name: str) -> np.ndarra
     return labels
 
 
+def per_example(metric: "Metric", y_true: Any, y_pred: Any) -> np.ndarray | None:
+    """Each example's share of a built-in metric whose value is a mean over examples, else None.
+
+    For `top<k>` the 0/1 hit of each example; for `mae` / `mse` each example's
+    mean absolute / squared error. Their mean is the metric's value, so two
+    models scored on the same examples can be compared pair by pair (a paired
+    standard error). `f1` and callables are not means over examples: None.
+
+    >>> per_example(get_metric("top1"), [0, 1], [[0.9, 0.1], [0.8, 0.2]]).tolist()
+    [1.0, 0.0]
+    """
+    if not metric.builtin:
+        return None
+    match = re.fullmatch(r"top(\d+)", metric.name)
+    if match:
+        k = int(match.group(1))
+        scores = class_scores(y_pred, metric.name)
+        labels = _same_length(class_labels(y_true, scores.shape[1], metric.name), scores, metric.name)
+        if k == 1:
+            return (scores.argmax(axis=-1) == labels).astype(np.float64)
+        if k >= scores.shape[1]:
+            return np.ones(len(labels))
+        top = np.argpartition(-scores, k - 1, axis=-1)[:, :k]
+        return np.any(top == labels[:, None], axis=-1).astype(np.float64)
+    if metric.name in ("mae", "mse"):
+        a, b = _regression_pair(y_true, y_pred, metric.name)
+        n = len(np.asarray(y_true))
+        error = np.abs(a - b) if metric.name == "mae" else (a - b) ** 2
+        return error.reshape(n, -1).mean(axis=1)
+    return None
+
+
 def get_metric(metric: str | Callable[[Any, Any], float], *, higher_is_better: bool | None = None) -> Metric:
     """A `Metric` from a built-in name or a callable `metric(y_true, y_pred) -> float`.
 

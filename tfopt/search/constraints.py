@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from statistics import NormalDist
 from typing import Any, Callable
+
+import numpy as np
 
 from tfopt.errors import InvalidArgumentError, InvalidTypeError
 
@@ -31,6 +34,13 @@ class Constraints:
         max_latency_ms: bound on the median XNNPACK latency, ms. Defaults to `None`.
         max_arena_kb: bound on the TFLite Micro arena, KB (`target="micro"` only).
             Defaults to `None`.
+        confidence: how sure the selection must be that a candidate's true drop
+            is within `max_accuracy_drop` / `max_metric_drop`. A drop measured on
+            n selection examples has a paired standard error (SE); a candidate
+            meets the bound when `drop + z * SE <= bound`, with `z` the normal
+            quantile of `confidence`. `0.5` (z = 0) judges the measured drop
+            itself; `0.9` (z = 1.28) keeps only candidates that are 90% sure to
+            be within the bound. Defaults to `0.5`.
 
     Example:
 
@@ -44,11 +54,19 @@ class Constraints:
     max_size_kb: float | None = None
     max_latency_ms: float | None = None
     max_arena_kb: float | None = None
+    confidence: float = 0.5
 
     def __post_init__(self) -> None:
+        c = self.confidence
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0.5 <= c < 1.0:
+            raise InvalidArgumentError(
+                f"confidence must be a probability in [0.5, 1). Received: confidence={c!r}. 0.5 judges the measured "
+                "drop; 0.9 asks to be 90% sure that the true drop is within the bound."
+            )
+        object.__setattr__(self, "confidence", float(c))
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if value is None:
+            if value is None or field.name == "confidence":
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
                 raise InvalidTypeError(f"{field.name} must be a number or None. Received: {field.name}={value!r}.")
@@ -144,11 +162,55 @@ def drop(value: float, baseline: float, *, higher_better: bool) -> float:
     return (baseline - value) if higher_better else (value - baseline)
 
 
+def paired_drop(baseline: Any, candidate: Any, *, higher_better: bool) -> tuple[float, float]:
+    """The drop of `candidate` against `baseline` scored on the same examples, and its paired standard error.
+
+    Both are per-example values whose mean is the metric (a top-1 hit 0/1, an
+    absolute error). The difference is taken example by example, so only the
+    examples on which the two models differ add to the error: two models that
+    agree on all but 3 of 500 examples have a small SE even though each
+    accuracy alone is uncertain by a point.
+
+    >>> paired_drop([1, 1, 1, 0], [1, 1, 0, 0], higher_better=True)
+    (0.25, 0.25)
+    """
+    a, b = np.asarray(baseline, np.float64), np.asarray(candidate, np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise InvalidArgumentError(f"paired_drop needs two equal-length 1-D arrays; received shapes {a.shape}, {b.shape}.")
+    diff = (a - b) if higher_better else (b - a)
+    se = float(np.std(diff, ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else math.inf
+    return float(np.mean(diff)), se
+
+
+def z_score(confidence: float) -> float:
+    """The one-sided normal quantile of `confidence` (0.5 -> 0, 0.9 -> 1.28).
+
+    >>> round(z_score(0.95), 3)
+    1.645
+    """
+    return 0.0 if confidence == 0.5 else NormalDist().inv_cdf(confidence)
+
+
+def chance_within(drop_value: float, se: float | None, bound: float) -> float | None:
+    """The probability (normal approximation) that the true drop is at most `bound`; None without an SE.
+
+    >>> chance_within(0.0, 0.005, 0.005) > 0.84
+    True
+    """
+    if se is None or not math.isfinite(se):
+        return None
+    if se == 0:
+        return 1.0 if drop_value <= bound else 0.0
+    return NormalDist().cdf((bound - drop_value) / se)
+
+
 def violations(candidate: dict[str, Any], constraints: Constraints) -> dict[str, float]:
     """Bounds a candidate breaks, each with the excess in the bound's units (empty: all met).
 
     `candidate` holds `drop` (metric units), `size_bytes`, `latency_ms_median`
-    and `arena_bytes` (None when not measured: a bound on it is then broken).
+    and `arena_bytes` (None when not measured: a bound on it is then broken),
+    and optionally `drop_se`: the drop is then judged at the constraints'
+    confidence (`drop + z * drop_se` against the bound).
 
     >>> violations({"drop": 0.02, "size_bytes": 2048}, Constraints(max_accuracy_drop=1.0, max_size_kb=4))
     {'max_accuracy_drop': 1.0}
@@ -157,7 +219,9 @@ def violations(candidate: dict[str, Any], constraints: Constraints) -> dict[str,
     limit = allowed_drop(constraints)
     if limit is not None:
         scale = 100.0 if constraints.max_accuracy_drop is not None else 1.0
-        excess = candidate["drop"] - limit
+        se = candidate.get("drop_se")
+        margin = z_score(constraints.confidence) * se if se is not None and math.isfinite(se) else 0.0
+        excess = candidate["drop"] + margin - limit
         if excess > 1e-12:
             out["max_accuracy_drop" if scale == 100.0 else "max_metric_drop"] = round(excess * scale, 6)
     for key, field, scale in (

@@ -11,18 +11,17 @@ from typing import Any
 import numpy as np
 
 from tfopt._io import atomic_write
-from tfopt.errors import InvalidArgumentError, MissingFileError
+from tfopt.errors import InvalidArgumentError
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
 
 
 def _as_dict(data: Any) -> dict[str, np.ndarray]:
     if isinstance(data, (str, os.PathLike)):
-        path = os.fspath(data)
-        if not os.path.isfile(path):
-            raise MissingFileError(f"Data file not found: {path!r}. Pass an .npz with x_train, y_train, x_test, y_test.")
-        with np.load(path, allow_pickle=False) as npz:
-            return {key: npz[key] for key in npz.files}
+        from tfopt.datasets import load_npz
+
+        # The one loader of the CLI's data files: no unpickling, object arrays refused, one clear error.
+        return load_npz(os.fspath(data), required=(), task=None)
     if isinstance(data, dict):
         return dict(data)
     if all(hasattr(data, key) for key in REQUIRED):  # tfopt.datasets.Dataset and look-alikes
@@ -40,34 +39,106 @@ def _as_dict(data: Any) -> dict[str, np.ndarray]:
     )
 
 
-def split_data(data: Any, *, seed: int = 0, val_fraction: float = 0.15) -> dict[str, np.ndarray]:
-    """Train / validation / test arrays; validation carved from x_train (seeded) unless x_val / y_val are given.
+MIN_SPLIT = 40  # below this, half of x_test cannot tell a point of accuracy from noise
 
-    >>> x = np.arange(40, dtype="float32").reshape(20, 2); y = np.arange(20) % 2
-    >>> parts = split_data({"x_train": x, "y_train": y, "x_test": x[:4], "y_test": y[:4]})
-    >>> len(parts["x_train"]) + len(parts["x_val"])
-    20
+
+def split_data(data: Any, *, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The arrays optimize uses, and where its selection data comes from.
+
+    Selection (which candidates meet the constraints, which is best) never
+    looks at examples the model may have been trained on. With `x_val` /
+    `y_val`, they are the selection data and `x_test` reports. Without them,
+    `x_test` is split in two halves (stratified by class for class labels,
+    seeded): `x_val` selects, the other half (`x_test` from then on) reports,
+    so the reported drops are measured on examples nothing was chosen on.
+    All of `x_train` stays for fine-tuning and calibration.
+
+    Returns:
+        `(parts, selection)`: `parts` holds `x_train`, `y_train`, `x_val`,
+        `y_val`, `x_test`, `y_test`; `selection` says `source` (`"x_val"` or
+        `"x_test"`), `n_selection`, `n_reporting` and, for a split, `seed`.
+
+    Raises:
+        tfopt.errors.InvalidArgumentError: a key missing, `x_val` without
+            `y_val` (or the reverse), or fewer than 40 test examples to split.
+
+    >>> x = np.arange(200, dtype="float32").reshape(100, 2); y = np.arange(100) % 2
+    >>> parts, selection = split_data({"x_train": x, "y_train": y, "x_test": x, "y_test": y})
+    >>> selection["source"], len(parts["x_val"]), len(parts["x_test"]), len(parts["x_train"])
+    ('x_test', 50, 50, 100)
     """
     raw = _as_dict(data)
     missing = [key for key in REQUIRED if key not in raw]
     if missing:
         raise InvalidArgumentError(f"data lacks {missing}; it holds {sorted(raw)}. Needed: {list(REQUIRED)} (+ x_val, y_val).")
+    if ("x_val" in raw) != ("y_val" in raw):
+        given, lacking = ("x_val", "y_val") if "x_val" in raw else ("y_val", "x_val")
+        raise InvalidArgumentError(
+            f"data holds {given} but no {lacking}. Give both (a validation split held out of training), "
+            "or neither (optimize then selects on half of x_test and reports on the other half)."
+        )
     out = {key: np.asarray(raw[key]) for key in REQUIRED}
-    if "x_val" in raw and "y_val" in raw:
+    if "x_val" in raw:
         out["x_val"], out["y_val"] = np.asarray(raw["x_val"]), np.asarray(raw["y_val"])
-        return out
-    n = len(out["x_train"])
-    # Small datasets get a quarter (up to 1,000 examples): on 600, half a point is 3 examples, too noisy to select on.
-    n_val = int(min(2000, max(min(1000, n // 4), round(val_fraction * n))))
-    order = np.random.default_rng(seed).permutation(n)
-    val, train = order[:n_val], order[n_val:]
-    out["x_val"], out["y_val"] = out["x_train"][val], out["y_train"][val]
-    out["x_train"], out["y_train"] = out["x_train"][train], out["y_train"][train]
-    return out
+        if len(out["x_val"]) != len(out["y_val"]):
+            raise InvalidArgumentError(
+                f"x_val holds {len(out['x_val'])} examples but y_val {len(out['y_val'])} labels; they must match."
+            )
+        return out, {"source": "x_val", "n_selection": len(out["x_val"]), "n_reporting": len(out["x_test"])}
+    n = len(out["x_test"])
+    if n < MIN_SPLIT or len(out["y_test"]) != n:
+        raise InvalidArgumentError(
+            f"Without x_val, optimize selects on half of x_test and reports on the other half; x_test holds {n} "
+            f"examples (and y_test {len(out['y_test'])}), at least {MIN_SPLIT} matching ones are needed. Pass more "
+            "test examples, or x_val / y_val held out of training."
+        )
+    select = stratified_half(out["y_test"], seed=seed)
+    report = np.setdiff1d(np.arange(n), select)
+    out["x_val"], out["y_val"] = out["x_test"][select], out["y_test"][select]
+    out["x_test"], out["y_test"] = out["x_test"][report], out["y_test"][report]
+    return out, {"source": "x_test", "n_selection": len(select), "n_reporting": len(report), "seed": seed}
+
+
+def describe_selection(selection: dict[str, Any]) -> str:
+    """One sentence: where selection and reported numbers come from.
+
+    >>> describe_selection({"source": "x_test", "n_selection": 500, "n_reporting": 500, "seed": 0})
+    'selection on half of x_test (500 examples, stratified by class, seed 0); numbers reported on the other half (500)'
+    """
+    if selection["source"] == "x_val":
+        return (f"selection on x_val ({selection['n_selection']} examples held out of training); numbers reported "
+                f"on x_test ({selection['n_reporting']})")
+    return (f"selection on half of x_test ({selection['n_selection']} examples, stratified by class, seed "
+            f"{selection.get('seed', 0)}); numbers reported on the other half ({selection['n_reporting']})")
+
+
+def stratified_half(labels: np.ndarray, *, seed: int) -> np.ndarray:
+    """Sorted indices of half of the examples, half of each class when `labels` are class labels.
+
+    Integer labels (or one-hot rows) are classes; anything else (regression
+    targets) is split at random.
+
+    >>> stratified_half(np.array([0, 0, 1, 1, 1, 1]), seed=0).size
+    3
+    """
+    y = np.asarray(labels)
+    if y.ndim == 2 and y.shape[1] > 1 and np.all((y == 0) | (y == 1)):
+        y = y.argmax(axis=1)
+    y = y.reshape(len(y), -1)
+    rng = np.random.default_rng(seed)
+    classes = y.shape[1] == 1 and y.dtype.kind in "biu" or (y.dtype.kind == "f" and y.shape[1] == 1 and np.all(y == np.round(y)))
+    if not classes:
+        return np.sort(rng.permutation(len(y))[: len(y) // 2])
+    keys = y[:, 0]
+    chosen = []
+    for value in np.unique(keys):
+        members = rng.permutation(np.flatnonzero(keys == value))
+        chosen.append(members[: (len(members) + rng.integers(0, 2)) // 2])
+    return np.sort(np.concatenate(chosen))
 
 
 def validation_given(data: Any) -> bool:
-    """Whether `data` holds its own x_val / y_val (else `split_data` carves them from x_train)."""
+    """Whether `data` holds its own x_val / y_val (else `split_data` splits x_test)."""
     if isinstance(data, (str, os.PathLike)) and os.path.isfile(os.fspath(data)):
         with np.load(os.fspath(data), allow_pickle=False) as npz:
             return "x_val" in npz.files and "y_val" in npz.files
@@ -77,7 +148,7 @@ def validation_given(data: Any) -> bool:
 
 
 def memorised_validation(val_score: float, test_score: float, *, n_val: int, n_test: int) -> str | None:
-    """A warning when an accuracy on a validation split carved from x_train is far above the test accuracy.
+    """A warning when the accuracy on the given x_val is far above the test accuracy.
 
     The model was most likely trained on those examples: drops measured on them
     do not predict drops on new data (the model's memory of them is what
@@ -98,10 +169,9 @@ def memorised_validation(val_score: float, test_score: float, *, n_val: int, n_t
     if gap <= max(0.01, 2.5 * error):
         return None
     return (
-        f"The model scores {100 * val_score:.1f}% on the validation split tfopt carved from x_train but "
-        f"{100 * test_score:.1f}% on x_test: it was probably trained on those examples, so accuracy drops "
-        "measured on them say little about new data. Pass x_val / y_val held out from training "
-        "(tfopt.datasets.Dataset.hold_out does it for tfopt's datasets)."
+        f"The model scores {100 * val_score:.1f}% on x_val but {100 * test_score:.1f}% on x_test: it was "
+        "probably trained on the x_val examples, so accuracy drops measured on them say little about new data. "
+        "Pass x_val / y_val held out from training, or leave them out (optimize then selects on half of x_test)."
     )
 
 

@@ -41,6 +41,7 @@ class Job:
     seed: int
     worker: int = 0
     verbose: bool = True
+    selection: dict[str, Any] | None = None  # where selection data came from (search.inputs.split_data)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -64,10 +65,13 @@ def open_study(job: Job, *, create: bool):
     store = storage.open_storage(job.storage, job.output_dir)
     sampler = make_sampler(job, len(space.seeds(job.level, job.target)))
     if create:
-        return optuna.create_study(
+        study = optuna.create_study(
             storage=store, study_name=storage.STUDY_NAME, directions=["minimize", "minimize"],
             sampler=sampler, load_if_exists=True,
         )
+        # The two values every trial reports, named as in report.json (the dashboard shows these names).
+        study.set_metric_names(["drop", OBJECTIVE_KEYS[job.objective]])
+        return study
     return optuna.load_study(storage=store, study_name=storage.STUDY_NAME, sampler=sampler)
 
 

@@ -8,7 +8,8 @@ import shutil
 from typing import Any
 
 from tfopt._io import atomic_write, write_json
-from tfopt.search.constraints import Constraints, violations
+from tfopt.search.constraints import Constraints, allowed_drop, chance_within, violations
+from tfopt.search.inputs import describe_selection
 from tfopt.search.pareto import choose_best, pareto_front
 
 CANDIDATE_KEYS = (
@@ -39,6 +40,7 @@ class OptimizeResult:
     output_dir: str
     level: int = 1
     target: str = "cpu"
+    selection: dict[str, Any] | None = None
     paths: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
@@ -48,7 +50,8 @@ class OptimizeResult:
 
     @property
     def pareto_front(self) -> list[dict[str, Any]]:
-        """The candidates no other candidate beats on both validation drop and objective."""
+        """The candidates that meet the constraints and that no other such candidate beats on both the
+        selection drop and the objective (Optuna's `study.best_trials` on the same two values)."""
         return [c for c in self.candidates if c["on_pareto_front"]]
 
     @property
@@ -60,7 +63,8 @@ class OptimizeResult:
         """The Pareto front as a table, the baseline, and the best (or the nearest miss)."""
         top = self.metric in ("top1", "top5")
         fmt = (lambda v: f"{100 * v:6.2f}%") if top else (lambda v: f"{v:8.4g}")
-        head = f"{'candidate':<40} {self.metric:>8} {'drop':>7} {'KB':>8} {'gzip KB':>8} {'x gzip':>7} {'latency':>8}"
+        head = (f"{'candidate':<40} {self.metric:>8} {'drop ± SE':>13} {'KB':>8} {'gzip KB':>8} {'x smaller':>9} "
+                f"{'x faster':>8}")
         if self.target == "micro":
             head += f" {'arena KB':>9}"
         b = self.baseline
@@ -85,20 +89,27 @@ class OptimizeResult:
                 "no candidate meets the constraints"
                 + (f"; nearest: {near.get('name')} violates {near.get('violated')}" if near else "")
             )
-        lines.append("(* best, ! violates a constraint; drop measured on the test split, selection on validation)")
+        where = describe_selection(self.selection) if self.selection else "selection on validation data"
+        lines.append(f"(* best, ! violates a constraint; {where}; drops in the table on the reporting data, "
+                     f"with their paired standard errors; constraints decided at confidence {self.constraints.confidence:g})")
         return "\n".join(lines)
 
     def _drop_text(self, c: dict[str, Any]) -> str:
+        se = c.get("test_drop_se")
         if self.metric in ("top1", "top5"):
-            return f"{100 * c['test_drop']:+.2f} pt"
-        return f"{c['test_drop']:+.4g} {self.metric}"
+            return f"{100 * c['test_drop']:+.2f} pt" + (f" ± {100 * se:.2f}" if se is not None else "")
+        return f"{c['test_drop']:+.4g} {self.metric}" + (f" ± {se:.2g}" if se is not None else "")
 
     def _row(self, name, c, fmt, b) -> str:
-        drop = c.get("test_drop", 0.0)
-        drop_text = f"{100 * drop:+6.2f}" if self.metric in ("top1", "top5") else f"{drop:+7.3g}"
+        drop, se = c.get("test_drop", 0.0), c.get("test_drop_se")
+        if self.metric in ("top1", "top5"):
+            drop_text = f"{100 * drop:+.2f}" + (f" ± {100 * se:.2f}" if se is not None else "")
+        else:
+            drop_text = f"{drop:+.3g}" + (f" ± {se:.2g}" if se is not None else "")
+        ratio = c.get("latency_ratio") or 1.0
         line = (
-            f"{name[:40]:<40} {fmt(c['accuracy']):>8} {drop_text:>7} {c['size_bytes'] / 1024:8.1f} "
-            f"{c['gzip_bytes'] / 1024:8.1f} {b['gzip_bytes'] / c['gzip_bytes']:7.1f} {c.get('latency_ratio', 1.0):7.2f}x"
+            f"{name[:40]:<40} {fmt(c['accuracy']):>8} {drop_text:>13} {c['size_bytes'] / 1024:8.1f} "
+            f"{c['gzip_bytes'] / 1024:8.1f} {b['gzip_bytes'] / c['gzip_bytes']:8.1f}x {1.0 / ratio:7.2f}x"
         )
         if self.target == "micro":
             arena = c.get("arena_bytes")
@@ -119,6 +130,9 @@ class OptimizeResult:
             "level": self.level,
             "target": self.target,
             "constraints": self.constraints.to_dict(),
+            "selection": dict(self.selection or {}) | (
+                {"description": describe_selection(self.selection)} if self.selection else {}
+            ),
         }
 
     def plot(self, path: str | os.PathLike | None = None):
@@ -158,12 +172,13 @@ class OptimizeResult:
         limit = {"size": None, "latency": None, "arena": self.constraints.max_arena_kb}[self.objective]
         if limit is not None:
             ax.axvline(limit, color="tab:green", ls="--", lw=1, label="arena bound")
-        if self.best:
-            c = self.best_candidate
-            ax.annotate(c["name"], (c[key] / div, scale * c["drop"]), fontsize=8, xytext=(5, 5), textcoords="offset points")
+        for c, x in zip(self.candidates, xs):  # every point of the front, by name (report.md lists the same)
+            if c["on_pareto_front"] and x is not None:
+                label = c["name"] + (" (best)" if c["name"] == self.best else "")
+                ax.annotate(label, (x, scale * c["drop"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
         ax.set_xscale("log")
         ax.set_xlabel(label)
-        ax.set_ylabel("validation drop (points)" if top else f"validation {self.metric} increase")
+        ax.set_ylabel("selection drop (points)" if top else f"selection {self.metric} increase")
         ax.set_title(f"tfopt optimize, level {self.level}: {len(self.candidates)} trials")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -182,30 +197,40 @@ def _hosts(result: OptimizeResult) -> str:
 
 
 def _extras(c: dict[str, Any]) -> dict[str, Any]:
-    keys = ("val_metric", "drop", "test_drop", "output_error", "size_ratio", "latency_ratio", "violations", "keras", "c_array",
-            "host")
+    keys = ("val_metric", "drop", "drop_se", "test_drop", "test_drop_se", "chance_within_bound", "n_selection", "n_reporting",
+            "output_error", "size_ratio", "latency_ratio", "violations", "keras", "c_array", "host")
     return {k: c.get(k) for k in keys}
 
 
-def front_point(c: dict[str, Any], target: str) -> tuple[float, ...]:
-    """Where a candidate sits for the Pareto front, all minimized: validation drop, output error against
-    the float32 model (what a small validation set cannot resolve), gzip size, latency ratio (and arena
-    for micro). The front keeps every trade-off, whatever the objective that picks `best`."""
-    point = [c["drop"], float(c.get("output_error") or 0.0), float(c["gzip_bytes"]), float(c.get("latency_ratio") or 1.0)]
-    if target == "micro":
-        point.append(float(c["arena_bytes"]) if c.get("arena_bytes") is not None else float("inf"))
-    return tuple(point)
+OBJECTIVE_VALUES = {"size": "size_ratio", "latency": "latency_ratio", "arena": "arena_bytes"}  # what Optuna minimizes
+
+
+def front_point(c: dict[str, Any], objective: str) -> tuple[float, float]:
+    """The two values Optuna stores for a trial, both minimized: the selection drop and the objective."""
+    value = c.get(OBJECTIVE_VALUES[objective])
+    return float(c["drop"]), float(value) if value is not None else float("inf")
 
 
 def build_result(trials: list[dict[str, Any]], baseline: dict[str, Any], *, constraints: Constraints, **meta) -> OptimizeResult:
-    """Pareto front, feasibility and the best from finished trial rows (pure: no files touched)."""
+    """Pareto front, feasibility and the best from finished trial rows (pure: no files touched).
+
+    The front is Optuna's rule on the values the study stores: among the
+    candidates that meet the constraints, those no other one beats on both
+    the selection drop and the objective. When none meets them, the front of
+    all candidates is shown instead (each marked as violating).
+    """
     objective = meta["objective"]
     key = {"size": "gzip_bytes", "latency": "latency_ratio", "arena": "arena_bytes"}[objective]
-    front = set(pareto_front([front_point(c, meta.get("target", "cpu")) for c in trials]))
+    limit = allowed_drop(constraints)
     rows = []
-    for i, c in enumerate(trials):
+    for c in trials:
         broken = violations(c, constraints)
-        rows.append({**c, "on_pareto_front": i in front, "meets_constraints": not broken, "violations": broken})
+        chance = chance_within(c["drop"], c.get("drop_se"), limit) if limit is not None else None
+        rows.append({**c, "meets_constraints": not broken, "violations": broken, "chance_within_bound": chance})
+    pool = [i for i, c in enumerate(rows) if c["meets_constraints"]] or list(range(len(rows)))
+    front = {pool[j] for j in pareto_front([front_point(rows[i], objective) for i in pool])}
+    for i, c in enumerate(rows):
+        c["on_pareto_front"] = i in front
     scored = [{**c, "_key": c[key] if c.get(key) is not None else float("inf")} for c in rows]
     best, nearest = choose_best(scored, constraints, objective_key="_key")
     near = None
@@ -267,8 +292,9 @@ def _markdown(result: OptimizeResult) -> str:
     lines = [
         f"# tfopt optimize report (level {result.level}, objective {result.objective}, target {result.target})",
         "",
-        f"Metric `{result.metric}`; selection on a validation split, numbers below on the test split, every .tflite "
-        f"run on LiteRT (latency: XNNPACK, 1 thread, ratio to the float32 baseline timed in the same trial; {_hosts(result)}).",
+        f"Metric `{result.metric}`; {describe_selection(result.selection) if result.selection else 'selection on validation data'}. "
+        f"Every drop is given with its paired standard error; constraints are decided at confidence "
+        f"{result.constraints.confidence:g}. Every .tflite ran on LiteRT (latency: XNNPACK, 1 thread, ratio to the float32 baseline timed in the same trial; {_hosts(result)}).",
         f"Constraints: {', '.join(f'{k}={v:g}' for k, v in result.constraints.to_dict().items() if v is not None) or 'none'}.",
         f"Trials completed: {result.trials_completed} ({result.trials_resumed} resumed from an earlier run).",
         "",

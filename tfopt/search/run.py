@@ -60,9 +60,11 @@ def optimize(
         model: a trained Keras model, or a `.keras` / `.h5` path. Not modified.
         data: an `.npz` path or dict with `x_train`, `y_train`, `x_test`,
             `y_test` (and optionally `x_val`, `y_val`), a `tfopt.datasets.Dataset`,
-            or `((x_train, y_train), (x_test, y_test))`. Selection uses a
-            validation split (carved from `x_train` unless given); reported
-            numbers use the test split.
+            or `((x_train, y_train), (x_test, y_test))`. Selection never sees
+            training data: it uses `x_val` when given (held out of training),
+            else half of `x_test` (stratified, seeded), and the numbers reported
+            come from the other half. Every drop carries its paired standard
+            error; `Constraints(confidence=...)` says how sure a candidate must be.
         constraints: a `Constraints` or dict of bounds (`max_accuracy_drop` in
             points, `max_metric_drop`, `max_size_kb`, `max_latency_ms`,
             `max_arena_kb`). Defaults to `None` (unbounded).
@@ -109,23 +111,24 @@ def optimize(
     _positive(workers, "workers")
     if workers > 1 and not isinstance(metric, str):
         raise InvalidArgumentError("workers > 1 needs a metric by name (a callable cannot be sent to other processes).")
-    from tfopt.search.inputs import fingerprint, load_model, memorised_validation, save_inputs, split_data, validation_given
+    from tfopt.search.inputs import describe_selection, fingerprint, load_model, memorised_validation, save_inputs, split_data
 
     start = time.time()
     say = print if verbose else (lambda *a, **k: None)
     output_dir = os.path.abspath(os.fspath(output_dir))
     os.makedirs(output_dir, exist_ok=True)
     model = load_model(model)
-    parts = split_data(data, seed=seed)
+    parts, selection = split_data(data, seed=seed)
     stamp = fingerprint(model, parts)
     budget = max_trials or space.default_trials(level, target)
     job = Job(
         output_dir=output_dir, level=level, objective=objective, target=target, metric=metric_name(metric),
         constraints=bounds.to_dict(), max_trials=budget, storage=storage, seed=seed, verbose=verbose,
-        deadline=start + 60 * time_budget_min if time_budget_min else None,
+        deadline=start + 60 * time_budget_min if time_budget_min else None, selection=selection,
     )
     study = open_study(job, create=True)
-    _check_same_study(study, stamp, level=level, objective=objective, target=target, metric=job.metric)
+    _check_same_study(study, stamp, say, constraints=job.constraints, level=level, objective=objective, target=target,
+                      metric=job.metric)
     resumed = len(store.completed(study))
     for params in store.fail_orphans(study):
         study.enqueue_trial(params)
@@ -134,9 +137,9 @@ def optimize(
     if resumed:
         say(f"[tfopt optimize] resuming: {resumed} finished trial(s) in the study are kept")
     inputs = save_inputs(model, parts, os.path.join(output_dir, "inputs")) if workers > 1 else {}
-    say(f"[tfopt optimize] measuring the float32 baseline ({len(parts['x_val'])} validation, {len(parts['x_test'])} test examples)")
+    say(f"[tfopt optimize] {describe_selection(selection)}; measuring the float32 baseline")
     runner = Runner(job, model, parts, metric=metric, say=say)
-    if not validation_given(data) and re.fullmatch(r"top-?\d+", job.metric):  # proportions: a standard error applies
+    if selection["source"] == "x_val" and re.fullmatch(r"top-?\d+", job.metric):  # proportions: a standard error applies
         message = memorised_validation(
             runner.baseline["val_metric"], runner.baseline["accuracy"], n_val=len(parts["x_val"]), n_test=len(parts["x_test"])
         )
@@ -170,10 +173,17 @@ def _wait_for_others(study, say, *, max_wait_s: float = 1800.0) -> None:
         time.sleep(5)
 
 
-def _check_same_study(study, stamp: str, **settings) -> None:
+def _check_same_study(study, stamp: str, say, *, constraints: dict[str, Any], **settings) -> None:
+    """A resumed study must be of the same model, data and settings; new constraints re-judge it, with a notice.
+
+    The level, objective, target and metric shape the search itself, so a
+    change is refused. Constraints only judge finished trials: the run goes
+    on under the new ones and says what changed.
+    """
     attrs = study.user_attrs
     if not attrs:
         study.set_user_attr("fingerprint", stamp)
+        study.set_user_attr("constraints", constraints)
         for key, value in settings.items():
             study.set_user_attr(key, value)
         return
@@ -181,14 +191,27 @@ def _check_same_study(study, stamp: str, **settings) -> None:
         raise InvalidArgumentError(
             "The study in this output folder / storage was started with another model or data "
             f"(fingerprint {attrs.get('fingerprint')} vs {stamp}). Use a new --output folder or --storage, "
-            "or delete the old study.journal."
+            "or move the old study.journal away."
         )
     changed = {k: (attrs.get(k), v) for k, v in settings.items() if attrs.get(k) != v}
     if changed:
+        listed = "; ".join(f"{k}: {old} before, {new} now" for k, (old, new) in changed.items())
         raise InvalidArgumentError(
-            f"The study here was started with other settings {changed} (stored, requested). "
-            "Resume with the same settings, or use a new output folder."
+            f"The study here was started with other settings ({listed}). Resume with the same settings, "
+            "or use a new output folder."
         )
+    before = attrs.get("constraints")
+    if before is not None and before != constraints:
+        diff = ", ".join(
+            f"{k} {_value(before.get(k))} -> {_value(v)}" for k, v in constraints.items() if before.get(k) != v
+        )
+        say(f"[tfopt optimize] the constraints changed since this study started ({diff}); finished trials are "
+            "judged again under the new ones")
+        study.set_user_attr("constraints", constraints)
+
+
+def _value(value) -> str:
+    return "none" if value is None else f"{value:g}"
 
 
 def _spawn(job: Job, count: int) -> list:
@@ -221,6 +244,7 @@ def _finish(study, runner: Runner, job: Job, resumed: int) -> OptimizeResult:
     result = build_result(
         rows, baseline, constraints=runner.constraints, trials_completed=len(rows), trials_resumed=resumed,
         objective=job.objective, metric=job.metric, output_dir=job.output_dir, level=job.level, target=job.target,
+        selection=job.selection,
     )
     write_report(result)
     if job.verbose:

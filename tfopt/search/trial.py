@@ -11,8 +11,8 @@ import numpy as np
 from tfopt.measure.benchmark import gzip_size
 from tfopt.measure.evaluate import predict_tflite, score
 from tfopt.measure.host import this_host
-from tfopt.measure.metrics import get_metric
-from tfopt.search.constraints import drop, higher_is_better
+from tfopt.measure.metrics import get_metric, per_example
+from tfopt.search.constraints import drop, higher_is_better, paired_drop
 
 
 class Measurer:
@@ -33,6 +33,7 @@ class Measurer:
         self.baseline_tflite = bytes(baseline_tflite)
         self.baseline: dict[str, Any] | None = None
         self.baseline_outputs: np.ndarray | None = None
+        self.baseline_examples: dict[str, np.ndarray | None] = {}
 
     def _outputs(self, content: bytes, split: str) -> np.ndarray:
         x = np.asarray(self.data[f"x_{split}"][: self.max_eval])
@@ -41,6 +42,18 @@ class Measurer:
     def _score(self, outputs: np.ndarray, split: str) -> float:
         value, _ = score(self.scorer, [outputs], self.data[f"y_{split}"][: self.max_eval], ["output_0"])
         return value
+
+    def _examples(self, outputs: np.ndarray, split: str) -> np.ndarray | None:
+        """Each example's share of the metric (None for metrics that are not means over examples)."""
+        return per_example(self.scorer, self.data[f"y_{split}"][: self.max_eval], outputs)
+
+    def _drop(self, row: dict[str, Any], examples: dict[str, np.ndarray | None], split: str) -> tuple[float, float | None]:
+        """The drop on `split` against the baseline, with its paired standard error when the metric allows one."""
+        key = "val_metric" if split == "val" else "accuracy"
+        base, mine = self.baseline_examples.get(split), examples.get(split)
+        if base is None or mine is None:
+            return drop(row[key], self.baseline[key], higher_better=self.higher_better), None
+        return paired_drop(base, mine, higher_better=self.higher_better)
 
     def _latency(self, content: bytes) -> tuple[float, float]:
         """Median latency (ms) of `content` and its ratio to the baseline timed around it in the same run."""
@@ -65,37 +78,43 @@ class Measurer:
                 return None
             return result.arena_bytes if result.ok else None
 
-    def _row(self, content: bytes) -> dict[str, Any]:
+    def _row(self, content: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray | None]]:
         latency, ratio = self._latency(content)
         val_outputs = self._outputs(content, "val")
+        test_outputs = self._outputs(content, "test")
         if self.baseline_outputs is None:
             self.baseline_outputs = val_outputs
+        examples = {"val": self._examples(val_outputs, "val"), "test": self._examples(test_outputs, "test")}
         return {
             "val_metric": self._score(val_outputs, "val"),
             # How far the outputs move from the float32 model's on validation (mean absolute difference):
             # finer than an accuracy that a few hundred examples cannot tell apart.
             "output_error": float(np.mean(np.abs(val_outputs - self.baseline_outputs))),
-            "accuracy": self._score(self._outputs(content, "test"), "test"),
+            "accuracy": self._score(test_outputs, "test"),
             "size_bytes": len(content),
             "gzip_bytes": gzip_size(content),
             "latency_ms_median": latency,
             "latency_ratio": ratio,
             "arena_bytes": self._arena(content),
             "host": this_host(),  # where this trial (and the baseline it is timed against) ran
-        }
+            "n_selection": len(val_outputs),
+            "n_reporting": len(test_outputs),
+        }, examples
 
     def measure(self, content: bytes) -> dict[str, Any]:
-        """All numbers of one .tflite; `drop` (validation) and `test_drop` against the baseline."""
+        """All numbers of one .tflite: `drop` on the selection data and `test_drop` on the reporting data,
+        each against the baseline on the same examples, with their paired standard errors (`drop_se`,
+        `test_drop_se`; None for a metric that is not a mean over examples)."""
         if self.baseline is None:
             self.measure_baseline()
-        row = self._row(bytes(content))
-        row["drop"] = drop(row["val_metric"], self.baseline["val_metric"], higher_better=self.higher_better)
-        row["test_drop"] = drop(row["accuracy"], self.baseline["accuracy"], higher_better=self.higher_better)
+        row, examples = self._row(bytes(content))
+        row["drop"], row["drop_se"] = self._drop(row, examples, "val")
+        row["test_drop"], row["test_drop_se"] = self._drop(row, examples, "test")
         return row
 
     def measure_baseline(self) -> dict[str, Any]:
         """The float32 baseline's numbers (latency ratio 1 by definition)."""
-        row = self._row(self.baseline_tflite)
-        row.update(latency_ratio=1.0, drop=0.0, test_drop=0.0)
+        row, self.baseline_examples = self._row(self.baseline_tflite)
+        row.update(latency_ratio=1.0, drop=0.0, test_drop=0.0, drop_se=0.0, test_drop_se=0.0)
         self.baseline = row
         return row
