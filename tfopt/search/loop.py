@@ -42,16 +42,31 @@ class Job:
     worker: int = 0
     verbose: bool = True
     selection: dict[str, Any] | None = None  # where selection data came from (search.inputs.split_data)
+    sampler: str = "tpe"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
 
 
+SAMPLERS = ("tpe", "random", "nsga2", "gp")
+
+
 def make_sampler(job: Job, num_seeds: int):
+    """Optuna's sampler named by `job.sampler`, seeded per worker (the seeds run first in every case).
+
+    Each trial's constraint is stored with `trial.set_constraint`, which Optuna's samplers read.
+    """
     import optuna
 
+    seed = job.seed + 7919 * job.worker
+    if job.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if job.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if job.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=max(4, num_seeds))
     return optuna.samplers.TPESampler(
-        seed=job.seed + 7919 * job.worker, n_startup_trials=max(4, num_seeds), multivariate=True, group=True,
+        seed=seed, n_startup_trials=max(4, num_seeds), multivariate=True, group=True,
     )
 
 
@@ -123,12 +138,16 @@ class Runner:
         return self.row(self.measurer.measure(tflite)), resolved, keras_model, tflite
 
 
-def _save_artefacts(output_dir: str, name: str, keras_model, tflite: bytes) -> dict[str, str | None]:
+def _save_artefacts(output_dir: str, name: str, keras_model, tflite: bytes, recipe: list[dict[str, Any]]) -> dict[str, str | None]:
+    """The trial's .tflite, and its Keras model only when the recipe changed the weights (a conversion-only
+    trial's Keras model is the user's own: saving it again would only fill the disk)."""
     from tfopt._io import atomic_write, save_keras_model
 
     folder = os.path.join(output_dir, "trials")
     os.makedirs(folder, exist_ok=True)
     paths: dict[str, str | None] = {"tflite": atomic_write(os.path.join(folder, f"{name}.tflite"), tflite), "keras": None}
+    if all(step.get("technique") == "ptq" for step in recipe):
+        return paths
     try:
         paths["keras"] = save_keras_model(keras_model, os.path.join(folder, f"{name}.keras"))
     except Exception:  # noqa: BLE001 - a QAT model in tf_keras may not save as .keras; the .tflite is the artefact
@@ -196,7 +215,7 @@ def run_worker(job: Job, runner: Runner, study, *, progress=None) -> int:
             ran += 1
             continue
         seconds = time.perf_counter() - start
-        row["paths"] = _save_artefacts(job.output_dir, name, keras_model, tflite)
+        row["paths"] = _save_artefacts(job.output_dir, name, keras_model, tflite, recipe)
         broken = violations(row, runner.constraints)
         trial.set_user_attr("name", name)
         trial.set_user_attr("row", row)

@@ -51,3 +51,36 @@ def choose_best(
         key=lambda i: (relative_violation(candidates[i], constraints), candidates[i][objective_key], i),
     )
     return None, nearest
+
+
+def hypervolume_2d(points: Sequence[Sequence[float]], reference: Sequence[float]) -> float:
+    """The area dominated by `points` (both coordinates minimized) inside the box up to `reference`.
+
+    Points at or beyond the reference in either coordinate add nothing.
+
+    >>> hypervolume_2d([(0.0, 2.0), (1.0, 1.0)], (2.0, 3.0))
+    3.0
+    """
+    inside = sorted((float(x), float(y)) for x, y in points if x < reference[0] and y < reference[1])
+    area, ceiling = 0.0, float(reference[1])
+    for x, y in inside:  # sweep along the first coordinate; each point adds the strip below the lowest y so far
+        if y < ceiling:
+            area += (reference[0] - x) * (ceiling - y)
+            ceiling = y
+    return area
+
+
+def hypervolume_history(points: Sequence[Sequence[float] | None], reference: Sequence[float]) -> list[float]:
+    """The hypervolume after each trial, in trial order; `None` marks a trial that counts for nothing
+    (failed, or outside the constraints).
+
+    >>> hypervolume_history([(1.0, 1.0), None, (0.0, 2.0)], (2.0, 3.0))
+    [2.0, 2.0, 3.0]
+    """
+    seen: list[Sequence[float]] = []
+    history = []
+    for point in points:
+        if point is not None:
+            seen.append(point)
+        history.append(hypervolume_2d(seen, reference))
+    return history

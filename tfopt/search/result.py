@@ -10,7 +10,7 @@ from typing import Any
 from tfopt._io import atomic_write, write_json
 from tfopt.search.constraints import Constraints, allowed_drop, chance_within, violations
 from tfopt.search.inputs import describe_selection
-from tfopt.search.pareto import choose_best, pareto_front
+from tfopt.search.pareto import choose_best, hypervolume_history, pareto_front
 
 CANDIDATE_KEYS = (
     "name", "recipe", "tflite", "accuracy", "size_bytes", "gzip_bytes", "latency_ms_median", "arena_bytes",
@@ -41,6 +41,7 @@ class OptimizeResult:
     level: int = 1
     target: str = "cpu"
     selection: dict[str, Any] | None = None
+    hypervolume: dict[str, Any] | None = None
     paths: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
@@ -133,6 +134,7 @@ class OptimizeResult:
             "selection": dict(self.selection or {}) | (
                 {"description": describe_selection(self.selection)} if self.selection else {}
             ),
+            "hypervolume": self.hypervolume,
         }
 
     def plot(self, path: str | os.PathLike | None = None):
@@ -233,6 +235,7 @@ def build_result(trials: list[dict[str, Any]], baseline: dict[str, Any], *, cons
         c["on_pareto_front"] = i in front
     scored = [{**c, "_key": c[key] if c.get(key) is not None else float("inf")} for c in rows]
     best, nearest = choose_best(scored, constraints, objective_key="_key")
+    meta.setdefault("hypervolume", _hypervolume(rows, baseline, objective, limit))
     near = None
     if nearest is not None:
         near = {"name": rows[nearest]["name"], "violated": rows[nearest]["violations"]}
@@ -240,6 +243,52 @@ def build_result(trials: list[dict[str, Any]], baseline: dict[str, Any], *, cons
         baseline=baseline, candidates=rows, best=rows[best]["name"] if best is not None else None, nearest=near,
         constraints=constraints, **meta,
     )
+
+
+def _hypervolume(rows: list[dict[str, Any]], baseline: dict[str, Any], objective: str, limit: float | None) -> dict[str, Any]:
+    """How the search progressed: the hypervolume of the feasible (drop, objective) points after each trial.
+
+    The reference point is the allowed drop (or 1 point, or 0.01 of the metric,
+    past the worst drop seen when unbounded) and the float32 baseline's
+    objective (ratio 1, or its arena): only candidates that beat the baseline
+    and meet the constraints add to it.
+    """
+    ordered = sorted(rows, key=lambda c: c.get("number", 0))
+    if limit is None:
+        limit = max([c["drop"] for c in ordered] + [0.0]) + 0.01
+    if objective == "arena":
+        base = baseline.get("arena_bytes")
+        values = [c["arena_bytes"] for c in ordered if c.get("arena_bytes") is not None]
+        ceiling = float(base) if base else (1.1 * max(values) if values else 1.0)
+    else:
+        ceiling = 1.0
+    reference = (float(limit), ceiling)
+    points = [front_point(c, objective) if c["meets_constraints"] else None for c in ordered]
+    history = hypervolume_history(points, reference)
+    return {
+        "reference": list(reference),
+        "history": [{"trial": c.get("number", i), "value": v} for i, (c, v) in enumerate(zip(ordered, history))],
+    }
+
+
+def plot_hypervolume(result: OptimizeResult, path: str | os.PathLike | None = None):
+    """The hypervolume after each trial (report.json's `hypervolume.history`); returns the matplotlib Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    history = (result.hypervolume or {}).get("history") or []
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.step(range(1, len(history) + 1), [h["value"] for h in history], where="post", color="tab:blue")
+    ax.set_xlabel("trials finished")
+    ax.set_ylabel("hypervolume (drop x objective)")
+    ax.set_title("how the search progressed")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(os.fspath(path), dpi=110)
+    return fig
 
 
 def write_report(result: OptimizeResult) -> dict[str, str]:
@@ -255,22 +304,33 @@ def write_report(result: OptimizeResult) -> dict[str, str]:
             continue
         for kind in ("tflite", "keras"):
             if paths.get(kind) and os.path.exists(paths[kind]):
-                target = os.path.join(folder, f"{c['name']}.{kind}")
-                shutil.copyfile(paths[kind], target)
-                c[kind] = target
+                c[kind] = _link(paths[kind], os.path.join(folder, f"{c['name']}.{kind}"))
         if result.target == "micro" and c["tflite"]:
             c["c_array"] = _c_array(c["tflite"], folder, c["name"])
     import matplotlib.pyplot as plt
 
     fig = result.plot(os.path.join(out, "pareto.png"))
     plt.close(fig)
+    plt.close(plot_hypervolume(result, os.path.join(out, "hypervolume.png")))
     paths = {
         "report.json": write_json(os.path.join(out, "report.json"), result.to_dict()),
         "report.md": atomic_write(os.path.join(out, "report.md"), _markdown(result).encode()),
         "pareto.png": os.path.join(out, "pareto.png"),
+        "hypervolume.png": os.path.join(out, "hypervolume.png"),
     }
     result.paths.update(paths)
     return paths
+
+
+def _link(source: str, target: str) -> str:
+    """`target` names the same file as `source`: a hard link (no second copy on disk), else a copy."""
+    tmp = f"{target}.tmp-{os.getpid()}"
+    try:
+        os.link(source, tmp)
+    except OSError:  # another file system, or links not allowed: a copy
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)  # atomic, and a re-run's report replaces the old entry
+    return target
 
 
 def _c_array(tflite_path: str, folder: str, name: str) -> str | None:
@@ -303,6 +363,11 @@ def _markdown(result: OptimizeResult) -> str:
         "```",
         "",
         "![Pareto front](pareto.png)",
+        "",
+        "![Hypervolume after each trial](hypervolume.png)",
+        "",
+        "The study opens in Optuna's dashboard: `optuna-dashboard study.journal` (the two values are named "
+        "`drop` and the objective).",
         "",
         "## Recipes on the Pareto front (replay with `tfopt.apply`)",
         "",

@@ -15,7 +15,7 @@ from tfopt.search import space
 from tfopt.search import storage as store
 from tfopt.search.constraints import check_request, metric_name
 from tfopt.search.result import OptimizeResult, build_result, write_report
-from tfopt.search.loop import Job, Runner, open_study, run_worker
+from tfopt.search.loop import SAMPLERS, Job, Runner, open_study, run_worker
 
 
 def _positive(value, name: str, kind=int) -> None:
@@ -40,6 +40,7 @@ def optimize(
     storage: str | None = None,
     workers: int = 1,
     seed: int = 0,
+    sampler: str = "tpe",
     verbose: bool = True,
 ) -> OptimizeResult:
     """Searches compression recipes for the smallest (fastest, leanest) model within your constraints.
@@ -87,7 +88,10 @@ def optimize(
         storage: an Optuna storage URL (`sqlite:///x.db`, `postgresql://...`)
             shared by several machines. Defaults to `None`: `output_dir/study.journal`.
         workers: local processes sharing the study. Defaults to `1`.
-        seed: seed of the validation split, sampler and training. Defaults to `0`.
+        seed: seed of the selection split, sampler and training. Defaults to `0`.
+        sampler: Optuna's sampler: `"tpe"` (multi-objective TPE), `"random"`,
+            `"nsga2"` or `"gp"` (`GPSampler`, needs PyTorch). `bench/bench_optimize.py`
+            compares them. Defaults to `"tpe"`.
         verbose: progress bar and one line per trial. Defaults to `True`.
 
     Returns:
@@ -109,6 +113,13 @@ def optimize(
     _positive(max_trials, "max_trials")
     _positive(time_budget_min, "time_budget_min", float)
     _positive(workers, "workers")
+    if sampler not in SAMPLERS:
+        raise InvalidArgumentError(f"Unknown sampler {sampler!r}. Expected one of {SAMPLERS}.")
+    if sampler == "gp":
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            raise InvalidArgumentError("sampler='gp' (Optuna's GPSampler) needs PyTorch: pip install torch, or use 'tpe'.")
     if workers > 1 and not isinstance(metric, str):
         raise InvalidArgumentError("workers > 1 needs a metric by name (a callable cannot be sent to other processes).")
     from tfopt.search.inputs import describe_selection, fingerprint, load_model, memorised_validation, save_inputs, split_data
@@ -124,11 +135,11 @@ def optimize(
     job = Job(
         output_dir=output_dir, level=level, objective=objective, target=target, metric=metric_name(metric),
         constraints=bounds.to_dict(), max_trials=budget, storage=storage, seed=seed, verbose=verbose,
-        deadline=start + 60 * time_budget_min if time_budget_min else None, selection=selection,
+        deadline=start + 60 * time_budget_min if time_budget_min else None, selection=selection, sampler=sampler,
     )
     study = open_study(job, create=True)
     _check_same_study(study, stamp, say, constraints=job.constraints, level=level, objective=objective, target=target,
-                      metric=job.metric)
+                      metric=job.metric, sampler=sampler)
     resumed = len(store.completed(study))
     for params in store.fail_orphans(study):
         study.enqueue_trial(params)
@@ -193,7 +204,7 @@ def _check_same_study(study, stamp: str, say, *, constraints: dict[str, Any], **
             f"(fingerprint {attrs.get('fingerprint')} vs {stamp}). Use a new --output folder or --storage, "
             "or move the old study.journal away."
         )
-    changed = {k: (attrs.get(k), v) for k, v in settings.items() if attrs.get(k) != v}
+    changed = {k: (attrs[k], v) for k, v in settings.items() if k in attrs and attrs[k] != v}
     if changed:
         listed = "; ".join(f"{k}: {old} before, {new} now" for k, (old, new) in changed.items())
         raise InvalidArgumentError(
