@@ -230,3 +230,41 @@ def test_write_json_dash_outside_dispatcher_goes_to_stdout(capsys):
     payload = {"accuracy": np.float32(0.5), "shape": np.array([1, 2])}
     assert common.write_json(common.STDOUT, payload) == "-"
     assert json.loads(capsys.readouterr().out) == {"accuracy": 0.5, "shape": [1, 2]}
+
+
+# ----------------------------------------------------------------------------- optional dependencies
+
+
+def test_missing_legacy_dependency_names_the_extra(monkeypatch):
+    from tfopt import _extras
+    from tfopt.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "tf_keras", None)  # `import tf_keras` now raises ImportError
+    with pytest.raises(MissingDependencyError, match=re.escape('pip install "tfopt[legacy]"')) as info:
+        _extras.require("tf_keras", "Keras 2 (tf_keras) models")
+    assert "tf_keras is not installed (needed for Keras 2 (tf_keras) models)" in str(info.value)
+    assert isinstance(info.value, ImportError)
+
+
+def test_require_names_the_missing_dependency_of_a_dependency(tmp_path, monkeypatch):
+    """A module that imports a missing optional module: the error names the missing one and its extra."""
+    from tfopt import _extras
+
+    (tmp_path / "needs_onnx_thing.py").write_text("import onnx_missing_for_test\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(_extras.EXTRA_OF, "onnx_missing_for_test", "onnx")
+    with pytest.raises(ImportError, match=re.escape('onnx_missing_for_test is not installed (needed for ONNX). '
+                                                    'Install it with: pip install "tfopt[onnx]"')):
+        _extras.require("needs_onnx_thing", "ONNX")
+
+
+def test_require_keeps_other_import_errors(tmp_path, monkeypatch):
+    from tfopt import _extras
+    from tfopt.errors import MissingDependencyError
+
+    (tmp_path / "broken_for_test.py").write_text("import module_that_is_nowhere_for_test\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ImportError) as info:
+        _extras.require("broken_for_test", "a feature")
+    assert not isinstance(info.value, MissingDependencyError)
+    assert info.value.name == "module_that_is_nowhere_for_test"

@@ -52,7 +52,11 @@ def missing(module: str, feature: str) -> MissingDependencyError:
 
 
 def require(module: str, feature: str) -> ModuleType:
-    """Imports an optional module, or raises `missing(module, feature)` from the ImportError.
+    """Imports an optional module, or raises `missing(...)` from the ImportError.
+
+    When the module is installed but an optional module it needs is not (tfmot without
+    tf_keras), the error names the one that is missing. Any other ImportError from inside
+    the module propagates unchanged.
 
     Example:
 
@@ -63,6 +67,7 @@ def require(module: str, feature: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        if err.name is not None and err.name.split(".")[0] != module.split(".")[0]:
+        absent = (err.name or module).split(".")[0]
+        if absent != module.split(".")[0] and absent not in EXTRA_OF:
             raise  # the module is there but one of ITS imports failed: a different problem, keep the traceback
-        raise missing(module, feature) from err
+        raise missing(absent, feature) from err
