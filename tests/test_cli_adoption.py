@@ -268,3 +268,10 @@ def test_require_keeps_other_import_errors(tmp_path, monkeypatch):
         _extras.require("broken_for_test", "a feature")
     assert not isinstance(info.value, MissingDependencyError)
     assert info.value.name == "module_that_is_nowhere_for_test"
+
+
+def test_cli_help_shows_defaults_as_typed(capsys):
+    assert cli.main(["profile", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "(default: 60)" in out and "(default: off)" in out and "'" not in out.split("flags:")[1]
+    assert "--no-FLAG turns it off" in out

@@ -86,13 +86,23 @@ def command_help(name: str, module, fv: flags.FlagValues) -> str:
         if flag.name != flag_name:  # a short name
             continue
         spelled = f"--[no]{flag_name}" if flag.boolean else f"--{flag_name}"
-        default = "" if flag.default is None else f" (default: {flag.default_as_str or repr(flag.default)})"
+        default = "" if flag.default is None else f" (default: {_shown_default(flag)})"
         text = " ".join(flag.help.split()).replace("; repeat this option to specify a list of values", "")
         lines.append(f"  {spelled:<28} {text}{default}")
+    if any(fv[flag_name].boolean for flag_name in set(fv) - set(aliases)):
+        lines += ["", "on/off flags: --FLAG turns one on; --noFLAG or --no-FLAG turns it off."]
     if aliases:
         lines += ["", "deprecated spellings (still accepted, with a warning):"]
         lines += [f"  --{old:<26} use --{new}" for old, new in sorted(aliases.items())]
     return "\n".join(lines)
+
+
+def _shown_default(flag) -> str:
+    """A flag's default as the user would type it: `on` / `off`, `1`, `converter` (absl quotes it: `'1'`)."""
+    if flag.boolean:
+        return "on" if flag.default else "off"
+    text = flag.default_as_str or str(flag.default)
+    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] == "'" else text
 
 
 def valid_flags(fv: flags.FlagValues) -> str:
