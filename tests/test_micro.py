@@ -128,7 +128,8 @@ def test_export_micro_lists_unsupported_ops_with_fixes(unsupported_float, tmp_pa
     written = export_micro(
         unsupported_float, tmp_path / "out", name="head", write_unsupported=True
     )
-    assert len(written.files) == 2 and all(os.path.exists(p) for p in written.files)
+    assert len(written.files) == 3 and all(os.path.exists(p) for p in written.files)
+    assert (tmp_path / "out" / "head.tflite").read_bytes() == unsupported_float  # the exact flatbuffer
 
 
 def test_export_micro_hybrid_model_suggests_int8(tmp_path, tiny_cnn):

@@ -1,6 +1,8 @@
 """`tfopt export-micro MODEL.tflite --output DIR [--data DATA.npz] [--json OUT.json]`.
 
-Runs the model in the TFLite Micro interpreter, then writes `<name>_model_data.cc/.h`.
+Runs the model in the TFLite Micro interpreter, then writes `<name>_model_data.cc/.h` and `<name>.tflite`
+(the same bytes): weight tensors compressed where TFLite Micro's DECODE makes them smaller, and tfopt's own
+arena plan when it measures smaller than TFLite Micro's (`--nocompress`, `--noplan_memory` turn them off).
 Exit code 0 when TFLite Micro runs the model, 1 when it cannot (the unsupported
 ops and their fixes are printed and in the JSON), 2 for a usage error.
 """
@@ -31,6 +33,10 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_boolean("write_unsupported", False, "Write the C files even when TFLite Micro cannot run the model.",
                          flag_values=fv)
     common.define_alias(fv, "micro_write_unsupported", "write_unsupported")
+    flags.DEFINE_boolean("compress", True, "Store weight tensors as look-up-table indices where smaller (TFLite Micro "
+                         "DECODE; the arena then holds the decoded tensors).", flag_values=fv)
+    flags.DEFINE_boolean("plan_memory", True, "Write tfopt's operator order and arena plan when TFLite Micro measures it "
+                         "smaller than its own.", flag_values=fv)
 
 
 def default_name(path: str) -> str:
@@ -55,7 +61,8 @@ def main(args: list[str], fv: flags.FlagValues) -> int:
         inputs={"MODEL": args[0], "--data": fv.data},
         outputs={"--output": fv.output, "--json": fv.json,
                  "C source": os.path.join(fv.output, f"{name}_model_data.cc"),
-                 "C header": os.path.join(fv.output, f"{name}_model_data.h")},
+                 "C header": os.path.join(fv.output, f"{name}_model_data.h"),
+                 "model copy": os.path.join(fv.output, f"{name}.tflite")},
         folder_outputs=("--output",),
     )
     data = checks.load_npz(fv.data, required=("x_test",))["x_test"] if fv.data else None
@@ -63,7 +70,8 @@ def main(args: list[str], fv: flags.FlagValues) -> int:
     if data is not None:
         checks.check_x(data, "x_test", fv.data)
     result = export_micro(args[0], fv.output, name=name, data=data, num_samples=fv.num_samples,
-                          write_unsupported=fv.write_unsupported)
+                          write_unsupported=fv.write_unsupported, compress=fv.compress,
+                          plan_memory=fv.plan_memory)
     print(result.summary())
     if fv.json:
         common.write_json(fv.json, {"model": args[0], **result.to_dict()})

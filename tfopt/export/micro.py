@@ -3,7 +3,17 @@
 `export_micro` loads and runs the model in TFLite Micro's Python interpreter
 (`pip install tflite-micro`) in a child process, lists every op it cannot run with
 a suggested fix, measures the tensor arena, compares its outputs with LiteRT's,
-and only then writes `<name>_model_data.cc` / `.h`.
+and only then writes `<name>_model_data.cc` / `.h` and `<name>.tflite` (the same bytes).
+
+On the way it makes the model smaller for a device, with no change to TFLite Micro:
+weight tensors with few distinct values (clustered, or few values per channel)
+are stored as look-up-table indices that TFLite Micro's DECODE operator expands
+at run time (`tfopt.export.micro_compress` chooses the form), and tfopt plans
+the tensor arena itself (`tfopt.export.micro_plan`: an operator order and an
+offline plan in the flatbuffer's metadata). Every rewritten model runs on the
+TFLite Micro interpreter and must give outputs bit-identical to the plain
+model's before it is written; a plan that measures no smaller than TFLite
+Micro's own is dropped.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ import numpy as np
 from tfopt._io import atomic_write
 from tfopt.measure._isolate import run_child
 from tfopt.analyze.flatbuffer import inspect_tflite, tflite_bytes
-from tfopt.errors import InvalidArgumentError
+from tfopt.errors import BenchmarkError, InvalidArgumentError
 
 _HYBRID = "convert to full integer: tfopt.convert(model, mode='int8', calibration=..., input_type='int8', output_type='int8')"
 _FIXES = {
@@ -59,6 +69,11 @@ class MicroExportResult:
     num_samples: int = 0
     files: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    plain_flash_bytes: int | None = None
+    plain_arena_bytes: int | None = None
+    compressed_tensors: tuple[dict[str, Any], ...] = ()
+    plan: dict[str, Any] | None = None
+    device_build: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -71,9 +86,33 @@ class MicroExportResult:
             f"TFLite Micro export of {self.name!r}: {'OK' if self.ok else 'NOT runnable as is'}"
         ]
         lines.append(f"  ops: {', '.join(self.ops)}")
-        lines.append(f"  flash (model array): {self.flash_bytes:,} bytes")
+        plain = (
+            f" (plain int8: {self.plain_flash_bytes:,} bytes, {self.plain_flash_bytes / self.flash_bytes:.2f}x smaller)"
+            if self.plain_flash_bytes and self.plain_flash_bytes != self.flash_bytes
+            else ""
+        )
+        lines.append(f"  flash (model array): {self.flash_bytes:,} bytes{plain}")
+        if self.compressed_tensors:
+            lines.append(
+                f"  compressed: {len(self.compressed_tensors)} weight tensor(s) as look-up-table indices "
+                f"({', '.join(_describe(c) for c in self.compressed_tensors[:4])}"
+                f"{', ...' if len(self.compressed_tensors) > 4 else ''}); outputs bit-identical on TFLite Micro"
+            )
         if self.arena_bytes is not None:
-            lines.append(f"  tensor arena needed: {self.arena_bytes:,} bytes")
+            plain_arena = (
+                f" (plain int8 with TFLite Micro's plan: {self.plain_arena_bytes:,} bytes)"
+                if self.plain_arena_bytes and self.plain_arena_bytes != self.arena_bytes
+                else ""
+            )
+            lines.append(f"  tensor arena needed: {self.arena_bytes:,} bytes{plain_arena}")
+        if self.plan:
+            p = self.plan
+            verdict = "written" if p["used"] else "not written (" + p["reason"] + ")"
+            lines.append(
+                f"  tfopt's memory plan {verdict}: arena {p['arena_bytes']:,} bytes vs TFLite Micro's own plan "
+                f"{p['tflm_arena_bytes']:,}; head {p['head_bytes']:,} bytes, lower bound of the chosen order "
+                f"{p['lower_bound_bytes']:,} (flatbuffer order: {p['original_lower_bound_bytes']:,})"
+            )
         if self.max_abs_diff_vs_litert is not None:
             lines.append(
                 f"  max |TFLite Micro - LiteRT| over {self.num_samples} input(s): "
@@ -89,6 +128,7 @@ class MicroExportResult:
             lines.append(f"  unsupported: {issue.op or 'model'}{nodes}: {issue.reason}")
             lines.append(f"    fix: {issue.fix}")
         lines.extend(f"  wrote {path}" for path in self.files)
+        lines.extend(f"  device build: {line}" for line in self.device_build)
         lines.extend(f"  note: {note}" for note in self.notes)
         return "\n".join(lines)
 
@@ -99,6 +139,10 @@ class MicroExportResult:
         return out
 
 
+def _describe(choice: dict[str, Any]) -> str:
+    return f"{choice['name']} {choice['bits']}-bit {choice['mode']}"
+
+
 def export_micro(
     tflite: Any,
     out_dir: str | os.PathLike,
@@ -107,6 +151,8 @@ def export_micro(
     data: Any = None,
     num_samples: int = 100,
     write_unsupported: bool = False,
+    compress: bool = True,
+    plan_memory: bool = True,
     timeout: float = 600.0,
 ) -> MicroExportResult:
     """Writes a .tflite as a C/C++ array for TFLite Micro, after running it in TFLite Micro.
@@ -115,30 +161,52 @@ def export_micro(
     for the board's RAM, shows up here instead of on the device. The check runs in
     a child process (TFLite Micro can abort on a bad model). The files are
     `<name>_model_data.cc` (`alignas(16) const unsigned char <name>_tflite[]` and
-    `const unsigned int <name>_tflite_len`) and `<name>_model_data.h`, which also
-    defines `<NAME>_TENSOR_ARENA_BYTES` and lists the ops to register.
+    `const unsigned int <name>_tflite_len`), `<name>_model_data.h`, which also
+    defines `<NAME>_TENSOR_ARENA_BYTES`, lists the ops to register and what the
+    device build needs, and `<name>.tflite`, the same bytes as the array.
+
+    With `compress=True`, weight tensors with few distinct values (a clustered
+    layer after int8 conversion keeps at most `num_clusters` per channel) are
+    stored as 1-7 bit look-up-table indices that TFLite Micro's DECODE operator
+    expands at run time: flash shrinks, and the arena grows by the decoded
+    tensors alive at once. Tensors that would not shrink stay as they are; a
+    model with none is written as it came. With `plan_memory=True`, tfopt
+    chooses an operator order and the arena offsets of every tensor and writes
+    them into the flatbuffer (`OfflineMemoryAllocation` metadata, which stock
+    TFLite Micro reads); it keeps them only when TFLite Micro measures a smaller
+    arena than with its own plan. Every rewritten model runs on the TFLite Micro
+    interpreter and must match the plain model's outputs bit for bit first.
 
     Args:
         tflite: flatbuffer bytes, a .tflite path, or a `ConversionResult`.
-        out_dir: folder for the two files (created if missing).
+        out_dir: folder for the files (created if missing).
         name: C identifier the array is named after. Defaults to `"model"`.
-        data: real inputs for the comparison with LiteRT: an array, `(x, y)` (y is
+        data: real inputs for the comparisons: an array, `(x, y)` (y is
             ignored) or a list of arrays in model-input order; float data is
             quantized with the input's scale. Defaults to `None` (random inputs).
         num_samples: inputs compared at most. Defaults to `100`.
         write_unsupported: write the files even when TFLite Micro cannot run the
             model (e.g. you register a custom kernel yourself). Defaults to `False`.
+        compress: store weight tensors as look-up-table indices where that is
+            smaller. Defaults to `True`.
+        plan_memory: write tfopt's operator order and arena plan when TFLite
+            Micro measures it smaller than its own. Defaults to `True`.
         timeout: seconds before the check is abandoned. Defaults to `600`.
 
     Returns:
         A `MicroExportResult`: `ops`, `unsupported_ops` (each with a fix),
-        `arena_bytes`, `flash_bytes`, `max_abs_diff_vs_litert` (in output
-        quantization steps for integer outputs) and the files written.
+        `arena_bytes`, `flash_bytes` (of the written model),
+        `plain_flash_bytes` / `plain_arena_bytes` (the model as given),
+        `compressed_tensors`, `plan`, `device_build`, `max_abs_diff_vs_litert`
+        (plain model, in output quantization steps for integer outputs) and
+        the files written.
 
     Raises:
         ValueError: not a TFLite flatbuffer, a bad `name`, or bad data.
         ImportError: `tflite-micro` is not installed.
-        tfopt.BenchmarkError: TFLite Micro crashed on the model (the message says where).
+        tfopt.BenchmarkError: TFLite Micro crashed on the model (the message says
+            where), or a compressed or re-planned model's outputs differ from the
+            plain model's (nothing is written).
 
     Example:
 
@@ -154,20 +222,181 @@ def export_micro(
         raise InvalidArgumentError(
             f"name must be a C identifier (letters, digits, _; not starting with a digit). Received: name={name!r}."
         )
-    if (
-        isinstance(num_samples, bool)
-        or not isinstance(num_samples, int)
-        or num_samples < 1
-    ):
-        raise InvalidArgumentError(
-            f"num_samples must be an integer >= 1. Received: num_samples={num_samples!r}."
-        )
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise InvalidArgumentError(f"num_samples must be an integer >= 1. Received: num_samples={num_samples!r}.")
     content = tflite_bytes(tflite)
-    info = inspect_tflite(
-        content
-    )  # a malformed file fails here with a clear ValueError
+    info = inspect_tflite(content)  # a malformed file fails here with a clear ValueError
     _require_tflite_micro()
     xs = _inputs(data, num_samples, len(info.inputs))
+    notes: list[str] = []
+    variants: dict[str, bytes] = {}
+    choices: tuple[dict[str, Any], ...] = ()
+    if compress:
+        compressed, choices, why = compress_for_micro(content)
+        if compressed is not None:
+            variants["compressed"] = compressed
+        elif why:
+            notes.append(why)
+    plan = None
+    if plan_memory:
+        from tfopt.export.micro_plan import plan_tflite
+
+        planned = plan_tflite(variants.get("compressed", content))
+        if planned is None:
+            notes.append("no memory plan: tfopt plans single-subgraph models with static shapes only")
+        else:
+            variants["planned"], plan = planned
+    raw = check_on_micro(content, xs, num_samples=num_samples, variants=variants, timeout=timeout)
+    issues = _group(raw.get("issues", []), info)
+    final, final_raw = content, raw
+    plan_info = None
+    if not issues and variants:
+        checked = {v["name"]: v for v in raw.get("variants", [])}
+        for key in variants:
+            _require_identical(checked.get(key), key, raw.get("num_samples", 0))
+        if "compressed" in variants:
+            final, final_raw = variants["compressed"], checked["compressed"]
+        if plan is not None:
+            mine, stock = checked["planned"], final_raw
+            used = mine["arena_bytes"] < stock["arena_bytes"]
+            plan_info = {
+                "used": used,
+                "reason": "" if used else "TFLite Micro's own plan measured no larger",
+                "arena_bytes": mine["arena_bytes"],
+                "head_bytes_measured": mine.get("arena_head_bytes"),
+                "tflm_arena_bytes": stock["arena_bytes"],
+                "tflm_head_bytes": stock.get("arena_head_bytes"),
+                **plan.to_dict(),
+                "order_changed": plan.order != sorted(plan.order),
+            }
+            if used:
+                final, final_raw = variants["planned"], mine
+            else:
+                notes.append(
+                    f"kept TFLite Micro's own memory plan: tfopt's measured {mine['arena_bytes']:,} bytes, "
+                    f"TFLite Micro's {stock['arena_bytes']:,}"
+                )
+    elif issues:
+        choices = ()
+    ops = _ops_of(final) if final is not content else list(raw["ops"])
+    device = device_build_notes(ops, compressed=bool(choices) and final is not content,
+                                planned=bool(plan_info and plan_info["used"]))
+    quantized = all(o["dtype"] in ("int8", "uint8", "int16") for o in raw.get("outputs", [])) and raw.get("outputs")
+    ref, xnn = raw.get("max_abs_diff_reference"), raw.get("max_abs_diff_xnnpack")
+    files: tuple[str, ...] = ()
+    if not issues or write_unsupported:
+        files = write_c_array(
+            final, out_dir, name=name, arena_bytes=final_raw.get("arena_bytes"), ops=ops, device_build=device
+        )
+        files += (atomic_write(os.path.join(os.fspath(out_dir), f"{name}.tflite"), final),)
+    if issues and not files:
+        notes.append("nothing written: fix the unsupported ops, or pass write_unsupported=True")
+    return MicroExportResult(
+        name=name,
+        ops=tuple(ops),
+        unsupported_ops=issues,
+        arena_bytes=final_raw.get("arena_bytes"),
+        flash_bytes=len(final),
+        max_abs_diff_vs_litert=max(ref) if ref else None,
+        diff_unit="quantization steps" if quantized else "absolute",
+        max_abs_diff_vs_litert_xnnpack=max(xnn) if xnn else None,
+        num_samples=int(raw.get("num_samples", 0)),
+        files=files,
+        notes=tuple(raw.get("notes", ())) + tuple(notes),
+        plain_flash_bytes=len(content),
+        plain_arena_bytes=raw.get("arena_bytes"),
+        compressed_tensors=choices if "compressed" in variants and not issues else (),
+        plan=plan_info,
+        device_build=device,
+    )
+
+
+def flash_bytes(tflite: Any) -> int:
+    """The flash a device holds for a model: the size of its TFLite Micro compressed flatbuffer, in bytes.
+
+    Weight tensors are stored as look-up-table indices where that is smaller
+    (the same choice `export_micro` makes); the size is the plain model's when
+    nothing compresses. This runs no interpreter: `export_micro` checks the
+    compressed model's outputs before writing it.
+
+    Example:
+
+    >>> import keras, numpy as np, tfopt
+    >>> from tfopt.export.micro import flash_bytes
+    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
+    >>> tflite = tfopt.convert(model, mode="int8", calibration=np.random.rand(20, 8).astype("float32"))
+    >>> flash_bytes(tflite) <= len(tflite.tflite)
+    True
+    """
+    content = tflite_bytes(tflite)
+    compressed, _, _ = compress_for_micro(content)
+    return len(compressed) if compressed is not None else len(content)
+
+
+def compress_for_micro(tflite: Any) -> tuple[bytes | None, tuple[dict[str, Any], ...], str]:
+    """The model with its weight tensors as TFLite Micro look-up-table indices where smaller.
+
+    Returns `(compressed bytes or None, the choices, why nothing was compressed)`.
+    Uses TFLite Micro's own writer (`tflite_micro.tensorflow.lite.micro.compression`);
+    no interpreter runs here.
+    """
+    from tfopt.analyze.flatbuffer import weight_tensors_for_micro
+    from tfopt.export.micro_compress import choose_compression
+
+    content = tflite_bytes(tflite)
+    choices = []
+    for tensor in weight_tensors_for_micro(content):
+        choice = choose_compression(tensor["values"], channel_axis=tensor["quantized_dimension"])
+        if choice is not None:
+            choices.append({"tensor": tensor["index"], "name": tensor["name"], **dataclasses.asdict(choice)})
+    if not choices:
+        return None, (), "no weight tensor compresses (each has too many distinct values per channel)"
+    _require_tflite_micro()
+    import warnings
+
+    from tflite_micro.tensorflow.lite.micro.compression import spec
+    from tflite_micro.tensorflow.lite.micro.compression.compress import compress
+    from tflite_micro.tensorflow.lite.micro.compression.compressor import CompressionError
+
+    while choices:
+        specs = [
+            spec.Tensor(
+                subgraph=0,
+                tensor=c["tensor"],
+                compression=[
+                    spec.LookUpTableCompression(
+                        index_bitwidth=c["bits"],
+                        mode=spec.PerTensor() if c["axis"] is None else spec.PerChannel(axis=c["axis"]),
+                    )
+                ],
+            )
+            for c in choices
+        ]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out = bytes(compress(content, specs))
+        except CompressionError as err:
+            refused = [c for c in choices if repr(c["name"]) in str(err) or f"tensor {c['tensor']})" in str(err)]
+            if not refused:
+                return None, (), f"TFLite Micro's writer refused the compression: {err}"
+            choices = [c for c in choices if c not in refused]
+            continue
+        if len(out) >= len(content):
+            return None, (), f"compression would not shrink the model ({len(content):,} -> {len(out):,} bytes)"
+        return out, tuple(choices), ""
+    return None, (), "TFLite Micro's writer refused every tensor"
+
+
+def check_on_micro(
+    content: bytes,
+    xs: list[np.ndarray] | None,
+    *,
+    num_samples: int,
+    variants: dict[str, bytes] | None = None,
+    timeout: float = 600.0,
+) -> dict[str, Any]:
+    """Runs a model (and rewritten `variants` of it) on TFLite Micro in a child process; the raw findings."""
     with tempfile.TemporaryDirectory(prefix="tfopt-micro-") as tmp:
         request = {
             "task": "micro",
@@ -175,53 +404,66 @@ def export_micro(
             "result_path": os.path.join(tmp, "result.json"),
             "num_samples": num_samples,
             "seed": 0,
+            "variants": [],
         }
         with open(request["tflite_path"], "wb") as handle:
             handle.write(content)
+        for key, blob in (variants or {}).items():
+            path = os.path.join(tmp, f"{key}.tflite")
+            with open(path, "wb") as handle:
+                handle.write(blob)
+            request["variants"].append({"name": key, "path": path})
         if xs is not None:
             request["data_path"] = os.path.join(tmp, "data.npz")
             np.savez(request["data_path"], **{f"x{i}": x for i, x in enumerate(xs)})
         raw, _ = run_child(
-            "tfopt.measure._micro_runner",
-            request,
-            tmp,
-            timeout=timeout,
-            runtime="the TFLite Micro interpreter",
+            "tfopt.measure._micro_runner", request, tmp, timeout=timeout, runtime="the TFLite Micro interpreter"
         )
-    issues = _group(raw.get("issues", []), info)
-    quantized = all(
-        o["dtype"] in ("int8", "uint8", "int16") for o in raw.get("outputs", [])
-    ) and raw.get("outputs")
-    ref, xnn = raw.get("max_abs_diff_reference"), raw.get("max_abs_diff_xnnpack")
-    files: tuple[str, ...] = ()
-    if not issues or write_unsupported:
-        files = write_c_array(
-            content,
-            out_dir,
-            name=name,
-            arena_bytes=raw.get("arena_bytes"),
-            ops=raw["ops"],
+    return raw
+
+
+def _require_identical(found: dict[str, Any] | None, key: str, num_samples: int) -> None:
+    what = {"compressed": "compressed", "planned": "re-planned (reordered, offline arena plan)"}.get(key, key)
+    if found is None:
+        raise BenchmarkError(f"the {what} model was not checked on TFLite Micro; nothing was written.")
+    if found.get("issues"):
+        reasons = "; ".join(f"{i['op'] or 'model'}: {i['reason']}" for i in found["issues"])
+        raise BenchmarkError(
+            f"TFLite Micro cannot run the {what} model although it runs the plain one ({reasons}); nothing was written. "
+            "Pass compress=False / plan_memory=False (--nocompress / --noplan_memory) to write the plain model, "
+            "and report this model to tfopt."
         )
-    return MicroExportResult(
-        name=name,
-        ops=tuple(raw["ops"]),
-        unsupported_ops=issues,
-        arena_bytes=raw.get("arena_bytes"),
-        flash_bytes=len(content),
-        max_abs_diff_vs_litert=max(ref) if ref else None,
-        diff_unit="quantization steps" if quantized else "absolute",
-        max_abs_diff_vs_litert_xnnpack=max(xnn) if xnn else None,
-        num_samples=int(raw.get("num_samples", 0)),
-        files=files,
-        notes=tuple(raw.get("notes", ()))
-        + (
-            (
-                "nothing written: fix the unsupported ops, or pass write_unsupported=True",
-            )
-            if issues and not files
-            else ()
-        ),
-    )
+    if found.get("mismatched_samples"):
+        raise BenchmarkError(
+            f"the {what} model's outputs differ from the plain model's on TFLite Micro: "
+            f"{found['mismatched_samples']} of {found.get('num_samples', num_samples)} inputs, up to "
+            f"{found['max_abs_diff']:g} steps. Expected bit-identical outputs; nothing was written. Pass "
+            "compress=False / plan_memory=False (--nocompress / --noplan_memory) to write the plain model, "
+            "and report this model to tfopt."
+        )
+
+
+def device_build_notes(ops: list[str], *, compressed: bool, planned: bool) -> tuple[str, ...]:
+    """What a TFLite Micro firmware build needs for this model (build options and op resolver entries)."""
+    calls = ", ".join(resolver_method(op) for op in ops)
+    notes = [f"MicroMutableOpResolver<{len(ops)}> with {calls}"]
+    if compressed:
+        notes.append(
+            "compressed weights: TFLite Micro sources with the DECODE operator (kernels/decode.cc, "
+            "decode_state_lut.cc; tflite-micro 2026 or later) and resolver.AddDecode() (custom op TFLM_DECODE); "
+            "no build flag is needed (USE_TFLM_COMPRESSION enables the older COMPRESSION_METADATA format, "
+            "which tfopt does not write); the arena holds the decoded tensors"
+        )
+    if planned:
+        notes.append(
+            "tfopt's memory plan is in the model (OfflineMemoryAllocation metadata): use the default "
+            "MicroAllocator / GreedyMemoryPlanner, which reads it; keep the operator order of this file"
+        )
+    return tuple(notes)
+
+
+def _ops_of(content: bytes) -> list[str]:
+    return list(dict.fromkeys(op.name for op in inspect_tflite(content).ops if op.subgraph == 0))
 
 
 def _require_tflite_micro() -> None:
@@ -301,6 +543,8 @@ def _group(issues: list[dict[str, Any]], info) -> tuple[UnsupportedOp, ...]:
 
 def resolver_method(op: str) -> str:
     """The `MicroMutableOpResolver` method that registers an op, e.g. CONV_2D -> AddConv2D."""
+    if op == "CUSTOM:TFLM_DECODE":
+        return "AddDecode()"
     if op.startswith("CUSTOM:"):
         return f'AddCustom("{op[7:]}", /* your registration */)'
     special = {"PADV2": "AddPadV2", "BATCH_MATMUL": "AddBatchMatMul"}
@@ -312,7 +556,7 @@ def resolver_method(op: str) -> str:
 
 
 def c_source(
-    content: bytes, *, name: str, arena_bytes: int | None, ops: list[str]
+    content: bytes, *, name: str, arena_bytes: int | None, ops: list[str], device_build: tuple[str, ...] = ()
 ) -> tuple[str, str]:
     """The (.cc, .h) text holding the model as an aligned byte array named `<name>_tflite`."""
     guard = f"TFOPT_{name.upper()}_MODEL_DATA_H_"
@@ -332,7 +576,9 @@ def c_source(
             else ""
         )
         + f"// Ops to register, e.g. tflite::MicroMutableOpResolver<{len(ops)}> resolver;\n{methods}\n\n"
-        f"#endif  // {guard}\n"
+        + "".join(f"// Device build: {line}\n" for line in device_build[1:])
+        + ("\n" if device_build[1:] else "")
+        + f"#endif  // {guard}\n"
     )
     rows = [
         ", ".join(f"0x{b:02x}" for b in content[i : i + 12])
@@ -362,6 +608,7 @@ def write_c_array(
     name: str = "model",
     arena_bytes: int | None = None,
     ops: list[str] | None = None,
+    device_build: tuple[str, ...] = (),
 ) -> tuple[str, str]:
     """Writes `<name>_model_data.cc` and `.h` atomically (no TFLite Micro check); returns their paths.
 
@@ -382,7 +629,7 @@ def write_c_array(
                 op.name for op in inspect_tflite(content).ops if op.subgraph == 0
             )
         )
-    source, header = c_source(content, name=name, arena_bytes=arena_bytes, ops=ops)
+    source, header = c_source(content, name=name, arena_bytes=arena_bytes, ops=ops, device_build=device_build)
     out_dir = os.fspath(out_dir)
     h_path = atomic_write(
         os.path.join(out_dir, f"{name}_model_data.h"), header.encode()

@@ -192,11 +192,12 @@ def probe(content: bytes) -> dict[str, Any]:
     return {"ops": ops, "issues": issues, "interpreter": None, "arena": arena, **ids}
 
 
-def _arena_used(interpreter) -> int | None:
+def _arena(interpreter) -> tuple[int | None, int | None]:
+    """(total, head) bytes of the arena from TFLite Micro's recording allocator; the head holds the planned tensors."""
     with captured_output() as log:
         interpreter.print_allocations()
-    found = re.search(r"Arena allocation total (\d+) bytes", log[0])
-    return int(found.group(1)) if found else None
+    found = [re.search(rf"Arena allocation {part} (\d+) bytes", log[0]) for part in ("total", "head")]
+    return tuple(int(f.group(1)) if f else None for f in found)
 
 
 def _litert_outputs(
@@ -315,8 +316,12 @@ def check_micro(request: dict[str, Any]) -> dict[str, Any]:
             [np.array(interpreter.get_output(j)) for j in range(num_outputs)]
         )
         if k == 0:
-            result["arena_bytes"] = _arena_used(interpreter)
+            result["arena_bytes"], result["arena_head_bytes"] = _arena(interpreter)
     result["num_samples"] = len(xs[0])
+    if request.get("variants"):
+        result["variants"] = [
+            _check_variant(variant, xs, inputs, order, micro_out) for variant in request["variants"]
+        ]
     if litert is None:
         return result
     stage("litert-compare")
@@ -341,6 +346,43 @@ def check_micro(request: dict[str, Any]) -> dict[str, Any]:
     result["max_abs_diff_reference"] = _max_diff(micro_out, reference)
     result["max_abs_diff_xnnpack"] = _max_diff(micro_out, xnnpack)
     return result
+
+
+def _check_variant(
+    variant: dict[str, Any], xs: list[np.ndarray], inputs, order: list[int], plain_out: list[list[np.ndarray]]
+) -> dict[str, Any]:
+    """Runs a rewritten model (compressed, re-planned) on the same inputs; compares with the plain model bit for bit."""
+    with open(variant["path"], "rb") as handle:
+        blob = handle.read()
+    stage(f"micro-variant {variant['name']}")
+    found = probe(blob)
+    out: dict[str, Any] = {"name": variant["name"], "bytes": len(blob), "issues": found["issues"]}
+    interpreter = found["interpreter"]
+    if interpreter is None:
+        return out
+    mismatched = 0
+    worst = 0.0
+    for k in range(len(xs[0])):
+        for pos, i in enumerate(order):
+            interpreter.set_input(_feed(xs[pos][k : k + 1], inputs[i]), i)
+        try:
+            with captured_output() as log:
+                interpreter.invoke()
+        except RuntimeError as err:
+            out["issues"].append({"op": None, "nodes": [], "reason": f"invoke failed: {log[0].strip() or err}"})
+            return out
+        got = [np.array(interpreter.get_output(j)) for j in range(len(plain_out[k]))]
+        if k == 0:
+            out["arena_bytes"], out["arena_head_bytes"] = _arena(interpreter)
+        same = all(
+            a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+            for a, b in zip(got, plain_out[k])
+        )
+        if not same:
+            mismatched += 1
+            worst = max([worst] + _max_diff([got], [plain_out[k]]))
+    out.update(num_samples=len(xs[0]), mismatched_samples=mismatched, max_abs_diff=worst)
+    return out
 
 
 def _micro_detail(detail: dict) -> dict:
