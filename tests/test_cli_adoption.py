@@ -275,3 +275,20 @@ def test_cli_help_shows_defaults_as_typed(capsys):
     out = capsys.readouterr().out
     assert "(default: 60)" in out and "(default: off)" in out and "'" not in out.split("flags:")[1]
     assert "--no-FLAG turns it off" in out
+
+
+def test_cli_summary_hints_speak_flags(monkeypatch, capsys):
+    """What a command prints (a library summary with a Python hint) reaches the user as flags; --json - stays JSON."""
+    module = cli.command_module("profile")
+
+    def fake_main(args, fv):
+        print("nothing written: pass unsafe=True, or tfopt.convert(model, mode='int8', calibration=...) first")
+        common.write_json(fv.json, {"hint": "unsafe=True"})
+        return 0
+
+    monkeypatch.setattr(module, "main", fake_main)
+    assert cli.main(["profile", "m.keras", "--json", "-"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"hint": "unsafe=True"}  # data is never rewritten
+    assert captured.err.strip() == ("nothing written: pass --unsafe, or "
+                                    "`tfopt convert MODEL --mode int8 --calibration ...` first")

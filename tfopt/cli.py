@@ -15,7 +15,9 @@ command's own flags (`common.flag_hints`), not as Python keyword arguments.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import functools
 import importlib
 import importlib.util
 import os
@@ -184,6 +186,7 @@ def parse_flags(name: str, fv: flags.FlagValues, args: list[str]) -> list[str]:
     return positional
 
 
+@functools.cache
 def _flag_sets() -> dict[str, flags.FlagValues]:
     """Command name -> its flags, for hints that name another command (`tfopt.convert(...)` -> `tfopt convert`)."""
     return {name: command_flags(command_module(name)) for name in command_names()}
@@ -231,10 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         positional = parse_flags(name, fv, args)
-        if "json" in fv and fv["json"].value == common.STDOUT:
-            with common.json_to_stdout():  # stdout carries the JSON only; the command's other lines go to stderr
-                return int(module.main(positional, fv) or 0)
-        return int(module.main(positional, fv) or 0)
+        with contextlib.ExitStack() as stack:
+            if "json" in fv and fv["json"].value == common.STDOUT:
+                stack.enter_context(common.json_to_stdout())  # stdout: the JSON only; other lines go to stderr
+            stack.enter_context(common.speak_flags(fv, _flag_sets))  # summaries' hints as this command's flags
+            return int(module.main(positional, fv) or 0)
     except TfoptError as err:
         print(f"tfopt {name}: error: {common.flag_hints(one_line(str(err)), fv, _flag_sets)}", file=sys.stderr)
         return 2

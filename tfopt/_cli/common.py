@@ -174,6 +174,32 @@ def flag_hints(message: str, fv: flags.FlagValues,
     return _SHAPE.sub(lambda m: m.group(0).replace("None", "N").replace(",)", ")"), message)
 
 
+# Text that may hold a Python form worth rewriting (a keyword argument, a tfopt.<verb>(...) call, None, a tuple).
+_PYTHONIC = re.compile(r"[a-z_]=|tfopt\.[a-z_]+\(|None|\('|\['")
+
+
+class _FlagSpeaker:
+    """A text stream that passes each write through `flag_hints` (the command's summaries and notes)."""
+
+    def __init__(self, stream, fv: flags.FlagValues, commands) -> None:
+        self._stream, self._fv, self._commands = stream, fv, commands
+
+    def write(self, text: str) -> int:
+        if _PYTHONIC.search(text):
+            text = flag_hints(text, self._fv, self._commands)
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def speak_flags(fv: flags.FlagValues, commands=()) -> Iterator[None]:
+    """While active, what the command prints has its hints rewritten as flags (see `flag_hints`)."""
+    with contextlib.redirect_stdout(_FlagSpeaker(sys.stdout, fv, commands)):
+        yield
+
+
 # ----------------------------------------------------------------------------- shared flag groups
 
 
