@@ -310,3 +310,49 @@ def test_report_names_each_machine_only_when_trials_ran_on_one():
     assert _hosts(one) == "host: CPU A"
     assert _hosts(two) == "on 2 machines, named per candidate in report.json"
     assert _hosts(old) == "host not recorded"
+
+
+def test_level1_records_hypervolume_and_keeps_disk_small(level1):
+    result, out, _, _ = level1
+    report = json.load(open(os.path.join(out, "report.json")))
+    history = [h["value"] for h in report["hypervolume"]["history"]]
+    assert len(history) == report["trials_completed"]
+    assert all(b >= a for a, b in zip(history, history[1:])) and history[-1] > 0
+    assert os.path.getsize(os.path.join(out, "hypervolume.png")) > 3000
+    # a conversion-only trial keeps its .tflite and nothing else; pareto/ links to it, no second copy
+    assert not [f for f in os.listdir(os.path.join(out, "trials")) if f.endswith(".keras")]
+    for c in result.pareto_front:
+        original = os.path.join(out, "trials", c["name"] + ".tflite")
+        assert os.path.samefile(c["tflite"], original)
+
+
+@pytest.mark.parametrize("sampler, message", [("cmaes", "Unknown sampler"), ("gp", "PyTorch")], ids=["unknown", "gp-no-torch"])
+def test_bad_sampler_fails_before_any_work(tmp_path, sampler, message):
+    import importlib.util
+
+    if sampler == "gp" and importlib.util.find_spec("torch") is not None:
+        pytest.skip("PyTorch is installed: GPSampler runs")
+    with pytest.raises(InvalidArgumentError, match=message):
+        optimize("no_such_model.keras", "no_such_data.npz", output_dir=tmp_path / "x", sampler=sampler)
+    assert not (tmp_path / "x").exists()
+
+
+def test_sqlite_storage_and_refusal_to_resume_another_models_study(digits, tmp_path):
+    import keras
+
+    model, _, npz = digits
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    result = optimize(model, npz, level=1, output_dir=tmp_path / "a", storage=url, max_trials=1, verbose=False)
+    assert result.trials_completed == 1 and os.path.getsize(tmp_path / "study.db") > 0
+    other = keras.models.clone_model(model)  # same architecture, other weights: another model
+    other.set_weights([w + 0.01 for w in model.get_weights()])
+    with pytest.raises(InvalidArgumentError, match="another model or data"):
+        optimize(other, npz, level=1, output_dir=tmp_path / "b", storage=url, max_trials=1, verbose=False)
+    assert not (tmp_path / "b" / "report.json").exists()
+
+
+def test_time_budget_stops_starting_trials(digits, tmp_path):
+    model, _, npz = digits
+    result = optimize(model, npz, level=1, output_dir=tmp_path / "t", time_budget_min=1e-4, verbose=False)
+    assert result.trials_completed == 0 and result.best is None  # the budget ran out while measuring the baseline
+    assert json.load(open(tmp_path / "t" / "report.json"))["trials_completed"] == 0
