@@ -207,7 +207,8 @@ def main() -> int:
         checks = [defaults_check("mnist5k", momentum=m, num_train=4000, epochs=4) for m in (0.99, 0.9)]
         for row in checks:
             print(row, flush=True)
-        write_json(args.defaults_only, {"provenance": stamp(script=__file__), "defaults_check": checks, "args": vars(args)})
+        write_json(args.defaults_only,
+                   {"provenance": stamp(script=__file__), "defaults_check": checks, "args": vars(args)})
         print(f"wrote {args.defaults_only}")
         return 0
     import tf_keras  # the bench builds the tf_keras twin itself; tfopt reaches tf_keras only in tfopt/_legacy

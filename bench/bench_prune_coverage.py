@@ -209,8 +209,8 @@ def main() -> int:
     print("done when:", done)
     from tfopt._io import write_json
 
-    write_json(args.json, {"provenance": stamp(script=__file__), "rows": rows, "done_when": done, "target_sparsity": TARGET,
-                           "train_steps": STEPS})
+    write_json(args.json, {"provenance": stamp(script=__file__), "rows": rows, "done_when": done,
+                           "target_sparsity": TARGET, "train_steps": STEPS})
     print(f"wrote {args.json}")
     return 0 if done["all_passed"] else 1
 
