@@ -208,3 +208,74 @@ def load_model(model: Any):
     if isinstance(model, (str, os.PathLike)):
         return load(os.fspath(model))
     raise InvalidArgumentError(f"model must be a Keras model or a model file path. Received: {type(model).__name__}.")
+
+
+def check_storage(url: str | None, output_dir: str) -> None:
+    """Refuses, before any work, a study storage optimize could not open or write.
+
+    `None` (the journal in `output_dir`), a `.journal` path or `journal:PATH`:
+    its folder must exist (or be creatable) and be writable. A database URL
+    (`sqlite:///`, `postgresql://`, `mysql://` ...): its scheme must parse and
+    its driver be installed; sqlite's folder must be writable; a server must
+    answer within 10 s.
+
+    Raises:
+        tfopt.errors.InvalidArgumentError: what is wrong with the storage and how to fix it.
+    """
+    if url is not None and not isinstance(url, str):
+        raise InvalidArgumentError(f"storage must be a URL string or None. Received: {type(url).__name__}.")
+    if url is None or url.endswith(".journal") or url.startswith("journal:"):
+        path = os.path.join(output_dir, "study.journal") if url is None else url.removeprefix("journal:")
+        _writable_folder(os.path.dirname(os.path.abspath(path)) or ".", f"the study journal {path!r}")
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    hint = "Expected e.g. sqlite:///study.db or postgresql://user:password@host/db, or leave --storage out."
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise InvalidArgumentError(f"storage {url!r} is not a database URL. {hint}") from None
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:":
+            _writable_folder(os.path.dirname(os.path.abspath(database)) or ".", f"the sqlite file {database!r}")
+        return
+    from tfopt.search.storage import _driver
+
+    try:
+        engine = create_engine(_driver(url), connect_args=_timeout(parsed.get_backend_name()))
+    except (NoSuchModuleError, ModuleNotFoundError, ImportError) as err:
+        raise InvalidArgumentError(
+            f"storage {url!r}: no driver for {parsed.drivername!r} is installed ({err}). Install it "
+            "(psycopg2-binary for PostgreSQL, pymysql for MySQL), or use a sqlite:/// or journal storage."
+        ) from None
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as err:  # noqa: BLE001 - any failure to reach the server is one user-facing error
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise InvalidArgumentError(
+            f"storage {parsed.render_as_string(hide_password=True)!r} cannot be reached: {first}. Check that the "
+            "server runs and the URL, user and password are right, or leave --storage out (a journal file in --output)."
+        ) from None
+    finally:
+        engine.dispose()
+
+
+def _timeout(backend: str) -> dict[str, Any]:
+    return {"connect_timeout": 10} if backend in ("postgresql", "mysql") else {}
+
+
+def _writable_folder(folder: str, what: str) -> None:
+    existing = folder
+    while not os.path.isdir(existing):
+        parent = os.path.dirname(existing)
+        if parent == existing:
+            break
+        existing = parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InvalidArgumentError(
+            f"{what} cannot be written: {existing!r} is not writable. Choose a folder you can write to."
+        )

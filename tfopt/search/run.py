@@ -122,11 +122,14 @@ def optimize(
             raise InvalidArgumentError("sampler='gp' (Optuna's GPSampler) needs PyTorch: pip install torch, or use 'tpe'.")
     if workers > 1 and not isinstance(metric, str):
         raise InvalidArgumentError("workers > 1 needs a metric by name (a callable cannot be sent to other processes).")
-    from tfopt.search.inputs import describe_selection, fingerprint, load_model, memorised_validation, save_inputs, split_data
+    from tfopt.search.inputs import (
+        check_storage, describe_selection, fingerprint, load_model, memorised_validation, save_inputs, split_data,
+    )
 
     start = time.time()
     say = print if verbose else (lambda *a, **k: None)
     output_dir = os.path.abspath(os.fspath(output_dir))
+    check_storage(storage, output_dir)
     os.makedirs(output_dir, exist_ok=True)
     model = load_model(model)
     parts, selection = split_data(data, seed=seed)
@@ -137,7 +140,7 @@ def optimize(
         constraints=bounds.to_dict(), max_trials=budget, storage=storage, seed=seed, verbose=verbose,
         deadline=start + 60 * time_budget_min if time_budget_min else None, selection=selection, sampler=sampler,
     )
-    study = open_study(job, create=True)
+    study = _open(job)
     _check_same_study(study, stamp, say, constraints=job.constraints, level=level, objective=objective, target=target,
                       metric=job.metric, sampler=sampler)
     resumed = len(store.completed(study))
@@ -167,6 +170,22 @@ def optimize(
             progress.close()
     _wait_for_others(study, say)
     return _finish(study, runner, job, resumed)
+
+
+def _open(job: Job):
+    """The study, or one clear error naming the storage when what is there cannot be read."""
+    from tfopt.search.storage import JOURNAL
+
+    where = job.storage or os.path.join(job.output_dir, JOURNAL)
+    try:
+        return open_study(job, create=True)
+    except Exception as err:  # noqa: BLE001 - whatever the storage's reader raised, the user's file is damaged
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else "no message"
+        raise InvalidArgumentError(
+            f"The study storage {where!r} could not be read ({type(err).__name__}: {first}); it looks damaged "
+            "(a disk that filled up, a copy cut short, another program's file). Move it away to start a new study "
+            "in this folder, or use a new --output folder; the finished trials' files in trials/ stay as they are."
+        ) from None
 
 
 def _wait_for_others(study, say, *, max_wait_s: float = 1800.0) -> None:
