@@ -20,9 +20,11 @@ runtime path it times or scores, and the data and training helpers it calls. Plu
 from __future__ import annotations
 
 import datetime
+import glob
 import importlib.metadata
 import os
 import platform
+import re
 import subprocess
 import sys
 
@@ -174,7 +176,7 @@ def stale_because(path: str) -> list[str]:
         raise ValueError(f"{name} records no commit: re-run {script} (it writes 'provenance').")
     if _git("cat-file", "-e", f"{commit}^{{commit}}") is None:
         raise ValueError(f"{name} records commit {commit[:12]}, which this clone does not hold.")
-    log = _git("log", "--format=%h %s", f"{commit}..HEAD", "--", *measured_paths(script))
+    log = _git("log", "--format=%h %<(60,trunc)%s", f"{commit}..HEAD", "--", *measured_paths(script))
     if log is None:
         raise ValueError(f"git log failed for {name} (commit {commit[:12]}).")
     return [line for line in log.splitlines() if line]
@@ -206,3 +208,49 @@ def merged(payloads: list[dict], *, script: str, ran: bool) -> dict:
     oldest = min(records, key=lambda record: record.get("date") or "")
     keys = ("commit", "commit_short", "dirty", "date", "host", "command", "python", "packages")
     return {**now, **{key: oldest.get(key) for key in keys}, "merged_by": now["command"]}
+
+
+HISTORICAL = re.compile(r"<!--\s*bench:\s*historical\s+([\w.-]+\.json)\s*-->")
+
+
+def pages(root: str = ROOT) -> dict[str, str]:
+    """README.md and docs/**/*.md by path relative to the repository: the pages that may quote a result."""
+    docs = sorted(glob.glob(os.path.join(root, "docs", "**", "*.md"), recursive=True))
+    paths = [os.path.join(root, "README.md"), *docs]
+    return {os.path.relpath(p, root): open(p, encoding="utf-8").read() for p in paths if os.path.isfile(p)}
+
+
+def quoted_on(name: str, script: str, texts: dict[str, str]) -> list[str]:
+    """Pages that quote a result (name its JSON or its script) without marking it `<!-- bench: historical X.json -->`."""
+    quoting = []
+    for page, text in texts.items():
+        historical = set(HISTORICAL.findall(text))
+        body = HISTORICAL.sub("", text)
+        if name not in historical and (name in body or script in body):
+            quoting.append(page)
+    return quoting
+
+
+def report(root: str = ROOT) -> list[dict]:
+    """One row per result under bench/results/: name, script, command, stale commits, pages quoting it."""
+    import json
+
+    texts, rows = pages(root), []
+    for path in sorted(glob.glob(os.path.join(root, "bench", "results", "*.json"))):
+        name = os.path.basename(path)
+        with open(path, encoding="utf-8") as handle:
+            payload = json.load(handle)
+        commit, script = recorded(payload, name)
+        provenance = payload.get("provenance")
+        command = provenance.get("command") if isinstance(provenance, dict) else None
+        command = command or payload.get("command") or (payload.get("commands") or [None])[0]
+        rows.append({"name": name, "script": script, "commit": commit, "command": command or f"python {script}",
+                     "stale": stale_because(path), "quoted_on": quoted_on(name, script, texts)})
+    return rows
+
+
+if __name__ == "__main__":  # python bench/_provenance.py: which results are stale, and the command that re-runs each
+    for row in report():
+        state = f"STALE ({len(row['stale'])} commits, latest {row['stale'][0]})" if row["stale"] else "current"
+        quoted = f"quoted on {', '.join(row['quoted_on'])}" if row["quoted_on"] else "not quoted"
+        print(f"{row['name']}: {state}; {quoted}\n    re-run: {row['command']}")
