@@ -82,7 +82,7 @@ CASES = [
     # half a validation split, too little test data
     ("x_val-without-y_val", _fresh(data="{d}/x_val_only.npz"), ["x_val but no y_val"]),
     ("y_val-without-x_val", _fresh(data="{d}/y_val_only.npz"), ["y_val but no x_val"]),
-    ("x_val-y_val-lengths", _fresh(data="{d}/val_length.npz"), ["x_val", "50", "40"]),
+    ("x_val-y_val-lengths", _fresh(data="{d}/val_length.npz"), ["val", "50", "40"]),
     ("tiny-test-split", _fresh(data="{d}/tiny_test.npz"), ["at least 40"]),
     # bounds and options
     ("confidence-low", _fresh("--confidence", "0.3"), ["confidence"]),

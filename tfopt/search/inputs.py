@@ -269,13 +269,17 @@ def _timeout(backend: str) -> dict[str, Any]:
 
 
 def _writable_folder(folder: str, what: str) -> None:
+    """`folder` (or, when it does not exist yet, the nearest folder above it) takes a new file."""
+    import tempfile
+
     existing = folder
-    while not os.path.isdir(existing):
-        parent = os.path.dirname(existing)
-        if parent == existing:
-            break
-        existing = parent
-    if not os.access(existing, os.W_OK | os.X_OK):
+    while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
         raise InvalidArgumentError(
-            f"{what} cannot be written: {existing!r} is not writable. Choose a folder you can write to."
-        )
+            f"{what} cannot be written: {existing!r} takes no new file ({err.strerror or err}). "
+            "Choose a folder you can write to."
+        ) from None

@@ -131,6 +131,8 @@ def optimize(
     output_dir = os.path.abspath(os.fspath(output_dir))
     check_storage(storage, output_dir)
     os.makedirs(output_dir, exist_ok=True)
+    if storage is not None and (storage.endswith(".journal") or storage.startswith("journal:")):
+        os.makedirs(os.path.dirname(os.path.abspath(storage.removeprefix("journal:"))), exist_ok=True)
     model = load_model(model)
     parts, selection = split_data(data, seed=seed)
     stamp = fingerprint(model, parts)
