@@ -99,7 +99,7 @@ def test_convert_refuses_lambda_file_by_default(tmp_path):
         ({"mode": "float16", "float_fallback": ["conv"]}, "quantizes nothing"),
         ({"mode": "int8", "calibration": np.zeros((2, 8, 8, 1)), "float_fallback": ["nope"]}, "matched no op"),
         ({"mode": "int8", "validation": (np.zeros((2, 8, 8, 1)), np.zeros(2))}, "only used by float_fallback='auto'"),
-        ({"mode": "int8", "float_fallback": "auto", "max_accuracy_drop": 2}, "max_accuracy_drop is a fraction"),
+        ({"mode": "int8", "float_fallback": "auto", "max_accuracy_drop": 150}, "max_accuracy_drop is in points"),
         ({"mode": "int8"}, "needs calibration data"),
         ({"mode": "float16", "input_type": "int8"}, "input_type='int8' is not available"),
         ({"mode": "float32", "calibration": np.zeros((2, 8, 8, 1))}, "only used by modes"),
@@ -220,7 +220,7 @@ def test_convert_litert_engine_result(mlp):
     assert result.to_dict()["engine"] == "litert_quantizer" and "litert_quantizer (static_wi8_ai8)" in result.summary()
     again = tfopt.convert(tfopt.convert(model, check_delegation=False), mode="int4", engine="litert_quantizer",
                           check_delegation=False)  # a float .tflite goes in too
-    assert again.recipe == "dynamic_wi4_afp32" and set(again.inspection.precision_counts) == {"hybrid"}
+    assert again.recipe == "dynamic_wi4_afp32" and set(again.inspection.precision_counts) == {"hybrid-int4"}
 
 
 @pytest.mark.parametrize("engine", ["converter", "litert_quantizer"])

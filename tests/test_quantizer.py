@@ -30,7 +30,7 @@ def test_quantizer_static_int8_is_full_integer(model):
 
 @pytest.mark.parametrize(
     "recipe, precision",
-    [("16x8", "int16x8"), ("int4", "hybrid"), ("weight_only_wi8_afp32", "dequantized-int8")],
+    [("16x8", "int16x8"), ("int4", "hybrid-int4"), ("weight_only_wi8_afp32", "dequantized-int8")],
     ids=["16x8", "int4", "weight_only"],
 )
 def test_quantizer_recipes_by_name_and_alias(model, recipe, precision):

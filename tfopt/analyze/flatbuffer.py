@@ -89,7 +89,7 @@ class OpInfo:
     name: str
     input_dtypes: tuple[str, ...]
     output_dtypes: tuple[str, ...]
-    precision: str  # int8, int16x8, hybrid, float16-weights, float32, or other
+    precision: str  # int8, int4, int16x8, int16x4, hybrid, hybrid-int4, float16-weights, float32, or other
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +145,7 @@ class TFLiteInspection:
         """Bytes of constant data by dtype."""
         totals: dict[str, int] = collections.defaultdict(int)
         for w in self.weights:
-            totals[w.dtype] += w.num_elements * _itemsize(w.dtype)
+            totals[w.dtype] += (w.num_elements + 1) // 2 if w.dtype == "INT4" else w.num_elements * _itemsize(w.dtype)
         return dict(totals)
 
     def summary(self) -> str:
@@ -421,7 +421,13 @@ def _weight_info(model, tensor) -> WeightInfo:
     data = buffer_bytes(model, tensor)
     shape = tuple(tensor.shape)
     np_dtype = _NUMPY.get(dtype.upper())
-    if np_dtype is not None and data.size % np.dtype(np_dtype).itemsize == 0:
+    if dtype == "INT4":  # two 4-bit values a byte, low nibble first
+        low = (data & 0x0F).astype(np.int8)
+        high = (data >> 4).astype(np.int8)
+        nibbles = np.stack([low, high], axis=-1).reshape(-1)
+        nibbles = np.where(nibbles > 7, nibbles - 16, nibbles).astype(np.int8)
+        values = nibbles[: int(np.prod(shape)) if shape else nibbles.size]
+    elif np_dtype is not None and data.size % np.dtype(np_dtype).itemsize == 0:
         values = data.view(np_dtype)
     else:
         values = data
@@ -450,11 +456,17 @@ def _precision(name, op, tensors, constant, producers, model) -> str:
     w_type = type_name(tensors[weight].type)
     if name == "BATCH_MATMUL" and weight not in constant:
         return {"INT8": "int8", "INT16": "int16x8"}.get(act_type, act_type.lower())
-    if act_type == "INT8" and w_type in ("INT8", "INT4"):
+    if act_type == "INT8" and w_type == "INT8":
         return "int8"
+    if act_type == "INT8" and w_type == "INT4":
+        return "int4"  # 4-bit weights, int8 activations
     if act_type == "INT16" and w_type == "INT8":
         return "int16x8"
-    if act_type == "FLOAT32" and w_type in ("INT8", "INT4", "UINT8"):
+    if act_type == "INT16" and w_type == "INT4":
+        return "int16x4"
+    if act_type == "FLOAT32" and w_type == "INT4":
+        return "hybrid-int4"  # 4-bit weights, activations quantized at run time
+    if act_type == "FLOAT32" and w_type in ("INT8", "UINT8"):
         return "hybrid"
     if act_type == "FLOAT32" and w_type == "FLOAT32":
         producer = producers.get(weight)

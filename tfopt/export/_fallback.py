@@ -88,6 +88,8 @@ def auto_fallback(
 ) -> tuple[bytes, Ops, dict]:
     """Quantizes with `base` ops float, then keeps the most sensitive ops float until within tolerance.
 
+    `max_accuracy_drop` is in points (0.5 = half a point of top-1).
+
     The criterion is the top-1 accuracy on `validation=(x, y)` when given,
     otherwise the top-1 agreement with the float .tflite on the calibration
     examples. Returns (flatbuffer, ops kept float, a record of the search).
@@ -111,13 +113,14 @@ def auto_fallback(
             return parity.reference_accuracy, parity.candidate_accuracy
         return 1.0, parity.top1_agreement
 
+    tolerance = max_accuracy_drop / 100.0
     kept: Ops = list(base)
     current = quantize(kept)
     reference, full = score(current)
     value = full
     steps = [{"kept_float": [op_scope(o) for o in kept], criterion: value}]
     sensitivity: list[tuple[str, float]] = []
-    if reference - value > max_accuracy_drop:
+    if reference - value > tolerance:
         sample = _examples(calibration, num_examples)
         parity = compare(float_content, current, sample, max_examples=num_examples, localize=True,
                          num_localize_examples=num_examples)
@@ -144,7 +147,7 @@ def auto_fallback(
             current = candidate
             value = score(current)[1]
             steps.append({"kept_float": [op_scope(o) for o in kept], criterion: value})
-            if reference - value <= max_accuracy_drop:
+            if reference - value <= tolerance:
                 break
     record = {
         "criterion": criterion,
@@ -152,7 +155,7 @@ def auto_fallback(
         "fully_quantized": full,
         "final": value,
         "max_accuracy_drop": float(max_accuracy_drop),
-        "met": bool(reference - value <= max_accuracy_drop),
+        "met": bool(reference - value <= tolerance),
         "steps": steps,
         "sensitivity": [[name, float(loss)] for name, loss in sensitivity[:10]],
     }

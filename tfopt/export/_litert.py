@@ -243,3 +243,65 @@ def run_litert(
     except (ValueError, RuntimeError, KeyError) as err:
         raise InvalidArgumentError(f"LiteRT Quantizer could not apply recipe {recipe!r}: {err}") from err
     return bytes(result.quantized_model)
+
+
+def _layer_recipe(recipes: Any, default: str, overrides: Sequence[tuple[str, str]], per_channel_dense: bool) -> list:
+    """A recipe: every supported op at `default` ("int8" / "int16x8"), then each (scope regex, precision) on top.
+
+    Later entries win in LiteRT Quantizer; a precision its policy refuses for an
+    op (int4 depthwise convolutions) is skipped there, so the op keeps the default.
+    """
+    algorithms = recipes.AlgorithmName
+    every = recipes.TFLOperationName.ALL_SUPPORTED
+    activation_bits = 16 if default == "int16x8" else 8
+    manager = _keras.optional_import("litert_quantizer.recipe_manager", "litert-quantizer").RecipeManager()
+    manager.load_quantization_recipe(_recipe(recipes, RECIPES[MODE_ALIASES[default]][0], per_channel_dense))
+    for pattern, precision in overrides:
+        if precision == "float32":
+            manager.add_quantization_config(pattern, every, algorithm_key=algorithms.NO_QUANTIZE)
+        elif precision == "float16":
+            manager.add_weight_only_config(pattern, every, num_bits=16, algorithm_key=algorithms.FLOAT_CASTING)
+        elif precision == "int16x8":
+            manager.add_static_config(pattern, every, activation_num_bits=16, weight_num_bits=8)
+        elif precision == "int8":
+            manager.add_static_config(pattern, every, activation_num_bits=8, weight_num_bits=8)
+        elif precision == "int4":
+            manager.add_static_config(pattern, every, activation_num_bits=activation_bits, weight_num_bits=4)
+        else:
+            raise InvalidArgumentError(f"Unknown layer precision {precision!r}.")
+    return manager.get_quantization_recipe()
+
+
+def run_litert_layers(
+    content: bytes,
+    *,
+    default: str,
+    overrides: Sequence[tuple[str, str]],
+    calibration: Any,
+    qsv: dict | None = None,
+    calibration_method: str = "minmax",
+    per_channel_dense: bool = True,
+) -> tuple[bytes, dict]:
+    """Quantizes a float .tflite at `default` with per-op precisions; returns (flatbuffer, activation ranges).
+
+    `overrides` are (op scope regex, precision) pairs, later ones winning.
+    Activation ranges do not depend on the weights' bit width, so the ranges of
+    one call (`qsv`) can be passed to the next to skip calibration.
+    """
+    if calibration is None and qsv is None:
+        raise InvalidArgumentError(
+            "layer_precision quantizes activations and needs calibration data. Pass "
+            "calibration=tfopt.calibration_data(x_train, model=model) (100-500 real examples)."
+        )
+    qz = _keras.optional_import("litert_quantizer.quantizer", "litert-quantizer")
+    recipes = _keras.optional_import("litert_quantizer.recipe", "litert-quantizer")
+    quantizer = qz.Quantizer(bytearray(content))
+    try:
+        quantizer.load_quantization_recipe(_layer_recipe(recipes, default, overrides, per_channel_dense))
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            if qsv is None:
+                qsv = _calibrate(content, quantizer, _signature_calibration(content, calibration), calibration_method)
+            result = quantizer.quantize(qsv, enable_progress_report=False)
+    except (ValueError, RuntimeError, KeyError) as err:
+        raise InvalidArgumentError(f"LiteRT Quantizer could not apply the layer precisions {list(overrides)}: {err}") from err
+    return bytes(result.quantized_model), qsv

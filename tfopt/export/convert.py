@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import warnings as _warnings_module
 from typing import Any, Sequence
 
 from tfopt import _keras
@@ -22,6 +23,7 @@ from tfopt.analyze.flatbuffer import TFLiteInspection, inspect_tflite, tflite_by
 from tfopt.errors import InvalidArgumentError, InvalidTypeError
 from tfopt.export import _converter, _fallback, _litert
 from tfopt.export.calibration import CalibrationData, calibration_data
+from tfopt.export.precision import LayerPrecisionConfig, layer_precision_config
 
 CONVERT_MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
 MODE_ALIASES = {"16x8": "int16x8"}
@@ -54,6 +56,12 @@ class ConversionResult:
         float_fallback: output tensor names of the ops kept in float on purpose.
         fallback_search: with `float_fallback="auto"`, the record of the search
             (criterion, float and fully quantized scores, steps, most sensitive ops).
+        layer_precision: with `layer_precision=...`: `"map"` (layer -> precision),
+            `"chosen"` (that map as a `LayerPrecisionConfig.to_dict()`, which
+            `layer_precision=LayerPrecisionConfig.from_dict(...)` converts again),
+            `"layers"` (per layer: precision requested, precision written in the
+            flatbuffer, whether XNNPACK runs it), `"config"` and, for `"auto"`,
+            `"search"` (every measurement, on validation data).
     """
 
     tflite: bytes = dataclasses.field(repr=False)
@@ -66,6 +74,7 @@ class ConversionResult:
     recipe: str | None = None
     float_fallback: tuple[str, ...] = ()
     fallback_search: dict | None = dataclasses.field(default=None, repr=False)
+    layer_precision: dict | None = dataclasses.field(default=None, repr=False)
 
     def __bytes__(self) -> bytes:
         return self.tflite
@@ -94,8 +103,12 @@ class ConversionResult:
             lines.append(
                 f"  float fallback search ({search['criterion']}): float {search['reference']:.4f}, fully quantized "
                 f"{search['fully_quantized']:.4f}, final {search['final']:.4f} "
-                f"(tolerance {search['max_accuracy_drop']:.4f}{'' if search['met'] else ', NOT met'})"
+                f"(tolerance {search['max_accuracy_drop']:g} points{'' if search['met'] else ', NOT met'})"
             )
+        if self.layer_precision:
+            from tfopt.export.precision_report import summary_lines
+
+            lines.extend(summary_lines(self.layer_precision))
         if self.xnnpack is not None:
             lines.append("  " + self.xnnpack.summary())
         lines.extend(f"warning: {w}" for w in self.warnings)
@@ -112,6 +125,7 @@ class ConversionResult:
             "warnings": list(self.warnings),
             "float_fallback": list(self.float_fallback),
             "fallback_search": self.fallback_search,
+            "layer_precision": self.layer_precision,
             "inspection": self.inspection.to_dict(),
             "xnnpack": self.xnnpack.to_dict() if self.xnnpack is not None else None,
         }
@@ -120,10 +134,11 @@ class ConversionResult:
 def convert(
     model: Any,
     *,
-    mode: str = "float32",
-    engine: str = "converter",
+    mode: str | None = None,
+    engine: str | None = None,
     calibration: Any = None,
     float_fallback: str | Sequence[str] | None = None,
+    layer_precision: Any = None,
     per_channel_dense: bool = True,
     input_type: str | None = None,
     output_type: str | None = None,
@@ -132,7 +147,9 @@ def convert(
     check_delegation: bool = True,
     safe_mode: bool = True,
     validation: tuple[Any, Any] | None = None,
-    max_accuracy_drop: float = 0.005,
+    max_accuracy_drop: float | None = None,
+    max_size_kb: float | None = None,
+    max_accuracy_drop_fraction: float | None = None,
 ) -> ConversionResult:
     """Converts a model to a LiteRT (.tflite) flatbuffer, quantizing it after training, and reports what got quantized.
 
@@ -150,11 +167,15 @@ def convert(
             .tflite (bytes, path or `ConversionResult`).
         mode: `"float32"`, `"float16"`, `"dynamic"`, `"int8"` or `"int16x8"`
             (`"16x8"` is accepted). With `engine="litert_quantizer"` also any
-            recipe name of `tfopt.export.quantizer.RECIPES` or `"int4"`.
-            Defaults to `"float32"`.
+            recipe name of `tfopt.export.quantizer.RECIPES` or `"int4"`. With
+            `layer_precision`, the precision of the layers it does not name
+            (`"int8"` or `"int16x8"`). Defaults to `None`: `"float32"`, or
+            `"int8"` with `layer_precision`.
         engine: `"converter"` (the TensorFlow Lite converter) or
             `"litert_quantizer"` (LiteRT Quantizer recipes applied to the float
-            .tflite; `pip install litert-quantizer`). Defaults to `"converter"`.
+            .tflite; `pip install litert-quantizer`). Defaults to `None`:
+            `"converter"`, or `"litert_quantizer"` with `layer_precision` (the
+            only engine that writes per-layer precisions).
         calibration: representative data for `int8` / `int16x8`: a
             `tfopt.CalibrationData`, or anything `tfopt.calibration_data` accepts
             (then 200 examples are drawn). Optional for a model with fake-quant
@@ -164,8 +185,24 @@ def convert(
             tensor names; every rule must match an op), or `"auto"`: quantize
             everything, then keep the ops that add the most quantization error
             float, one at a time, until the model is within `max_accuracy_drop`
-            of the float .tflite. Needs calibration data. Defaults to `None`.
-        per_channel_dense: quantize Dense (FULLY_CONNECTED) weights with one scale
+            of the float .tflite. Needs calibration data. The special case
+            `layer_precision={name: "float32", ...}` of `layer_precision`.
+            Defaults to `None`.
+        layer_precision: the precision of each Keras layer with weights
+            (Conv2D, DepthwiseConv2D, Dense): `"int4"` (4-bit weights, int8
+            activations), `"int8"`, `"int16x8"`, `"float16"` or `"float32"`.
+            Give a dict `{rule: precision}` (a rule is a layer name or
+            `"re:<regex>"` matched in full; the first matching rule wins; every
+            rule must match), the text `"fc1=int4,re:conv.*=int8,default=int8"`,
+            a `tfopt.export.precision.LayerPrecisionConfig`, or `"auto"`: tfopt
+            measures each layer at 4 bits on `validation` data (accuracy, output
+            noise, bytes and XNNPACK latency) and picks the smallest model within
+            `max_accuracy_drop` and / or `max_size_kb` and within 1.25x the
+            latency of uniform int8, checks it on LiteRT, and raises
+            `InfeasibleBoundError` (naming the nearest map) when no map meets the
+            bounds. The result's `layer_precision` says what was written and
+            which layers XNNPACK does not run. Needs calibration data and the
+            Keras model. Defaults to `None`.: quantize Dense (FULLY_CONNECTED) weights with one scale
             per output channel. `False` uses one scale per tensor, as the MLPerf
             Tiny reference models do: a smaller file and a much smaller TFLite
             Micro arena, sometimes at some accuracy. Defaults to `True`.
@@ -184,11 +221,21 @@ def convert(
             process) and report which ops the delegate takes. Defaults to `True`.
         safe_mode: when `model` is a file, refuse to deserialize Python lambdas so
             loading cannot run arbitrary code. Defaults to `True`.
-        validation: `(x, y)` labelled data for `float_fallback="auto"`: the
-            tolerance then applies to top-1 accuracy; without it, to the top-1
-            agreement with the float model on the calibration data. Defaults to `None`.
-        max_accuracy_drop: tolerance of `float_fallback="auto"`, a fraction
-            (0.005 = half a point). Defaults to `0.005`.
+        validation: `(x, y)` labelled data the model was not trained on, for
+            `float_fallback="auto"` (the tolerance then applies to top-1
+            accuracy; without it, to the top-1 agreement with the float model on
+            the calibration data) and `layer_precision="auto"` (required).
+            Defaults to `None`.
+        max_accuracy_drop: the allowed top-1 loss against the float .tflite in
+            points (0.5 = half a point) for `float_fallback="auto"` and
+            `layer_precision="auto"`. Defaults to `None`: 0.5 points for
+            `float_fallback="auto"`; `layer_precision="auto"` uses only the
+            bounds given.
+        max_size_kb: with `layer_precision="auto"`, the largest flatbuffer in KB
+            (1024 bytes). Defaults to `None`.
+        max_accuracy_drop_fraction: deprecated spelling of the tolerance as a
+            fraction (0.005 = half a point); it warns with the value in points.
+            Defaults to `None`.
 
     Returns:
         A `ConversionResult` holding the bytes, the flatbuffer inspection (op
@@ -196,8 +243,9 @@ def convert(
 
     Raises:
         ValueError: unknown mode, engine or type, missing calibration data, a
-            float_fallback rule matching no op, or a model the converter rejects
-            (the converter's reason is included).
+            float_fallback or layer_precision rule matching nothing, a model the
+            converter rejects (the converter's reason is included), or
+            (`InfeasibleBoundError`) bounds no layer map meets.
         TypeError: `model` is not a Keras model or a path.
         ImportError: `engine="litert_quantizer"` without `litert-quantizer` installed.
 
@@ -211,13 +259,40 @@ def convert(
     {'int8': 1}
     >>> tfopt.convert(model, mode="int8", engine="litert_quantizer", calibration=x).inspection.inputs[0].dtype
     'INT8'
+    >>> mixed = tfopt.convert(model, layer_precision={"re:dense.*": "int4"}, calibration=x)
+    >>> mixed.inspection.precision_counts
+    {'int4': 1}
     """
+    max_accuracy_drop = _points(max_accuracy_drop, max_accuracy_drop_fraction)
     return _convert(
         model, mode=mode, engine=engine, calibration=calibration, float_fallback=float_fallback,
         per_channel_dense=per_channel_dense, input_type=input_type, output_type=output_type, output=output,
         sparse=sparse, check_delegation=check_delegation, safe_mode=safe_mode, validation=validation,
-        max_accuracy_drop=max_accuracy_drop,
+        max_accuracy_drop=max_accuracy_drop, layer_precision=layer_precision, max_size_kb=max_size_kb,
     )
+
+
+def _points(max_accuracy_drop: Any, fraction: Any) -> float | None:
+    """The tolerance in points; the deprecated fraction spelling warns with the new value."""
+    if fraction is None:
+        return max_accuracy_drop
+    if max_accuracy_drop is not None:
+        raise InvalidArgumentError(
+            "Pass max_accuracy_drop (points) or the deprecated max_accuracy_drop_fraction, not both. Received: "
+            f"max_accuracy_drop={max_accuracy_drop!r}, max_accuracy_drop_fraction={fraction!r}."
+        )
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        raise InvalidArgumentError(
+            f"max_accuracy_drop_fraction is a fraction in [0, 1). Received: max_accuracy_drop_fraction={fraction!r}."
+        )
+    points = round(100.0 * fraction, 10)
+    _warnings_module.warn(
+        f"max_accuracy_drop_fraction is deprecated: tolerances are in points. Pass max_accuracy_drop={points:g} "
+        f"(points) for max_accuracy_drop_fraction={fraction:g}.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return points
 
 
 def _check_options(mode, engine, float_fallback, input_type, output_type, max_accuracy_drop, validation, sparse,
@@ -270,10 +345,14 @@ def _check_options(mode, engine, float_fallback, input_type, output_type, max_ac
             "Use engine='litert_quantizer' for those together."
         )
     if validation is not None and float_fallback != "auto":
-        raise InvalidArgumentError("validation= is only used by float_fallback='auto'.")
-    if isinstance(max_accuracy_drop, bool) or not isinstance(max_accuracy_drop, (int, float)) or not 0 <= max_accuracy_drop < 1:
+        raise InvalidArgumentError("validation= is only used by float_fallback='auto' and layer_precision='auto'.")
+    if max_accuracy_drop is not None and (
+        isinstance(max_accuracy_drop, bool) or not isinstance(max_accuracy_drop, (int, float))
+        or not 0 <= max_accuracy_drop < 100
+    ):
         raise InvalidArgumentError(
-            f"max_accuracy_drop is a fraction in [0, 1) (0.005 = half a point). Received: max_accuracy_drop={max_accuracy_drop!r}."
+            f"max_accuracy_drop is in points, in [0, 100) (0.5 = half a point). Received: "
+            f"max_accuracy_drop={max_accuracy_drop!r}."
         )
     return mode, recipe, types[0], types[1], float_fallback
 
@@ -287,8 +366,22 @@ def _is_tflite(model: Any) -> bool:
 def _convert(
     model, *, mode, engine, calibration, float_fallback, per_channel_dense, input_type, output_type, output,
     sparse, check_delegation, safe_mode, validation, max_accuracy_drop, calibration_method="minmax",
-    max_float_ops=8, base_rules=None,
+    max_float_ops=8, base_rules=None, layer_precision=None, max_size_kb=None,
 ) -> ConversionResult:
+    if layer_precision is not None:
+        return _convert_layers(
+            model, mode=mode, engine=engine, calibration=calibration, float_fallback=float_fallback,
+            layer_precision=layer_precision, per_channel_dense=per_channel_dense, input_type=input_type,
+            output_type=output_type, output=output, sparse=sparse, check_delegation=check_delegation,
+            safe_mode=safe_mode, validation=validation, max_accuracy_drop=max_accuracy_drop,
+            max_size_kb=max_size_kb, calibration_method=calibration_method,
+        )
+    if max_size_kb is not None:
+        raise InvalidArgumentError("max_size_kb bounds layer_precision='auto'; pass layer_precision='auto'.")
+    mode = "float32" if mode is None else mode
+    engine = "converter" if engine is None else engine
+    if float_fallback == "auto" and max_accuracy_drop is None:
+        max_accuracy_drop = 0.5
     mode, recipe, input_type, output_type, float_fallback = _check_options(
         mode, engine, float_fallback, input_type, output_type, max_accuracy_drop, validation, sparse, per_channel_dense
     )
@@ -352,9 +445,70 @@ def _convert(
                    check_delegation=check_delegation)
 
 
-def _result(content, *, mode, engine, recipe, kept, search, output, check_delegation) -> ConversionResult:
+def _convert_layers(
+    model, *, mode, engine, calibration, float_fallback, layer_precision, per_channel_dense, input_type, output_type,
+    output, sparse, check_delegation, safe_mode, validation, max_accuracy_drop, max_size_kb, calibration_method,
+) -> ConversionResult:
+    """`convert` with `layer_precision`: builds the config and hands it to its handler."""
+    from tfopt.export import precision_handler
+
+    if float_fallback is not None:
+        raise InvalidArgumentError(
+            "Pass float_fallback or layer_precision, not both: float_fallback=['name'] is "
+            "layer_precision={'name': 'float32'}."
+        )
+    if engine not in (None, "litert_quantizer"):
+        raise InvalidArgumentError(
+            f"layer_precision is written by LiteRT Quantizer; received engine={engine!r}. Leave engine unset or "
+            "pass engine='litert_quantizer'."
+        )
+    mode = MODE_ALIASES.get(mode, mode) if mode is not None else None
+    if mode is not None and mode not in ("int8", "int16x8"):
+        raise InvalidArgumentError(
+            f"With layer_precision, mode is the precision of the layers no rule names: 'int8' or 'int16x8'. "
+            f"Received: mode={mode!r}."
+        )
+    if sparse:
+        raise InvalidArgumentError("sparse=True is a converter option; it does not combine with layer_precision.")
+    config = layer_precision_config(layer_precision, default=mode or "int8", max_accuracy_drop=max_accuracy_drop,
+                                    max_size_kb=max_size_kb)
+    if mode is not None and isinstance(layer_precision, LayerPrecisionConfig) and config.default != mode:
+        raise InvalidArgumentError(
+            f"mode={mode!r} and the LayerPrecisionConfig's default={config.default!r} disagree; pass one of them."
+        )
+    if validation is not None and not config.auto:
+        raise InvalidArgumentError("validation= is used by layer_precision='auto' only.")
+    natural = _litert.RECIPE_IO[_litert.MODE_ALIASES[config.default]]
+    for label, value in (("input_type", input_type), ("output_type", output_type)):
+        if value not in (None, natural):
+            raise InvalidArgumentError(
+                f"{label}={value!r} is not available with layer_precision (default {config.default}); LiteRT "
+                f"Quantizer gives {natural} inputs and outputs."
+            )
+    if _is_tflite(model):
+        raise InvalidArgumentError(
+            "layer_precision maps Keras layers to precisions: pass the Keras model (or its .keras / .h5 file)."
+        )
+    if isinstance(model, (str, os.PathLike)) and not os.path.isdir(model):
+        model = _keras.load_model(os.fspath(model), safe_mode=safe_mode)
+    keras_model = model if _keras.is_keras_model(model) else None
+    if calibration is not None and not isinstance(calibration, CalibrationData):
+        calibration = calibration_data(calibration, model=keras_model)
+    float_content, keras_model, _ = _converter.run_converter(
+        model, mode="float32", calibration=None, input_type="float32", output_type="float32", sparse=False,
+        per_channel_dense=True, safe_mode=safe_mode,
+    )
+    content, record = precision_handler.apply_layer_precision(
+        config, float_content=float_content, keras_model=keras_model, calibration=calibration,
+        validation=validation, per_channel_dense=per_channel_dense, calibration_method=calibration_method,
+    )
+    return _result(content, mode=config.default, engine="litert_quantizer", recipe=None, kept=[], search=None,
+                   output=output, check_delegation=check_delegation, precision=record)
+
+
+def _result(content, *, mode, engine, recipe, kept, search, output, check_delegation, precision=None) -> ConversionResult:
     inspection = inspect_tflite(content)
-    warnings = _warnings(mode, inspection, expected_float=bool(kept))
+    warnings = _warnings(mode, inspection, expected_float=bool(kept) or precision is not None)
     coverage = None
     if check_delegation:
         from tfopt.measure.benchmark import BenchmarkError, xnnpack_coverage
@@ -371,14 +525,21 @@ def _result(content, *, mode, engine, recipe, kept, search, output, check_delega
     if search is not None and not search["met"]:
         warnings.append(
             f"float_fallback='auto' kept {len(kept)} op(s) float and still loses "
-            f"{search['reference'] - search['final']:.4f} ({search['criterion']}), more than max_accuracy_drop="
-            f"{search['max_accuracy_drop']}."
+            f"{100 * (search['reference'] - search['final']):.2f} points ({search['criterion']}), more than "
+            f"max_accuracy_drop={search['max_accuracy_drop']:g} points."
         )
+    layer_record = None
+    if precision is not None:
+        from tfopt.export.precision_report import layer_record as _layer_record
+
+        layer_record, layer_warnings = _layer_record(content, precision, coverage)
+        warnings.extend(layer_warnings)
     path = atomic_write(output, content) if output is not None else None
     return ConversionResult(
         tflite=content, mode=mode, inspection=inspection, path=path, warnings=tuple(warnings),
         xnnpack=coverage, engine=engine, recipe=recipe,
         float_fallback=tuple(_litert.op_scope(outs)[:-1] for outs in kept), fallback_search=search,
+        layer_precision=layer_record,
     )
 
 
@@ -390,7 +551,9 @@ def _warnings(mode: str, inspection: TFLiteInspection, *, expected_float: bool =
             f"{len(inspection.float_compute_ops)} compute op(s) stayed in float in mode {mode!r}: {ops}. "
             "They run at float speed; check the converter log, or keep them float on purpose with float_fallback."
         )
-    if mode == "dynamic" and inspection.precision_counts.get("hybrid"):
+    if mode in ("dynamic", "dynamic_wi4_afp32") and (
+        inspection.precision_counts.get("hybrid") or inspection.precision_counts.get("hybrid-int4")
+    ):
         warnings.append(
             "dynamic-range (hybrid) ops may not be delegated to XNNPACK and can run slower than float32 on CPU; "
             "measure with tfopt.benchmark, and prefer mode='int8' with calibration data for speed."

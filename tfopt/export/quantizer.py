@@ -55,6 +55,6 @@ def quantize_tflite(
     return _convert(
         model, mode=recipe, engine="litert_quantizer", calibration=calibration, float_fallback=exclude,
         per_channel_dense=True, input_type=None, output_type=None, output=output, sparse=False,
-        check_delegation=False, safe_mode=True, validation=None, max_accuracy_drop=0.005,
+        check_delegation=False, safe_mode=True, validation=None, max_accuracy_drop=None,
         calibration_method=calibration_method,
     )

@@ -100,13 +100,12 @@ def quantize_selective(
     options = dict(
         mode=recipe, engine="litert_quantizer", calibration=calibration, per_channel_dense=True, input_type=None,
         output_type=None, output=None, sparse=False, check_delegation=False, safe_mode=True,
-        max_accuracy_drop=max_accuracy_drop,
     )
     if validation is None:
-        result = _convert(model, float_fallback=exclude, validation=None, **options)
+        result = _convert(model, float_fallback=exclude, validation=None, max_accuracy_drop=None, **options)
         return SelectiveResult(result, result.float_fallback, None, None, None, float(max_accuracy_drop))
     result = _convert(model, float_fallback="auto", validation=validation, max_float_ops=max_float_ops,
-                      base_rules=exclude, **options)
+                      base_rules=exclude, max_accuracy_drop=100.0 * max_accuracy_drop, **options)
     search = result.fallback_search
     return SelectiveResult(
         result=result,
