@@ -13,7 +13,7 @@ import os
 
 from absl import flags
 
-from tfopt._cli import common, training
+from tfopt._cli import common, supervise, training
 
 NAME = "cluster"
 HELP = "Cluster weights to K shared values per kernel (--num_clusters), fine-tune, report accuracy and unique values."
@@ -23,6 +23,7 @@ INITS = ["kmeans++", "linear", "density", "random"]
 
 def define_flags(fv: flags.FlagValues) -> None:
     common.define_training_flags(fv, epochs=2, batch_size=64, learning_rate=1e-4)
+    training.define_progress_flags(fv)
     common.define_alias(fv, "cluster_learning_rate", "learning_rate")
     flags.DEFINE_integer("num_clusters", 16, "Shared values per clustered kernel (per channel with --per_channel).",
                          lower_bound=2, upper_bound=65536, flag_values=fv)
@@ -39,6 +40,10 @@ BATCHNORM_EXAMPLES = 1024
 
 
 def main(args: list[str], fv: flags.FlagValues) -> int:
+    return supervise.run(NAME, args, fv, _work, outputs=(fv.output, fv.json))
+
+
+def _work(args: list[str], fv: flags.FlagValues) -> int:
     from tfopt.compress.cluster import cluster, clustering_summary, strip_clustering
     from tfopt.analyze.cluster_report import cluster_report
 
@@ -47,6 +52,7 @@ def main(args: list[str], fv: flags.FlagValues) -> int:
     x_train, y_train, x_test, y_test = run.x_train, run.y_train, run.x_test, run.y_test
     batchnorm_data = x_train[:BATCHNORM_EXAMPLES]
 
+    supervise.stage("clustering the weights", model=model)
     clustered = cluster(
         model,
         num_clusters=fv.num_clusters,
@@ -66,7 +72,8 @@ def main(args: list[str], fv: flags.FlagValues) -> int:
         loss=training.classification_loss(keras, model, x_train[:64], y_train),
         metrics=["accuracy"],
     )
-    clustered.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, verbose=0)
+    training.fit(clustered, x_train, y_train, fv, epochs=epochs, batch_size=batch_size)
+    supervise.stage("stripping, evaluating and saving the clustered model", model=clustered)
     final = strip_clustering(clustered, batchnorm_data=batchnorm_data)
     accuracy_after = training.keras_accuracy(final, x_test, y_test)
     common.save_model(final, fv.output)

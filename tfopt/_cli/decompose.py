@@ -12,7 +12,7 @@ import os
 
 from absl import flags
 
-from tfopt._cli import common, training
+from tfopt._cli import common, supervise, training
 
 NAME = "decompose"
 HELP = "Factorise Dense/Conv2D kernels by SVD (--rank | --energy | --param_ratio), fine-tune, report accuracy."
@@ -21,6 +21,7 @@ HELP = "Factorise Dense/Conv2D kernels by SVD (--rank | --energy | --param_ratio
 
 def define_flags(fv: flags.FlagValues) -> None:
     common.define_training_flags(fv, epochs=5, batch_size=64, learning_rate=1e-4)
+    training.define_progress_flags(fv)
     common.define_alias(fv, "decompose_learning_rate", "learning_rate")
     flags.DEFINE_integer("rank", None, "Same rank for every factorised layer.", lower_bound=1, flag_values=fv)
     flags.DEFINE_float("energy", None, "Per layer, keep this fraction of squared singular values, in (0, 1] "
@@ -32,6 +33,10 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def main(args: list[str], fv: flags.FlagValues) -> int:
+    return supervise.run(NAME, args, fv, _work, outputs=(fv.output, fv.json))
+
+
+def _work(args: list[str], fv: flags.FlagValues) -> int:
     from tfopt.compress.lowrank import decompose, plan_decomposition
 
     given = [f"--{name}" for name in ("rank", "energy", "param_ratio") if fv[name].value is not None]
@@ -44,13 +49,15 @@ def main(args: list[str], fv: flags.FlagValues) -> int:
     rule = dict(rank=fv.rank, energy=fv.energy, param_ratio=fv.param_ratio,
                 include=run.include, exclude=run.exclude)
 
+    supervise.stage("factorising the kernels", model=model)
     plan = plan_decomposition(model, **rule)
     small = decompose(model, **rule)
     accuracy_before = training.keras_accuracy(model, x_test, y_test)
     accuracy_decomposed = training.keras_accuracy(small, x_test, y_test)
     small.compile(optimizer=keras.optimizers.Adam(fv.learning_rate),
                   loss=training.classification_loss(keras, model, x_train[:64], y_train), metrics=["accuracy"])
-    small.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, verbose=0)
+    training.fit(small, x_train, y_train, fv, epochs=epochs, batch_size=batch_size)
+    supervise.stage("evaluating and saving the factorised model", model=small)
     accuracy_after = training.keras_accuracy(small, x_test, y_test)
     common.save_model(small, fv.output)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from tfopt._cli import checks, common, training
+from tfopt._cli import checks, common, supervise, training
 
 NAME = "distill"
 HELP = "Train STUDENT from a frozen TEACHER (knowledge distillation) and save the student."
@@ -12,6 +12,7 @@ HELP = "Train STUDENT from a frozen TEACHER (knowledge distillation) and save th
 
 def define_flags(fv: flags.FlagValues) -> None:
     common.define_training_flags(fv, epochs=5, batch_size=64, learning_rate=1e-3, layers=False)
+    training.define_progress_flags(fv)
     common.define_alias(fv, "distill_learning_rate", "learning_rate")
     flags.DEFINE_float("temperature", 4.0, "Softening temperature T (> 0).", flag_values=fv)
     common.define_range_validator(fv, "temperature", 0, None, low_open=True)
@@ -21,6 +22,10 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def main(args: list[str], fv: flags.FlagValues) -> int:
+    return supervise.run(NAME, args, fv, _work, outputs=(fv.output, fv.json))
+
+
+def _work(args: list[str], fv: flags.FlagValues) -> int:
     from tfopt.compress.distill import distill
 
     if len(args) != 2:
@@ -31,8 +36,12 @@ def main(args: list[str], fv: flags.FlagValues) -> int:
                        outputs={"--output": fv.output, "--json": fv.json})
     for path in args:
         common.check_model_file(path, (".keras", ".h5", ".hdf5"))
+    training.verbosity(fv)
     data = checks.load_npz(fv.data)
+    supervise.stage("loading the models")
     teacher, student = (common.load_keras(path, unsafe=fv.unsafe) for path in args)
+    training.allow_code_copies(student, fv)
+    supervise.stage("checking the data against the models", model=[teacher, student])
     checks.check_model_data(teacher, data, fv.data)
     checks.check_model_data(student, data, fv.data)
     epochs = fv.epochs
@@ -40,8 +49,10 @@ def main(args: list[str], fv: flags.FlagValues) -> int:
     before = training.keras_accuracy(student, data["x_test"], data["y_test"])
     distiller = distill(student, teacher, temperature=fv.temperature, alpha=fv.alpha)
     distiller.compile(optimizer=training.keras_of(student).optimizers.Adam(fv.learning_rate), metrics=["accuracy"])
-    distiller.fit(data["x_train"], data["y_train"], epochs=epochs, batch_size=fv.batch_size, verbose=2)
+    training.fit(distiller, data["x_train"], data["y_train"], fv, epochs=epochs, batch_size=fv.batch_size,
+                 what="distilling")
     trained = distiller.student
+    supervise.stage("saving and evaluating the student", model=trained)
     output = common.save_model(trained, fv.output)
     report = {
         "teacher": args[0],

@@ -12,7 +12,7 @@ import os
 import numpy as np
 from absl import flags
 
-from tfopt._cli import common, training
+from tfopt._cli import common, supervise, training
 from tfopt._cli.common import CLIError
 
 NAME = "prune"
@@ -21,6 +21,7 @@ HELP = "Prune a model (unstructured, 2:4 or whole channels), fine-tune it and re
 
 def define_flags(fv: flags.FlagValues) -> None:
     common.define_training_flags(fv, epochs=2, batch_size=32, learning_rate=1e-3)
+    training.define_progress_flags(fv)
     common.define_alias(fv, "prune_learning_rate", "learning_rate")
     flags.DEFINE_enum("structure", "unstructured", ["unstructured", "2:4", "channels"], "Pruning structure.",
                       flag_values=fv)
@@ -33,12 +34,17 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def main(args: list[str], fv: flags.FlagValues) -> int:
+    return supervise.run(NAME, args, fv, _work, outputs=(fv.output, fv.json))
+
+
+def _work(args: list[str], fv: flags.FlagValues) -> int:
     if fv.structure == "channels" and fv.ratio is None:
         raise CLIError("--structure channels needs --ratio R (fraction of channels to remove).")
     run = training.training_run(args, fv, NAME)
     model, epochs, batch_size = run.model, run.epochs, run.batch_size
     x_train, y_train, x_test, y_test = run.x_train, run.y_train, run.x_test, run.y_test
 
+    supervise.stage("evaluating the model", model=model)
     accuracy_before = training.keras_accuracy(model, x_test, y_test)
     steps = epochs * math.ceil(len(x_train) / batch_size)
     pruning = None
@@ -63,13 +69,14 @@ def main(args: list[str], fv: flags.FlagValues) -> int:
             m_by_n=(2, 4) if fv.structure == "2:4" else None,
         )
         pruning = trainable
+    supervise.stage("preparing the model for pruning", model=model)
     keras = training.keras_of(trainable)
     trainable.compile(
         optimizer=keras.optimizers.Adam(fv.learning_rate),
         loss=training.classification_loss(keras, trainable, x_train[:64], y_train),
         metrics=["accuracy"],
     )
-    trainable.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, verbose=0)
+    training.fit(trainable, x_train, y_train, fv, epochs=epochs, batch_size=batch_size)
     if pruning is not None:
         from tfopt.compress.prune import pruning_summary, strip
 
@@ -77,6 +84,7 @@ def main(args: list[str], fv: flags.FlagValues) -> int:
         final = strip(pruning)
     else:
         skipped, final = skipped_channels, trainable
+    supervise.stage("evaluating and saving the pruned model", model=final)
     accuracy_after = training.keras_accuracy(final, x_test, y_test)
     common.save_model(final, fv.output)
 

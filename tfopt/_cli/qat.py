@@ -13,7 +13,7 @@ import os
 
 from absl import flags
 
-from tfopt._cli import common, training
+from tfopt._cli import common, supervise, training
 
 NAME = "qat"
 HELP = "Quantization-aware training, then an int8 .tflite checked against the model (accuracy, parity)."
@@ -22,6 +22,7 @@ HELP = "Quantization-aware training, then an int8 .tflite checked against the mo
 def define_shared_flags(fv: flags.FlagValues) -> None:
     """The flags `tfopt qat` shares with the deprecated `tfopt quantize`."""
     common.define_training_flags(fv, epochs=1, batch_size=32, learning_rate=1e-4, layers=False)
+    training.define_progress_flags(fv)
     fv["output"].help = "The .tflite file to write."
     common.define_alias(fv, "qat_learning_rate", "learning_rate")
     common.define_layer_flags(fv, include=False)
@@ -34,6 +35,10 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def main(args: list[str], fv: flags.FlagValues) -> int:
+    return supervise.run(NAME, args, fv, _work, outputs=(fv.output, fv.json))
+
+
+def _work(args: list[str], fv: flags.FlagValues) -> int:
     run = training.training_run(args, fv, NAME, output_suffixes=(".tflite",))
     return run_qat(args, fv, run, method=NAME)
 
@@ -46,14 +51,18 @@ def run_qat(args: list[str], fv: flags.FlagValues, run: training.TrainingRun, *,
 
     model, x_train, y_train = run.model, run.x_train, run.y_train
     prepare = getattr(qat_module, "qat", None) or qat_module.quantize
+    supervise.stage("preparing the model for quantization-aware training", model=model)
     qat_model = prepare(model, exclude=run.exclude)
     keras = training.keras_of(qat_model)
     keras.utils.set_random_seed(fv.seed)
     qat_model.compile(keras.optimizers.Adam(fv.learning_rate),
                       loss=training.classification_loss(keras, model, x_train[:64], y_train))
-    qat_model.fit(x_train, y_train, epochs=run.epochs, batch_size=run.batch_size, verbose=0)
+    training.fit(qat_model, x_train, y_train, fv, epochs=run.epochs, batch_size=run.batch_size,
+                 what="quantization-aware training")
+    supervise.stage("converting to an int8 .tflite", model=qat_model)
     calibration = calibration_data(x_train, model=qat_model, num_samples=fv.num_samples, seed=fv.seed)
-    result = convert(qat_model, mode="int8", calibration=calibration)
+    with training.quiet_converter():
+        result = convert(qat_model, mode="int8", calibration=calibration)
     kept_float = [{"name": f.name, "class_name": f.class_name, "reason": f.reason}
                   for f in qat_module.qat_summary(qat_model).kept_float]
     return finish(args, fv, run, result, method=method, mode="int8", reference=qat_model, kept_float=kept_float)
@@ -65,6 +74,7 @@ def finish(args: list[str], fv: flags.FlagValues, run: training.TrainingRun, res
     from tfopt.measure.parity import compare
 
     model, x_test, y_test = run.model, run.x_test, run.y_test
+    supervise.stage("saving the .tflite and comparing it with the Keras model", model=model)
     result.save(fv.output)
     parity = compare(reference, result, (x_test, y_test), localize=False)
     float_parity = parity if reference is model else compare(model, result, (x_test, y_test), localize=False)

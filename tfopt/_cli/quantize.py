@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from tfopt._cli import common, qat, training
+from tfopt._cli import common, qat, supervise, training
 from tfopt._cli.common import CLIError
 
 NAME = "quantize"
@@ -33,6 +33,10 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def main(args: list[str], fv: flags.FlagValues) -> int:
+    return supervise.run(NAME, args, fv, _work, outputs=(fv.output, fv.json))
+
+
+def _work(args: list[str], fv: flags.FlagValues) -> int:
     mode = common.canonical_mode(fv.mode, QUANTIZE_MODES, "int8")
     if fv.method == "qat":
         common.warn("`tfopt quantize --method qat` is deprecated; use `tfopt qat` (same flags without --method).")
@@ -52,6 +56,7 @@ def _ptq(args: list[str], fv: flags.FlagValues, run: training.TrainingRun, mode:
     from tfopt.export.convert import convert
 
     model = run.model
+    supervise.stage("converting to a quantized .tflite", model=model)
     calibration = calibration_data(run.x_train, model=model, num_samples=fv.num_samples, seed=fv.seed)
     excluded = set(run.exclude or [])
     if fv.max_accuracy_drop is not None:
@@ -59,15 +64,16 @@ def _ptq(args: list[str], fv: flags.FlagValues, run: training.TrainingRun, mode:
 
         from tfopt.export.selective import quantize_selective
 
-        with warnings.catch_warnings():  # the command already printed its own deprecation line
+        with warnings.catch_warnings(), training.quiet_converter():  # its own deprecation line is printed
             warnings.simplefilter("ignore", DeprecationWarning)
             selective = quantize_selective(model, calibration=calibration, validation=(run.x_test, run.y_test),
                                            max_accuracy_drop=fv.max_accuracy_drop, exclude=run.exclude, recipe=mode)
         result = selective.result
         kept = list(selective.kept_float)
     else:
-        result = convert(model, mode=mode, engine="litert_quantizer", calibration=calibration,
-                         float_fallback=run.exclude, check_delegation=False)
+        with training.quiet_converter():
+            result = convert(model, mode=mode, engine="litert_quantizer", calibration=calibration,
+                             float_fallback=run.exclude, check_delegation=False)
         kept = list(run.exclude or [])
     kept_float = [{"name": name, "reason": "--exclude" if name in excluded
                    else "kept float to meet --max_accuracy_drop"} for name in kept]

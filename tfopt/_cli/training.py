@@ -1,14 +1,23 @@
-"""What the model-to-model commands (prune, cluster, decompose, qat) share: checked setup, accuracy, loss."""
+"""What the model-to-model commands (prune, cluster, decompose, distill, qat) share: checked setup, progress, accuracy, loss.
+
+Their work runs in a supervised child process (`tfopt._cli.supervise`); the
+`supervise.stage(...)` calls here name what the child was doing if it dies.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Any
+import os
+import re
+import sys
+import tempfile
+from typing import Any, Iterator
 
 import numpy as np
 from absl import flags
 
-from tfopt._cli import checks, common
+from tfopt._cli import checks, common, supervise
 from tfopt._cli.common import CLIError
 
 
@@ -40,13 +49,88 @@ def training_run(args: list[str], fv: flags.FlagValues, command: str, *,
                        outputs={"--output": fv.output, "--json": fv.json})
     include = common.layer_rule(fv["include"].value, "include") if "include" in fv else None
     exclude = common.layer_rule(fv["exclude"].value, "exclude") if "exclude" in fv else None
+    verbosity(fv)  # --verbose with --quiet is refused before any work
     common.check_model_file(args[0], (".keras", ".h5", ".hdf5"))
     data = checks.load_npz(fv.data)
+    supervise.stage("loading the model")
     model = common.load_keras(args[0], unsafe=fv.unsafe)
+    allow_code_copies(model, fv)
+    supervise.stage("checking the data against the model", model=model)
     checks.check_model_data(model, data, fv.data)
     keras_of(model).utils.set_random_seed(fv.seed)
     return TrainingRun(model, *(np.asarray(data[k]) for k in checks.DATA_KEYS), epochs=fv.epochs,
                        batch_size=fv.batch_size, include=include, exclude=exclude)
+
+
+def define_progress_flags(fv: flags.FlagValues) -> None:
+    """--verbose / --quiet: how much of Keras' training progress a command prints (one line per epoch by default)."""
+    flags.DEFINE_boolean("verbose", False, "Show Keras' progress bar during training (default: one line per epoch).",
+                         flag_values=fv)
+    flags.DEFINE_boolean("quiet", False, "Print no training progress, only the final report.", flag_values=fv)
+
+
+def verbosity(fv: flags.FlagValues) -> int:
+    """Keras' `fit(verbose=...)` for the command's flags: 2 (one line per epoch), 1 with --verbose, 0 with --quiet."""
+    if "verbose" not in fv:
+        return 2
+    if fv.verbose and fv.quiet:
+        raise CLIError("pass --verbose or --quiet, not both.")
+    return 1 if fv.verbose else 0 if fv.quiet else 2
+
+
+def fit(model, x, y, fv: flags.FlagValues, *, epochs: int, batch_size: int, what: str = "fine-tuning") -> None:
+    """`model.fit` with the command's progress setting, recorded as the running stage for the supervisor."""
+    supervise.stage(f"{what} (fit)", model=model)
+    model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=verbosity(fv))
+    supervise.stage(f"{what} finished", model=model)
+
+
+# What the TFLite converter prints from C++ on every conversion, even with TF_CPP_MIN_LOG_LEVEL=2.
+CONVERTER_CHATTER = re.compile(
+    r"^(fully_quantize: \d+, inference_type: .*"
+    r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|[IW]\d{4} [\d:. ]+\d+ [\w.]+:\d+\] .*)$")
+
+
+@contextlib.contextmanager
+def quiet_converter() -> Iterator[None]:
+    """Keeps the converter's C++ chatter off the command's output; every other line is passed on.
+
+    File descriptors 1 and 2 go to temporary files for the block; their lines are
+    written back afterwards (also when the block raises), except `CONVERTER_CHATTER`.
+    """
+    saved, captures = [], []
+    for stream, fd in ((sys.stdout, 1), (sys.stderr, 2)):
+        stream.flush()
+        capture = tempfile.TemporaryFile(mode="w+b")
+        saved.append(os.dup(fd))
+        os.dup2(capture.fileno(), fd)
+        captures.append(capture)
+    try:
+        yield
+    finally:
+        for stream, fd, old, capture in zip((sys.stdout, sys.stderr), (1, 2), saved, captures):
+            stream.flush()
+            os.dup2(old, fd)
+            os.close(old)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", errors="replace")
+            capture.close()
+            kept = [line for line in text.splitlines() if not CONVERTER_CHATTER.match(line)]
+            if kept:
+                stream.write("\n".join(kept) + "\n")
+                stream.flush()
+
+
+def allow_code_copies(model, fv: flags.FlagValues) -> None:
+    """With --unsafe, lets Keras 3 copy the Lambda layers the command just loaded (tfopt works on copies).
+
+    The user already allowed the file's code to run; without this, the copy made by
+    every transform is refused by Keras' safe mode. Only in the supervised child,
+    a process that runs this one command, so the global switch changes nothing else.
+    """
+    if fv.unsafe and supervise.in_child() and keras_of(model).__name__ == "keras":
+        keras_of(model).config.enable_unsafe_deserialization()
 
 
 def keras_of(model):
@@ -82,8 +166,6 @@ def classification_loss(keras, model, x_sample: np.ndarray, y: np.ndarray):
 
 def report_paths(fv: flags.FlagValues) -> dict[str, str]:
     """The `paths` entry of a training command's JSON: absolute --output (and --json)."""
-    import os
-
     paths = {"output": os.path.abspath(fv.output)}
     if fv.json:
         paths["json"] = os.path.abspath(fv.json)
