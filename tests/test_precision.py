@@ -204,3 +204,54 @@ def test_runtime_support_table_on_digits(digits_cnn):
     assert table[("CONV_2D", "int8")]["xnnpack"] and table[("CONV_2D", "int16x8")]["xnnpack"] is False
     assert table[("CONV_2D", "dynamic_int4_block32")]["error"] and table[("CONV_2D", "dynamic_int4_block32")]["written"] is None
     assert table[("FULLY_CONNECTED", "dynamic_int4_block32")]["written"] == "hybrid-int4"
+
+
+# --- the CLI -----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cli_files(trained_cnn, mnist, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("precision_cli")
+    model, _ = trained_cnn
+    model.save(folder / "model.keras")
+    np.savez(folder / "data.npz", x_train=mnist.x_train[:300], x_test=mnist.x_test[:300], y_test=mnist.y_test[:300])
+    return folder
+
+
+def test_cli_convert_layer_precision_rules_and_auto(cli_files, tmp_path, capsys):
+    from tfopt import cli
+
+    base = ["convert", str(cli_files / "model.keras"), "--calibration", str(cli_files / "data.npz"),
+            "--num_samples", "100"]
+    status = cli.main([*base, "--layer_precision", "fc1=int4,re:conv.*=int8,default=int8",
+                       "--output", str(tmp_path / "rules.tflite"), "--json", str(tmp_path / "rules.json")])
+    assert status == 0
+    report = json.loads((tmp_path / "rules.json").read_text())
+    assert report["layer_precision"]["map"] == {"conv1": "int8", "conv2": "int8", "fc1": "int4", "logits": "int8"}
+    status = cli.main([*base, "--layer_precision", "auto", "--max_accuracy_drop", "1",
+                       "--output", str(tmp_path / "auto.tflite"), "--json", str(tmp_path / "auto.json")])
+    assert status == 0
+    report = json.loads((tmp_path / "auto.json").read_text())
+    assert report["layer_precision"]["search"]["final"]["drop_points"] <= 1.0
+    assert LayerPrecisionConfig.from_dict(report["layer_precision"]["chosen"]).rules  # the map, reusable
+    capsys.readouterr()
+    status = cli.main([*base, "--layer_precision", "auto", "--max_size_kb", "4", "--max_accuracy_drop", "0",
+                       "--output", str(tmp_path / "none.tflite")])
+    assert status == 3 and "cannot meet" in capsys.readouterr().err
+    assert not (tmp_path / "none.tflite").exists()
+
+
+def test_cli_convert_max_accuracy_drop_is_points_and_fraction_is_deprecated(cli_files, tmp_path, capsys):
+    from tfopt import cli
+
+    base = ["convert", str(cli_files / "model.keras"), "--calibration", str(cli_files / "data.npz"),
+            "--num_samples", "100", "--mode", "int8", "--engine", "litert_quantizer", "--float_fallback", "auto"]
+    assert cli.main([*base, "--max_accuracy_drop", "0.5", "--output", str(tmp_path / "a.tflite"),
+                     "--json", str(tmp_path / "a.json")]) == 0
+    assert json.loads((tmp_path / "a.json").read_text())["fallback_search"]["max_accuracy_drop"] == 0.5
+    capsys.readouterr()
+    assert cli.main([*base, "--max_accuracy_drop_fraction", "0.005", "--output", str(tmp_path / "b.tflite"),
+                     "--json", str(tmp_path / "b.json")]) == 0
+    assert "use --max_accuracy_drop 0.5" in capsys.readouterr().err
+    assert json.loads((tmp_path / "b.json").read_text())["fallback_search"]["max_accuracy_drop"] == 0.5
+    assert cli.main([*base, "--max_accuracy_drop", "150", "--output", str(tmp_path / "c.tflite")]) == 2

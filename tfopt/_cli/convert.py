@@ -4,12 +4,16 @@ MODEL is a .keras / .h5 file or a SavedModel folder (with `--engine litert_quant
 also a float .tflite). Post-training quantization
 has one command: `--engine converter` (TFLite converter: float32, float16,
 dynamic, int8, int16x8) or `--engine litert_quantizer` (LiteRT Quantizer: int8,
-int16x8, int4).
+int16x8, int4). `--layer_precision 'fc1=int4,re:conv.*=int8,default=int8'` sets
+each layer's precision (int4, int8, int16x8, float16, float32); `--layer_precision
+auto --max_accuracy_drop 1 [--max_size_kb N]` chooses it on x_test / y_test of
+--calibration. Exit status 3 when no layer map meets the bounds.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import flags
 
@@ -41,9 +45,19 @@ def define_flags(fv: flags.FlagValues) -> None:
                               "re:<regex>, separated by commas (repeatable); or `auto`: keep the ops that add the most "
                               "error float until within --max_accuracy_drop (validated on x_test / y_test of "
                               "--calibration when it has them).", flag_values=fv)
-    flags.DEFINE_float("max_accuracy_drop", 0.005, "Tolerance of --float_fallback auto (fraction; 0.005 = half a "
-                       "point).", flag_values=fv)
-    common.define_range_validator(fv, "max_accuracy_drop", 0, 1, high_open=True)
+    flags.DEFINE_multi_string("layer_precision", None, "Per-layer precision: RULE=PRECISION pairs separated by "
+                              "commas (RULE: a layer name or re:<regex>; PRECISION: int4, int8, int16x8, float16, "
+                              "float32; default=int8 for the others), e.g. 'fc1=int4,re:conv.*=int8,default=int8'; or "
+                              "`auto`: chosen on x_test / y_test of --calibration under --max_accuracy_drop and / or "
+                              "--max_size_kb. Engine: litert_quantizer.", flag_values=fv)
+    flags.DEFINE_float("max_accuracy_drop", None, "Allowed top-1 drop in POINTS (0.5 = half a point) for "
+                       "--float_fallback auto (default 0.5) and --layer_precision auto.", flag_values=fv)
+    common.define_range_validator(fv, "max_accuracy_drop", 0, 100, high_open=True)
+    flags.DEFINE_float("max_accuracy_drop_fraction", None, "Deprecated: the tolerance as a fraction (0.005 = half a "
+                       "point); use --max_accuracy_drop in points.", flag_values=fv)
+    common.define_range_validator(fv, "max_accuracy_drop_fraction", 0, 1, high_open=True)
+    flags.DEFINE_float("max_size_kb", None, "With --layer_precision auto: the largest .tflite, in KB.", flag_values=fv)
+    common.define_range_validator(fv, "max_size_kb", 0, None, low_open=True)
     flags.DEFINE_boolean("per_channel_dense", True, "One scale per output channel for Dense weights "
                          "(--noper_channel_dense: one per tensor, a smaller TFLite Micro arena).", flag_values=fv)
     flags.DEFINE_boolean("sparse", False, "Store mostly-zero weights in LiteRT's sparse encoding (converter).",
@@ -56,17 +70,23 @@ def main(args: list[str], fv: flags.FlagValues) -> int:
     if len(args) != 1:
         raise CLIError(f"convert takes one MODEL path; received {args}. Usage: tfopt convert MODEL --output OUT.tflite")
     source = args[0]
+    if fv.layer_precision:
+        return _main_layers(source, fv)
     quantizer = fv.engine == "litert_quantizer"
     mode = common.canonical_mode(fv.mode, QUANTIZER_MODES if quantizer else CONVERTER_MODES, "float32")
     if not fv.output:
         raise CLIError("pass --output OUT.tflite.")
+    if fv["max_size_kb"].present:
+        raise CLIError("--max_size_kb bounds --layer_precision auto; add --layer_precision auto.")
+    max_drop = _max_drop(fv)
     fallback = common.layer_rule(fv.float_fallback, "float_fallback")
     auto = fallback == ["auto"]
     if fallback and mode not in ("int8", "int16x8", "int4"):
         raise CLIError(f"--float_fallback keeps ops float in a quantized model; --mode {mode} quantizes no "
                        "activations. Use --mode int8 or int16x8.")
-    if fv["max_accuracy_drop"].present and not auto:
-        raise CLIError("--max_accuracy_drop is the tolerance of --float_fallback auto; add --float_fallback auto.")
+    if max_drop is not None and not auto:
+        raise CLIError("--max_accuracy_drop is the tolerance of --float_fallback auto or --layer_precision auto; "
+                       "add one of them.")
     needs_calibration = mode in ("int8", "int16x8") or auto
     if needs_calibration and not fv.calibration:
         raise CLIError(f"--mode {mode}" + (" with --float_fallback auto" if auto else "")
@@ -92,8 +112,86 @@ def main(args: list[str], fv: flags.FlagValues) -> int:
                    per_channel_dense=fv.per_channel_dense, input_type=fv.input_type, output_type=fv.output_type,
                    output=fv.output, sparse=fv.sparse, safe_mode=not fv.unsafe)
     if auto:
-        options.update(validation=validation, max_accuracy_drop=fv.max_accuracy_drop)
+        options.update(validation=validation, max_accuracy_drop=0.5 if max_drop is None else max_drop)
     result = convert(model, **options)
+    print(result.summary())
+    if fv.json:
+        common.write_json(fv.json, result.to_dict())
+    return 0
+
+
+def _max_drop(fv: flags.FlagValues) -> float | None:
+    """--max_accuracy_drop in points; the deprecated --max_accuracy_drop_fraction warns with the value in points."""
+    if fv.max_accuracy_drop_fraction is None:
+        return fv.max_accuracy_drop
+    if fv.max_accuracy_drop is not None:
+        raise CLIError("pass --max_accuracy_drop (points) or the deprecated --max_accuracy_drop_fraction, not both.")
+    points = round(100.0 * fv.max_accuracy_drop_fraction, 10)
+    common.warn(f"--max_accuracy_drop_fraction is deprecated; tolerances are in points: use --max_accuracy_drop "
+                f"{points:g} (for --max_accuracy_drop_fraction {fv.max_accuracy_drop_fraction:g}).")
+    return points
+
+
+def _main_layers(source: str, fv: flags.FlagValues) -> int:
+    """convert with --layer_precision: rules or auto; exit 3 when auto's bounds cannot be met."""
+    from tfopt.export.precision import LayerPrecisionConfig
+
+    if not fv.output:
+        raise CLIError("pass --output OUT.tflite.")
+    if fv["engine"].present and fv.engine != "litert_quantizer":
+        raise CLIError("--layer_precision is written by LiteRT Quantizer; drop --engine or pass --engine "
+                       "litert_quantizer.")
+    if fv.float_fallback:
+        raise CLIError("pass --float_fallback or --layer_precision, not both (--float_fallback NAME is "
+                       "--layer_precision NAME=float32).")
+    mode = common.canonical_mode(fv.mode if fv["mode"].present else None, ("int8", "int16x8"), "int8")
+    parts = [part.strip() for value in fv.layer_precision for part in common.split_rules(value) if part.strip()]
+    auto = parts == ["auto"]
+    max_drop = _max_drop(fv)
+    if auto and max_drop is None and fv.max_size_kb is None:
+        raise CLIError("--layer_precision auto needs a bound: --max_accuracy_drop POINTS and / or --max_size_kb KB.")
+    if not auto and (max_drop is not None or fv.max_size_kb is not None):
+        raise CLIError("--max_accuracy_drop / --max_size_kb bound --layer_precision auto; with rules they mean nothing.")
+    if not fv.calibration:
+        raise CLIError("--layer_precision needs --calibration DATA.npz (with x_train or x"
+                       + (", and x_test / y_test to choose on)." if auto else ")."))
+    if auto:
+        config = LayerPrecisionConfig(auto=True, default=mode, max_accuracy_drop=max_drop, max_size_kb=fv.max_size_kb)
+    else:
+        pairs, default = [], mode
+        for part in parts:
+            rule, sep, precision = part.rpartition("=")
+            if not sep or not rule:
+                raise CLIError(f"--layer_precision: {part!r} is not RULE=PRECISION; e.g. "
+                               "'fc1=int4,re:conv.*=int8,default=int8'.")
+            if rule == "default":
+                default = precision
+            else:
+                pairs.append((rule, precision))
+        config = LayerPrecisionConfig(rules=tuple(pairs), default=default)
+    checks.check_paths(inputs={"MODEL": source, "--calibration": fv.calibration},
+                       outputs={"--output": fv.output, "--json": fv.json})
+    if not os.path.exists(source):
+        raise CLIError(f"model not found: {source!r}. Pass a .keras / .h5 file.")
+    common.check_model_file(source, (".keras", ".h5", ".hdf5"))
+    model = common.load_keras(source, unsafe=fv.unsafe)
+    calibration, validation = _calibration(fv, model, auto)
+    if auto and validation is None:
+        raise CLIError(f"--layer_precision auto chooses on data the model was not trained on: add x_test and y_test "
+                       f"to {fv.calibration!r}.")
+
+    from tfopt.export.convert import convert
+    from tfopt.export.precision_handler import InfeasibleBoundError
+
+    try:
+        result = convert(model, layer_precision=config, calibration=calibration, validation=validation,
+                         per_channel_dense=fv.per_channel_dense, input_type=fv.input_type,
+                         output_type=fv.output_type, output=fv.output, safe_mode=not fv.unsafe)
+    except InfeasibleBoundError as err:
+        print(f"tfopt convert: {err}", file=sys.stderr)
+        if fv.json:
+            common.write_json(fv.json, {"error": str(err), "nearest": err.nearest})
+        return 3
     print(result.summary())
     if fv.json:
         common.write_json(fv.json, result.to_dict())

@@ -154,8 +154,8 @@ class LayerPrecisionConfig:
     def parse(cls, text: str, *, default: str = "int8") -> "LayerPrecisionConfig":
         """Reads the text form `rule=precision,rule=precision,...,default=int8` (the CLI's `--layer_precision`).
 
-        `auto` alone means `auto=True`. Rules are separated by commas (a regex
-        cannot hold a comma here; use the Python API for that).
+        `auto` alone means `auto=True` (with `max_accuracy_drop=1.0`). Rules are
+        separated by commas; a comma inside (), [] or {} of a regex stays.
 
         >>> LayerPrecisionConfig.parse("head=float32, re:dense.*=int4").rules
         (('head', 'float32'), ('re:dense.*', 'int4'))
@@ -165,7 +165,7 @@ class LayerPrecisionConfig:
         if text.strip() == "auto":
             return cls(auto=True, default=default, max_accuracy_drop=1.0)
         rules = []
-        for part in (p.strip() for p in text.split(",")):
+        for part in (p.strip() for p in _split(text)):
             if not part:
                 continue
             rule, sep, precision = part.rpartition("=")
@@ -239,6 +239,23 @@ class LayerPrecisionConfig:
             for name in hits:
                 chosen.setdefault(name, precision)
         return chosen
+
+
+def _split(text: str) -> list[str]:
+    """'a=int4,re:c{1,2}=int8' -> ['a=int4', 're:c{1,2}=int8']: commas inside brackets stay."""
+    parts, current, depth = [], [], 0
+    for char in text:
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth = max(0, depth - 1)
+        if char == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
 
 
 def layer_precision_config(value: Any, *, default: str = "int8", max_accuracy_drop: float | None = None,
