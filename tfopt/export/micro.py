@@ -266,6 +266,8 @@ def export_micro(
                 "head_bytes_measured": mine.get("arena_head_bytes"),
                 "tflm_arena_bytes": stock["arena_bytes"],
                 "tflm_head_bytes": stock.get("arena_head_bytes"),
+                "compared_samples": mine.get("num_samples", 0),
+                "mismatched_samples": mine.get("mismatched_samples", 0),
                 **plan.to_dict(),
                 "order_changed": plan.order != sorted(plan.order),
             }

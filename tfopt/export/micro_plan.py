@@ -8,7 +8,8 @@ Micro's docs/memory_management.md). This module chooses both:
 1. an operator order: any topological order; for graphs small enough, the order
    whose peak of live activation bytes is smallest (a best-first search over
    the sets of executed operators, which is exact), else a greedy order;
-2. tensor offsets: best fit, largest tensor first, using TFLite Micro's own
+2. tensor offsets: best fit, largest tensor first, then other placement
+   sequences until the packing reaches the lower bound, using TFLite Micro's own
    lifetime rules (a tensor lives from the step that writes it to the last step
    that reads it; graph inputs from step 0, graph outputs to the end; sizes
    rounded up to 16 bytes).
@@ -195,33 +196,71 @@ def _greedy_order(graph: Graph, needs: list[int], live, out_bytes: list[int]) ->
     return order
 
 
-def assign_offsets(graph: Graph, order: Sequence[int]) -> tuple[list[int], int]:
-    """Best-fit offsets for the tensors TFLite Micro places (largest first); returns (offsets, head bytes)."""
-    first, last = lifetimes(graph, order)
-    todo = [t for t, size in enumerate(graph.sizes) if size and first[t] >= 0]
-    todo.sort(key=lambda t: (-aligned(graph.sizes[t]), first[t], t))
-    offsets = [-1] * len(graph.sizes)
+def _place(sizes: list[int], first: list[int], last: list[int], sequence: Sequence[int], *, best_fit: bool):
+    """Places tensors in `sequence`, each at the lowest (or best-fitting) free offset; returns (offsets, head)."""
+    offsets = [-1] * len(sizes)
     placed: list[int] = []
     head = 0
-    for t in todo:
-        size = aligned(graph.sizes[t])
+    for t in sequence:
+        size = sizes[t]
         busy = sorted(
-            (offsets[u], offsets[u] + aligned(graph.sizes[u]))
-            for u in placed
-            if first[u] <= last[t] and first[t] <= last[u]
+            (offsets[u], offsets[u] + sizes[u]) for u in placed if first[u] <= last[t] and first[t] <= last[u]
         )
-        best_offset, best_gap, cursor = None, None, 0
+        chosen, best_gap, cursor = None, None, 0
         for lo, hi in busy:
             gap = lo - cursor
-            if gap >= size and (best_gap is None or gap < best_gap):
-                best_offset, best_gap = cursor, gap
+            if gap >= size and (best_gap is None or (best_fit and gap < best_gap)):
+                chosen, best_gap = cursor, gap
+                if not best_fit:
+                    break
             cursor = max(cursor, hi)
-        if best_offset is None:
-            best_offset = cursor
-        offsets[t] = best_offset
+        offsets[t] = cursor if chosen is None else chosen
         placed.append(t)
-        head = max(head, best_offset + size)
+        head = max(head, offsets[t] + size)
     return offsets, head
+
+
+def assign_offsets(graph: Graph, order: Sequence[int], *, attempts: int = 400, seed: int = 0) -> tuple[list[int], int]:
+    """Arena offsets for the tensors TFLite Micro places in `order`; returns (offsets per tensor, head bytes).
+
+    Best fit, largest tensor first, then other placement sequences (by first
+    use, by lifetime, random swaps of the best so far), each tensor at the
+    lowest free offset, stopping at the lower bound. Placing tensors at their
+    lowest free offset in the right sequence reaches any optimal packing, so
+    the search only has to find that sequence.
+    """
+    import random
+
+    first, last = lifetimes(graph, order)
+    sizes = [aligned(s) if s and first[t] >= 0 else 0 for t, s in enumerate(graph.sizes)]
+    todo = [t for t, size in enumerate(sizes) if size]
+    bound = peak_bytes(graph, order)
+    keys = [
+        lambda t: (-sizes[t], first[t], t),
+        lambda t: (first[t], -sizes[t], t),
+        lambda t: (-(last[t] - first[t]), -sizes[t], t),
+        lambda t: (-sizes[t] * (last[t] - first[t] + 1), t),
+    ]
+    best = _place(sizes, first, last, sorted(todo, key=keys[0]), best_fit=True)
+    best_sequence = sorted(todo, key=keys[0])
+    for key in keys:
+        for best_fit in (False, True):
+            sequence = sorted(todo, key=key)
+            found = _place(sizes, first, last, sequence, best_fit=best_fit)
+            if found[1] < best[1]:
+                best, best_sequence = found, sequence
+    rng = random.Random(seed)
+    for _ in range(attempts if len(todo) > 1 else 0):
+        if best[1] <= bound:
+            break
+        sequence = list(best_sequence)
+        i, j = rng.randrange(len(sequence)), rng.randrange(len(sequence))
+        sequence.insert(j, sequence.pop(i))
+        found = _place(sizes, first, last, sequence, best_fit=False)
+        if found[1] <= best[1]:
+            best, best_sequence = found, sequence
+    offsets = [o if sizes[t] else -1 for t, o in enumerate(best[0])]
+    return offsets, best[1]
 
 
 def plan_graph(graph: Graph, *, max_states: int = MAX_SEARCH_STATES) -> MicroPlan:
