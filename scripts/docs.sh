@@ -12,7 +12,7 @@ DOCS_WANT="$(cat "$ROOT/constraints/ci.txt" "$ROOT/constraints/docs.txt" | sha25
 if [ ! -f "$DOCS_STAMP" ] || [ "$(cat "$DOCS_STAMP")" != "$DOCS_WANT" ]; then
   echo "[tfopt] installing the docs tools (MkDocs, mkdocstrings) into $VENV"
   "$VENV/bin/python" -m pip install --quiet -c "$ROOT/constraints/ci.txt" -c "$ROOT/constraints/docs.txt" \
-    mkdocs "mkdocstrings[python]" mkdocstrings-python
+    mkdocs "mkdocstrings[python]" mkdocstrings-python ruff
   echo "$DOCS_WANT" > "$DOCS_STAMP"
 fi
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
