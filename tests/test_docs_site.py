@@ -22,8 +22,14 @@ import docs_hooks  # noqa: E402
 
 
 def _needs_mkdocs():
-    pytest.importorskip("mkdocs", reason="the docs tools are not installed: run scripts/docs.sh once")
-    pytest.importorskip("mkdocstrings_handlers.python", reason="run scripts/docs.sh once")
+    try:
+        import mkdocs  # noqa: F401
+        import mkdocstrings_handlers.python  # noqa: F401
+    except ImportError:
+        message = "the docs tools are not installed: run scripts/docs.sh once"
+        if os.environ.get("TFOPT_CI") == "1":  # .ci/run runs scripts/docs.sh first: missing there is a failure
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 def test_api_pages_document_every_public_name():
