@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The group of a public name is the tfopt module that defines it; the order here is the order of the pages.
 GROUPS = [
-    ("transform", "Transform a model", ("tfopt.api", "tfopt.compress")),
+    ("transform", "Models: transform, strip, load", ("tfopt.api", "tfopt.compress")),
     ("configs", "Configs", ("tfopt.config",)),
     ("export", "Export", ("tfopt.export",)),
     ("analyze", "Analyze", ("tfopt.analyze",)),
