@@ -596,3 +596,42 @@ def weight_tensors_for_micro(tflite: Any) -> list[dict[str, Any]]:
                 "quantized_dimension": int(q.quantizedDimension) if scales > 1 else None,
             }
     return list(found.values())
+
+
+def rewrite_weights(tflite: Any, values: dict[int, np.ndarray], *, scales: dict[int, np.ndarray] | None = None,
+                    int4: bool = False) -> bytes:
+    """A copy of a .tflite with new int8 values (and scales) for constant tensors of the first subgraph.
+
+    With `int4=True` the tensors are stored as INT4 (two values a byte, low
+    nibble first, as LiteRT and TFLite Micro unpack them); every value must
+    then lie in [-8, 7]. Used to test which TFLite Micro kernels take 4-bit weights.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = read_model(tflite)
+    tensors = model.subgraphs[0].tensors
+    for index, array in values.items():
+        tensor = tensors[index]
+        q = np.asarray(array).astype(np.int8)
+        if list(q.shape) != list(tensor.shape) or buffer_bytes(model, tensor) is None:
+            raise InvalidArgumentError(
+                f"tensor {index} is a constant of shape {tensor.shape}; received values of shape {list(q.shape)}."
+            )
+        if int4:
+            if q.min() < -8 or q.max() > 7:
+                raise InvalidArgumentError(
+                    f"INT4 values must lie in [-8, 7]; tensor {index} holds [{q.min()}, {q.max()}]."
+                )
+            flat = (q.reshape(-1).astype(np.int16) & 0x0F).astype(np.uint8)
+            if flat.size % 2:
+                flat = np.append(flat, np.uint8(0))
+            data = flat[0::2] | (flat[1::2] << 4)
+            tensor.type = schema.TensorType.INT4
+        else:
+            data = q.view(np.uint8).reshape(-1)
+            tensor.type = schema.TensorType.INT8
+        model.buffers[tensor.buffer].data = np.ascontiguousarray(data, dtype=np.uint8)
+        if scales and index in scales:
+            tensor.quantization.scale = np.asarray(scales[index], dtype=np.float32)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))

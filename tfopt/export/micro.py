@@ -640,3 +640,49 @@ def write_c_array(
         os.path.join(out_dir, f"{name}_model_data.cc"), source.encode()
     )
     return cc_path, h_path
+
+
+def int4_kernel_support(tflite: Any, *, data: Any = None, num_samples: int = 20, timeout: float = 600.0) -> list[dict]:
+    """Which of a model's ops TFLite Micro runs with 4-bit (INT4) weights, found by running them.
+
+    For each conv / fully-connected weight tensor, the weights are re-quantized
+    to [-7, 7] (`micro_compress.requantize_int4`) and the model is written twice:
+    with those values stored as int8, and packed as INT4. TFLite Micro must run
+    both and give bit-identical outputs for the op to count as accepting int4.
+    One row per tensor: `op`, `tensor`, `accepted`, `reason`, `int8_bytes`, `int4_bytes`.
+    """
+    from tfopt.analyze.flatbuffer import inspect_tflite as _inspect, read_model, rewrite_weights, weight_tensors_for_micro
+    from tfopt.export.micro_compress import requantize_int4
+
+    content = tflite_bytes(tflite)
+    model = read_model(content)
+    subgraph = model.subgraphs[0]
+    users = {}
+    for op in _inspect(content).ops:
+        if op.subgraph == 0:
+            for t in subgraph.operators[op.index].inputs[1:2]:
+                users.setdefault(t, op.name)
+    xs = _inputs(data, num_samples, len(_inspect(content).inputs))
+    rows = []
+    for tensor in weight_tensors_for_micro(content):
+        if tensor["index"] not in users or tensor["values"].dtype != np.int8:
+            continue
+        q = subgraph.tensors[tensor["index"]].quantization
+        q4, scales = requantize_int4(tensor["values"], q.scale, axis=tensor["quantized_dimension"])
+        change = {tensor["index"]: q4}
+        as_int8 = rewrite_weights(content, change, scales={tensor["index"]: scales})
+        as_int4 = rewrite_weights(content, change, scales={tensor["index"]: scales}, int4=True)
+        raw = check_on_micro(as_int8, xs, num_samples=num_samples, variants={"int4": as_int4}, timeout=timeout)
+        found = (raw.get("variants") or [{}])[0]
+        reason = "; ".join(i["reason"] for i in found.get("issues", []))
+        if not reason and found.get("mismatched_samples"):
+            reason = f"outputs differ from the same weights stored as int8 on {found['mismatched_samples']} inputs"
+        rows.append({
+            "op": users[tensor["index"]],
+            "tensor": tensor["name"],
+            "accepted": bool(found) and not reason and not raw.get("issues"),
+            "reason": reason,
+            "int8_bytes": len(as_int8),
+            "int4_bytes": len(as_int4),
+        })
+    return rows

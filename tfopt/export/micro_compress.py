@@ -150,3 +150,24 @@ def choose_compression(values: np.ndarray, *, channel_axis: int | None = None) -
         return None
     mode = "per-tensor" if channel_axis is None else "per-channel"
     return CompressionChoice(mode, channel_axis, bits, widest, int(values.nbytes), size)
+
+
+def requantize_int4(values: np.ndarray, scales: np.ndarray, *, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 weights re-quantized to 4 bits ([-7, 7]) per channel along `axis` (or per tensor).
+
+    Returns `(int8 array holding values in [-7, 7], new scales)`: each channel's
+    largest magnitude maps to 7 and its scale grows by the same factor.
+
+    >>> q, s = requantize_int4(np.array([[127, -64, 0], [14, 7, -14]], np.int8), np.array([0.5, 1.0]), axis=0)
+    >>> q.tolist(), s.tolist()
+    ([[7, -4, 0], [7, 4, -7]], [9.071428571428571, 2.0])
+    """
+    q = np.asarray(values).astype(np.int32)
+    moved = q.reshape(1, -1) if axis is None else np.moveaxis(q, axis, 0).reshape(q.shape[axis], -1)
+    peak = np.maximum(np.abs(moved).max(axis=1), 1).astype(np.float64)
+    q4 = np.clip(np.round(moved * 7.0 / peak[:, None]), -7, 7).astype(np.int8)
+    new_scales = np.asarray(scales, dtype=np.float64).reshape(-1) * peak / 7.0
+    if axis is None:
+        return q4.reshape(q.shape), new_scales
+    shaped = q4.reshape((q.shape[axis],) + tuple(np.delete(q.shape, axis)))
+    return np.moveaxis(shaped, 0, axis), new_scales
