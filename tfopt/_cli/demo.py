@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from absl import flags
 
 from tfopt._cli import checks, common
@@ -35,5 +37,6 @@ def main(args: list[str], fv: flags.FlagValues) -> int:
     result = run_demo(output, dataset=fv.dataset, epochs=fv.epochs, num_runs=fv.num_runs,
                       max_test_examples=fv.max_test_examples, seed=fv.seed)
     print()
-    print(result.summary())
+    # The search printed its own table while it ran (run_demo is verbose here); print it once.
+    print(dataclasses.replace(result, optimize=None).summary())
     return 0
