@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Builds tfopt's wheel, installs it into a fresh virtual environment outside the repository, and runs
 # `tfopt --version` and `tfopt demo` from there: the check that `pip install` gives a stranger a working tfopt.
-# Usage: scripts/check_wheel.sh [extra `tfopt demo` flags]   (PYTHON=python3.12 picks the interpreter)
-# The wheel gets the core dependencies plus [demo], under constraints/ci.txt; no [legacy], no [all].
+# Usage: scripts/check_wheel.sh [extra `tfopt demo` flags]
+#   PYTHON=python3.12 picks the interpreter (default python3.11, else python3).
+#   CONSTRAINTS=FILE pins the install (default constraints/ci.txt, checked on Python 3.11 and 3.12;
+#   CONSTRAINTS= with an empty value lets pip resolve freely, e.g. on Python 3.10, where the 3.11 pins do not resolve).
+# The wheel gets the core dependencies plus [demo]; no [legacy], no [all].
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-}"
@@ -28,7 +31,8 @@ echo "[check_wheel] built $(basename "$WHEEL")"
 
 echo "[check_wheel] installing it into a fresh venv in $WORK/venv"
 "$PY" -m venv "$WORK/venv"
-"$WORK/venv/bin/python" -m pip install --quiet -c "$ROOT/constraints/ci.txt" "${WHEEL}[demo]"
+CONSTRAINTS="${CONSTRAINTS-$ROOT/constraints/ci.txt}"
+"$WORK/venv/bin/python" -m pip install --quiet ${CONSTRAINTS:+-c "$CONSTRAINTS"} "${WHEEL}[demo]"
 
 cd "$WORK"  # out of the repository: the installed wheel is imported, never the source tree
 "$WORK/venv/bin/python" - <<'PY'
