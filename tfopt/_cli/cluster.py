@@ -40,7 +40,8 @@ BATCHNORM_EXAMPLES = 1024
 
 
 def main(args: list[str], fv: flags.FlagValues) -> int:
-    return supervise.run(NAME, args, fv, _work, outputs=(fv.output, fv.json))
+    return supervise.run(NAME, args, fv, _work, outputs=(fv.output, fv.json),
+                         check=lambda: training.check_call(args, fv, NAME))
 
 
 def _work(args: list[str], fv: flags.FlagValues) -> int:

@@ -33,15 +33,24 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def main(args: list[str], fv: flags.FlagValues) -> int:
-    return supervise.run(NAME, args, fv, _work, outputs=(fv.output, fv.json))
+    return supervise.run(NAME, args, fv, _work, outputs=(fv.output, fv.json), check=lambda: _check(args, fv))
+
+
+def _check(args: list[str], fv: flags.FlagValues) -> None:
+    _check_rule(fv)
+    training.check_call(args, fv, NAME)
+
+
+def _check_rule(fv: flags.FlagValues) -> None:
+    given = [f"--{name}" for name in ("rank", "energy", "param_ratio") if fv[name].value is not None]
+    if len(given) > 1:
+        raise common.CLIError(f"pass one rule of --rank, --energy or --param_ratio; received {', '.join(given)}.")
 
 
 def _work(args: list[str], fv: flags.FlagValues) -> int:
     from tfopt.compress.lowrank import decompose, plan_decomposition
 
-    given = [f"--{name}" for name in ("rank", "energy", "param_ratio") if fv[name].value is not None]
-    if len(given) > 1:
-        raise common.CLIError(f"pass one rule of --rank, --energy or --param_ratio; received {', '.join(given)}.")
+    _check_rule(fv)
     run = training.training_run(args, fv, NAME)
     model, epochs, batch_size = run.model, run.epochs, run.batch_size
     x_train, y_train, x_test, y_test = run.x_train, run.y_train, run.x_test, run.y_test

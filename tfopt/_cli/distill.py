@@ -22,12 +22,11 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def main(args: list[str], fv: flags.FlagValues) -> int:
-    return supervise.run(NAME, args, fv, _work, outputs=(fv.output, fv.json))
+    return supervise.run(NAME, args, fv, _work, outputs=(fv.output, fv.json), check=lambda: _check(args, fv))
 
 
-def _work(args: list[str], fv: flags.FlagValues) -> int:
-    from tfopt.compress.distill import distill
-
+def _check(args: list[str], fv: flags.FlagValues) -> dict:
+    """The checks that need no TensorFlow; returns the data."""
     if len(args) != 2:
         raise common.CLIError(f"expected TEACHER and STUDENT model files; received {len(args)} arguments: {args}.")
     if not fv.output or not fv.output.endswith((".keras", ".h5")):
@@ -38,6 +37,14 @@ def _work(args: list[str], fv: flags.FlagValues) -> int:
         common.check_model_file(path, (".keras", ".h5", ".hdf5"))
     training.verbosity(fv)
     data = checks.load_npz(fv.data)
+    training.check_data(data, fv.data)
+    return data
+
+
+def _work(args: list[str], fv: flags.FlagValues) -> int:
+    from tfopt.compress.distill import distill
+
+    data = _check(args, fv)
     supervise.stage("loading the models")
     teacher, student = (common.load_keras(path, unsafe=fv.unsafe) for path in args)
     training.allow_code_copies(student, fv)

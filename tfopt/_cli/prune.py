@@ -34,7 +34,13 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def main(args: list[str], fv: flags.FlagValues) -> int:
-    return supervise.run(NAME, args, fv, _work, outputs=(fv.output, fv.json))
+    return supervise.run(NAME, args, fv, _work, outputs=(fv.output, fv.json), check=lambda: _check(args, fv))
+
+
+def _check(args: list[str], fv: flags.FlagValues) -> None:
+    if fv.structure == "channels" and fv.ratio is None:
+        raise CLIError("--structure channels needs --ratio R (fraction of channels to remove).")
+    training.check_call(args, fv, NAME)
 
 
 def _work(args: list[str], fv: flags.FlagValues) -> int:

@@ -35,7 +35,8 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def main(args: list[str], fv: flags.FlagValues) -> int:
-    return supervise.run(NAME, args, fv, _work, outputs=(fv.output, fv.json))
+    return supervise.run(NAME, args, fv, _work, outputs=(fv.output, fv.json),
+                         check=lambda: training.check_call(args, fv, NAME, output_suffixes=(".tflite",)))
 
 
 def _work(args: list[str], fv: flags.FlagValues) -> int:

@@ -42,7 +42,8 @@ a native crash then ends the command with the bare signal again.
 A command module uses it in two places:
 
     def main(args, fv):
-        return supervise.run(NAME, args, fv, _work, outputs=(fv.output, fv.json))
+        return supervise.run(NAME, args, fv, _work, outputs=(fv.output, fv.json),
+                             check=lambda: training.check_call(args, fv, NAME))
 
     def _work(args, fv):            # runs in the child
         supervise.stage("fine-tuning (fit)", model=model)
@@ -76,7 +77,7 @@ Work = Callable[[list[str], flags.FlagValues], int]
 
 
 def run(command: str, args: list[str], fv: flags.FlagValues, work: Work, *,
-        outputs: Iterable[str | None] = ()) -> int:
+        outputs: Iterable[str | None] = (), check: Callable[[], object] | None = None) -> int:
     """Runs `work(args, fv)` in a supervised child process (or here, when this is the child).
 
     Args:
@@ -86,6 +87,9 @@ def run(command: str, args: list[str], fv: flags.FlagValues, work: Work, *,
         work: the function doing the command's work; returns the exit status.
         outputs: the command's output paths; temporary files a killed child
             left next to them are removed.
+        check: the command's checks that need no TensorFlow (paths, flags, the
+            data file), run here before a child starts, so a mistake costs no
+            TensorFlow start-up; `work` checks everything again.
 
     Returns:
         The exit status: the child's own, or 4 when the work died by a signal
@@ -96,6 +100,8 @@ def run(command: str, args: list[str], fv: flags.FlagValues, work: Work, *,
         return int(work(args, fv) or 0)
     if os.environ.get(OPT_OUT_ENV, "").strip() not in ("", "0") or not sys.executable:
         return int(work(args, fv) or 0)
+    if check is not None:
+        check()
     return supervise(command, child_arguments(command, args, fv), outputs=outputs)
 
 

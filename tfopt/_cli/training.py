@@ -39,6 +39,24 @@ class TrainingRun:
 def training_run(args: list[str], fv: flags.FlagValues, command: str, *,
                  output_suffixes: tuple[str, ...] = (".keras", ".h5")) -> TrainingRun:
     """Checks `MODEL --data --output [--json]`, paths and data against the model; loads both; seeds Keras."""
+    include, exclude, data = check_call(args, fv, command, output_suffixes=output_suffixes)
+    supervise.stage("loading the model")
+    model = common.load_keras(args[0], unsafe=fv.unsafe)
+    allow_code_copies(model, fv)
+    supervise.stage("checking the data against the model", model=model)
+    checks.check_model_data(model, data, fv.data)
+    keras_of(model).utils.set_random_seed(fv.seed)
+    return TrainingRun(model, *(np.asarray(data[k]) for k in checks.DATA_KEYS), epochs=fv.epochs,
+                       batch_size=fv.batch_size, include=include, exclude=exclude)
+
+
+def check_call(args: list[str], fv: flags.FlagValues, command: str, *,
+               output_suffixes: tuple[str, ...] = (".keras", ".h5")):
+    """The checks of `MODEL --data --output [--json]` that need no TensorFlow; returns (include, exclude, data).
+
+    Arguments, flags, paths, the model file's kind and the data file (numbers, finite,
+    labels) without the model; `training_run` adds the checks against the model.
+    """
     if len(args) != 1:
         raise CLIError(f"{command} takes one MODEL path (.keras / .h5). Received: {args!r}. "
                        f"Usage: tfopt {command} MODEL --data DATA.npz --output OUT{output_suffixes[0]}")
@@ -52,14 +70,14 @@ def training_run(args: list[str], fv: flags.FlagValues, command: str, *,
     verbosity(fv)  # --verbose with --quiet is refused before any work
     common.check_model_file(args[0], (".keras", ".h5", ".hdf5"))
     data = checks.load_npz(fv.data)
-    supervise.stage("loading the model")
-    model = common.load_keras(args[0], unsafe=fv.unsafe)
-    allow_code_copies(model, fv)
-    supervise.stage("checking the data against the model", model=model)
-    checks.check_model_data(model, data, fv.data)
-    keras_of(model).utils.set_random_seed(fv.seed)
-    return TrainingRun(model, *(np.asarray(data[k]) for k in checks.DATA_KEYS), epochs=fv.epochs,
-                       batch_size=fv.batch_size, include=include, exclude=exclude)
+    check_data(data, fv.data)
+    return include, exclude, data
+
+
+def check_data(data, source: str) -> None:
+    """The (x, y) pairs of a data file, checked without a model (numbers, finite, one label per example)."""
+    for x_key, y_key in (("x_train", "y_train"), ("x_test", "y_test")):
+        checks.check_xy(np.asarray(data[x_key]), np.asarray(data[y_key]), x_name=x_key, y_name=y_key, source=source)
 
 
 def define_progress_flags(fv: flags.FlagValues) -> None:
