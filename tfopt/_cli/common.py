@@ -73,10 +73,15 @@ def write_json(path: str, payload) -> str:
     """Writes a command's JSON: atomically to `path`, or to stdout when `path` is `-`. Returns `path`."""
     if path != STDOUT:
         return _io.write_json(path, payload)
-    stream = _json_stream[-1] if _json_stream else sys.stdout
+    stream = json_stdout()
     stream.write(json.dumps(payload, indent=2, default=_io._jsonable) + "\n")
     stream.flush()
     return path
+
+
+def json_stdout():
+    """The stream `--json -` writes to: the real stdout while `json_to_stdout` is active, else `sys.stdout`."""
+    return _json_stream[-1] if _json_stream else sys.stdout
 
 
 @contextlib.contextmanager
