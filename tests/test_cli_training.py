@@ -89,13 +89,15 @@ def test_cli_decompose_rank(files, tmp_path, capsys):
     assert out.exists()
 
 
-def test_cli_distill(files, tmp_path, capsys):
-    out, report = tmp_path / "student_out.keras", tmp_path / "distill.json"
+def test_cli_distill_json_to_stdout(files, tmp_path, capsys):
+    out = tmp_path / "student_out.keras"
     assert cli.main(["distill", str(files / "model.keras"), str(files / "student.keras"), "--data",
-                     str(files / "data.npz"), "--output", str(out), "--json", str(report), "--epochs", "2",
+                     str(files / "data.npz"), "--output", str(out), "--json", "-", "--epochs", "2",
                      "--distill_learning_rate", "0.01"]) == 0
-    assert "--distill_learning_rate is deprecated" in capsys.readouterr().err
-    payload = json.loads(report.read_text())
+    captured = capsys.readouterr()
+    assert "--distill_learning_rate is deprecated" in captured.err
+    payload = json.loads(captured.out)  # stdout is the JSON only, also from the supervised child
+    assert len([line for line in captured.err.splitlines() if EPOCH_LINE.match(line)]) == 2  # progress: stderr
     assert payload["student_accuracy_after"] > payload["student_accuracy_before"]
     assert {"teacher_accuracy", "teacher_params", "student_params", "temperature", "alpha", "paths"} <= set(payload)
     assert out.exists()
