@@ -222,11 +222,11 @@ def pages(root: str = ROOT) -> dict[str, str]:
 
 def quoted_on(name: str, script: str, texts: dict[str, str]) -> list[str]:
     """Pages that quote a result (name its JSON or its script) without marking it `<!-- bench: historical X.json -->`."""
-    quoting = []
+    quoting, script_name = [], os.path.basename(script)
     for page, text in texts.items():
         historical = set(HISTORICAL.findall(text))
         body = HISTORICAL.sub("", text)
-        if name not in historical and (name in body or script in body):
+        if name not in historical and (name in body or script_name in body):
             quoting.append(page)
     return quoting
 

@@ -9,7 +9,7 @@ The rule (bench/_provenance.py holds the code and the script -> measured-code ma
   the recorded one (`git log <commit>..HEAD -- <paths>`). Stale results are listed (printed in the test output), not
   failed: a refactor that moves a file makes old figures unproven, not wrong, and CI must not stay red for that.
 - A stale result **fails** only when docs/*.md or README.md quote it: the page names the JSON (`X.json`) or its
-  script (`bench/X.py`). A quoted figure presents itself as what the code does today. Fix it by re-running the
+  script (`X.py`). A quoted figure presents itself as what the code does today. Fix it by re-running the
   script (its JSON records the command) and committing the JSON, or by marking the page's figures as history:
   a visible note plus the marker `<!-- bench: historical X.json -->` on that page, which exempts X.json there.
 - Needs git history: in a shallow clone (or without git) the staleness test is skipped and says why.
@@ -71,6 +71,7 @@ def test_quoted_on_reads_names_scripts_and_the_historical_marker():
         "docs/a.md": "From `bench/bench_x.py` (`bench/results/x.json`): 3.1x faster.",
         "docs/b.md": "Old figures. <!-- bench: historical x.json -->\nFrom bench/results/x.json: 2x.",
         "docs/c.md": "Nothing measured here.",
+        "docs/d.md": "Run bench_x_more.py for more.",  # another script whose name starts the same
     }
     assert _provenance.quoted_on("x.json", "bench/bench_x.py", pages) == ["docs/a.md"]
     assert _provenance.quoted_on("y.json", "bench/bench_y.py", pages) == []
