@@ -123,7 +123,7 @@ def test_cli_qat_writes_int8_tflite(files, tmp_path, capsys):
     assert "--num_calibration is deprecated; use --num_samples" in captured.err
     assert not [line for line in captured.out.splitlines() if EPOCH_LINE.match(line)]  # --quiet
     assert "fully_quantize" not in captured.out + captured.err  # the converter's chatter stays off
-    assert re.search(r"^qat int8: accuracy float [\d.]+% -> \.tflite [\d.]+%", captured.out, re.M)
+    assert re.search(r"^qat int8: accuracy float [\d.]+% -> \.tflite [\d.]+%", captured.out, re.MULTILINE)
     assert QUANTIZE_KEYS <= set(payload)
     assert payload["method"] == "qat" and payload["mode"] == "int8" and payload["qat_keras_accuracy"] is not None
     assert payload["tflite_accuracy"] >= QAT_TFLITE_FLOOR
@@ -160,7 +160,7 @@ def test_cli_training_progress_one_line_per_epoch(files, tmp_path, capsys):
     stdout = captured.out.splitlines()
     assert len([line for line in stdout if EPOCH_LINE.match(line)]) == 2, captured.out
     assert stdout.index("Epoch 1/2") < stdout.index("Epoch 2/2")
-    assert re.search(r"^accuracy [\d.]+ -> [\d.]+ \(decomposed\) -> [\d.]+ \(after 2 epochs\)", captured.out, re.M)
+    assert re.search(r"^accuracy [\d.]+ -> [\d.]+ \(decomposed\) -> [\d.]+ \(after 2 epochs\)", captured.out, re.MULTILINE)
     assert out.exists() and "Traceback" not in captured.err
 
 

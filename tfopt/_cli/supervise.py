@@ -61,7 +61,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from absl import flags
 

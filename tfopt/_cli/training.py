@@ -12,7 +12,8 @@ import os
 import re
 import sys
 import tempfile
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 from absl import flags
@@ -117,27 +118,26 @@ def quiet_converter() -> Iterator[None]:
     File descriptors 1 and 2 go to temporary files for the block; their lines are
     written back afterwards (also when the block raises), except `CONVERTER_CHATTER`.
     """
-    saved, captures = [], []
-    for stream, fd in ((sys.stdout, 1), (sys.stderr, 2)):
-        stream.flush()
-        capture = tempfile.TemporaryFile(mode="w+b")
-        saved.append(os.dup(fd))
-        os.dup2(capture.fileno(), fd)
-        captures.append(capture)
-    try:
-        yield
-    finally:
-        for stream, fd, old, capture in zip((sys.stdout, sys.stderr), (1, 2), saved, captures):
+    streams = (sys.stdout, sys.stderr)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        saved = []
+        for stream, fd, capture in zip(streams, (1, 2), (out, err)):
             stream.flush()
-            os.dup2(old, fd)
-            os.close(old)
-            capture.seek(0)
-            text = capture.read().decode("utf-8", errors="replace")
-            capture.close()
-            kept = [line for line in text.splitlines() if not CONVERTER_CHATTER.match(line)]
-            if kept:
-                stream.write("\n".join(kept) + "\n")
+            saved.append(os.dup(fd))
+            os.dup2(capture.fileno(), fd)
+        try:
+            yield
+        finally:
+            for stream, fd, old, capture in zip(streams, (1, 2), saved, (out, err)):
                 stream.flush()
+                os.dup2(old, fd)
+                os.close(old)
+                capture.seek(0)
+                text = capture.read().decode("utf-8", errors="replace")
+                kept = [line for line in text.splitlines() if not CONVERTER_CHATTER.match(line)]
+                if kept:
+                    stream.write("\n".join(kept) + "\n")
+                    stream.flush()
 
 
 def allow_code_copies(model, fv: flags.FlagValues) -> None:
