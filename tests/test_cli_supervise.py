@@ -191,3 +191,22 @@ def test_supervise_layer_types_reach_into_nested_models():
     inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)], name="inner")
     outer = keras.Sequential([keras.Input((4,)), inner, keras.layers.BatchNormalization()])
     assert supervise.layer_types(outer) == ["BatchNormalization", "Dense", "Sequential"]
+
+
+def test_supervise_data_mistake_is_refused_before_any_child(files, tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    bad = tmp_path / "nan.npz"
+    with np.load(files / "data.npz") as data:
+        arrays = dict(data)
+    arrays["x_train"] = np.where(arrays["x_train"] > 0.5, np.nan, arrays["x_train"])
+    np.savez(bad, **arrays)
+
+    def no_child(*args, **kwargs):
+        raise AssertionError("a child process was started for a call that the parent can refuse")
+
+    monkeypatch.setattr(supervise, "_attempt", no_child)
+    status = cli.main(["prune", str(files / "crash.keras"), "--data", str(bad), "--output", str(tmp_path / "o.keras")])
+    assert status == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tfopt")]
+    assert len(lines) == 1 and lines[0].startswith("tfopt prune: error:") and "nan" in lines[0].lower()
