@@ -18,7 +18,7 @@ For each model, three .tflite files and what TFLite Micro measures on them:
    lower bound of its operator order; outputs bit-identical to 1. on TFLite Micro (checked by export_micro);
 3. the model clustered to 16 values per layer (`tfopt.cluster`, one fine-tuning epoch), int8, exported with
    compression and tfopt's plan: flash, arena, accuracy.
-Plus the int4-weight kernel probe (`int4_kernel_support`) on ResNet-8 and the autoencoder.
+Plus the int4-weight kernel probe (`int4_kernel_support`) on the DS-CNN (conv, depthwise, dense) and the autoencoder.
 
     .venv/bin/python bench/bench_micro_memory.py [--train 5000] [--epochs 3] [--num_samples 50]
 """
@@ -253,7 +253,7 @@ def main() -> int:
                               autoencoder=autoencoder))
         print(f"{name}: done at {time.perf_counter() - start:.0f} s", flush=True)
     int4 = []
-    for name in ("resnet8", "fc_autoencoder"):
+    for name in ("ds_cnn", "fc_autoencoder"):
         build = specs[name][0]
         data = specs[name][1]
         import keras
