@@ -19,6 +19,13 @@ from tfopt import cli
 NUM_CLASSES = 10
 
 
+@pytest.fixture(autouse=True)
+def _in_process(monkeypatch):
+    """Bad inputs never reach training: the training commands run in-process here (no supervised child, so no
+    TensorFlow start per case); tests/test_cli_supervise.py covers the supervised path."""
+    monkeypatch.setenv("TFOPT_NO_SUPERVISOR", "1")
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A tiny model (.keras, .h5, .tflite), good data, and a shelf of broken files; built once."""

@@ -11,6 +11,11 @@ Flags are absl's, with three additions: `--no-FLAG` is accepted next to absl's
 and `--json -` prints the JSON to stdout (the command's other lines then go to
 stderr, so stdout is JSON only). Fix hints in error messages are spoken as the
 command's own flags (`common.flag_hints`), not as Python keyword arguments.
+
+Exit status 4: a training command's work died by a signal inside TensorFlow
+twice (the second time with `TF_ENABLE_ONEDNN_OPTS=0`), or once with oneDNN
+already off (`tfopt._cli.supervise`). `TFOPT_NO_SUPERVISOR=1` runs training
+commands in-process.
 """
 
 from __future__ import annotations

@@ -114,7 +114,7 @@ def _work(args: list[str], fv: flags.FlagValues) -> int:
     for row in result["layers"]:
         mark = "clustered" if row["clustered"] else "kept"
         print(f"  {row['name']:<32} {row['shape']!s:<20} unique {row['num_unique']:>6} ({mark})")
-    print(f"wrote {fv.output}" + (f" and {fv.json}" if fv.json else ""))
+    print(f"wrote {fv.output}" + (f" and {common.shown_path(fv.json)}" if fv.json else ""))
     return 0
 
 

@@ -91,5 +91,5 @@ def _work(args: list[str], fv: flags.FlagValues) -> int:
     print(f"accuracy {accuracy_before:.4f} -> {accuracy_decomposed:.4f} (decomposed) -> {accuracy_after:.4f} "
           f"(after {epochs} epochs); params {result['params_before']:,} -> {result['params_after']:,} "
           f"({result['param_ratio']:.3f}x)")
-    print(f"wrote {fv.output}" + (f" and {fv.json}" if fv.json else ""))
+    print(f"wrote {fv.output}" + (f" and {common.shown_path(fv.json)}" if fv.json else ""))
     return 0

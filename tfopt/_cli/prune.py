@@ -119,7 +119,7 @@ def _work(args: list[str], fv: flags.FlagValues) -> int:
     )
     for layer in result["layers"]:
         print(f"  {layer['name']:<32} {layer['shape']!s:<20} sparsity {layer['sparsity']:.3f}")
-    print(f"wrote {fv.output}" + (f" and {fv.json}" if fv.json else ""))
+    print(f"wrote {fv.output}" + (f" and {common.shown_path(fv.json)}" if fv.json else ""))
     return 0
 
 

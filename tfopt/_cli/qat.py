@@ -101,5 +101,5 @@ def finish(args: list[str], fv: flags.FlagValues, run: training.TrainingRun, res
           f"{result.size_bytes / 1024:.1f} KB, compute ops {report['precision']}")
     for item in kept_float:
         print(f"  float: {item['name']}: {item['reason']}")
-    print(f"wrote {fv.output}" + (f" and {fv.json}" if fv.json else ""))
+    print(f"wrote {fv.output}" + (f" and {common.shown_path(fv.json)}" if fv.json else ""))
     return 0

@@ -291,8 +291,7 @@ def _real_stdout():
     """Our stdout, or the one `--json -` set aside (it sends the parent's prints to stderr; the child does the same)."""
     from tfopt._cli import common
 
-    redirected = getattr(common, "_json_stream", None)
-    return redirected[-1] if redirected else sys.stdout
+    return common.json_stdout()
 
 
 def _target(stream):

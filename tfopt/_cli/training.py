@@ -185,6 +185,6 @@ def classification_loss(keras, model, x_sample: np.ndarray, y: np.ndarray):
 def report_paths(fv: flags.FlagValues) -> dict[str, str]:
     """The `paths` entry of a training command's JSON: absolute --output (and --json)."""
     paths = {"output": os.path.abspath(fv.output)}
-    if fv.json:
+    if fv.json and fv.json != common.STDOUT:
         paths["json"] = os.path.abspath(fv.json)
     return paths
