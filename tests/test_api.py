@@ -76,12 +76,13 @@ def test_apply_accepts_to_dict_output_and_replays_it():
         (lambda m: tfopt.apply(m, "prune"), TypeError, "takes tfopt configs"),
         (lambda m: tfopt.apply(m, tfopt.PTQConfig(), tfopt.FineTuneConfig()), ValueError, "must be the last step"),
         (lambda m: tfopt.apply(m, tfopt.FineTuneConfig()), ValueError, "needs data"),
-        (lambda m: tfopt.apply(m, tfopt.FineTuneConfig(), data="x.npz"), TypeError, "data must be"),
+        (lambda m: tfopt.apply(m, tfopt.FineTuneConfig(), data=42), TypeError, "data must be"),
+        (lambda m: tfopt.apply(m, tfopt.FineTuneConfig(), data="missing.npz"), FileNotFoundError, "missing.npz"),
         (lambda m: tfopt.apply(m, tfopt.FineTuneConfig(), data={"x": 1}), ValueError, "x_train"),
         (lambda m: tfopt.strip(m), ValueError, "nothing to strip"),
         (lambda m: tfopt.summary(m), ValueError, "carries no tfopt wrappers"),
     ],
-    ids=["empty", "not-a-config", "ptq-not-last", "no-data", "data-type", "data-keys", "strip-plain", "summary-plain"],
+    ids=["empty", "not-a-config", "ptq-not-last", "no-data", "data-type", "data-path", "data-keys", "strip-plain", "summary-plain"],
 )
 def test_apply_rejects_bad_recipes_with_tfopt_errors(call, error, match):
     model = _mlp()

@@ -12,7 +12,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "tfopt"
 # Lower rank = deeper in the data path. A module may import its own group or a group of lower rank.
 RANK = {
     "errors": 0,
-    "_registration": 0,
+    "_registration": 2,
     "_version": 0,
     "_extras": 1,
     "_io": 1,
@@ -48,7 +48,7 @@ def _imports(path: pathlib.Path):
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 yield node.lineno, alias.name, []
-        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "import_module" and node.args:
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("import_module", "optional_import") and node.args:
             if isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
                 yield node.lineno, node.args[0].value, []
 
@@ -96,3 +96,21 @@ def test_layout_tf_keras_and_tfmot_only_in_legacy():
 def test_layout_modules_stay_small(path):
     lines = len(path.read_text().splitlines())
     assert lines <= 600, f"{path.relative_to(PACKAGE)} has {lines} lines; split it by idea (house style: ~500)"
+
+
+# Files of other helpers that still read a .tflite with LiteRT's parser directly (issue 16: to move to analyze/flatbuffer).
+FLATBUFFER_READERS_TO_MOVE = {"export/_litert.py", "measure/sweep.py", "measure/_micro_runner.py"}
+
+
+def test_layout_one_tflite_reader():
+    """Only analyze/flatbuffer.py imports LiteRT's flatbuffer_utils or schema: one parser, one op-name table."""
+    wrong = []
+    for path in MODULES:
+        where = str(path.relative_to(PACKAGE))
+        if where == "analyze/flatbuffer.py" or where in FLATBUFFER_READERS_TO_MOVE:
+            continue
+        for line, module, names in _imports(path):
+            touched = [module, *(f"{module}.{n}" for n in names)]
+            if any(m.endswith(("flatbuffer_utils", "schema_py_generated")) for m in touched):
+                wrong.append(f"{where}:{line} imports {module}")
+    assert not wrong, "read .tflite files through tfopt.analyze.flatbuffer.read_model:\n" + "\n".join(wrong)

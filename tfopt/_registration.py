@@ -14,13 +14,11 @@ import importlib
 import importlib.abc
 import sys
 
-# Modules whose import registers tfopt's Keras 3 layers (keras.saving.register_keras_serializable).
-MODULES: tuple[str, ...] = (
-    "tfopt.compress.prune_layer",
-    "tfopt.compress.cluster_layer",
-    "tfopt.compress.qat_layers",
-    "tfopt.compress.distill",
-)
+from tfopt.config import keras_layer_modules
+
+# Modules whose import registers tfopt's Keras 3 layers (keras.saving.register_keras_serializable):
+# each config class names its own (`Config.keras_layers`).
+MODULES: tuple[str, ...] = keras_layer_modules()
 
 
 def register() -> None:

@@ -1,55 +1,24 @@
 """Configs in, new model out: `apply` runs a recipe of configs; the verbs are `apply` with one config.
 
-The registry below maps each config's technique to the function that does the
-work (in `tfopt.compress` or `tfopt.export`). Nothing here implements a
-technique: this module validates through the configs, strips wrappers between
-steps, feeds `data` to the steps that train, and returns the last step's result.
+Nothing here implements a technique. Each config class registers its own
+(`tfopt.config`): the handler module that runs it, whether it trains, where its
+training wrappers are stripped and described. `apply` validates through the
+configs, strips wrappers between steps, hands each handler the config and a
+small `Context` (data, teacher, calibration), and returns the last step's result.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from tfopt import config as C
-from tfopt.errors import InvalidArgumentError, InvalidTypeError
-
-# technique -> (module, function). Each function takes the model first and the config's fields as keywords.
-_HANDLERS = {
-    "prune": ("tfopt.compress.prune", "prune"),
-    "cluster": ("tfopt.compress.cluster", "cluster"),
-    "qat": ("tfopt.compress.qat", "qat"),
-    "prune_channels": ("tfopt.compress.channels", "prune_channels"),
-    "decompose": ("tfopt.compress.lowrank", "decompose"),
-    "distill": ("tfopt.compress.distill", "distill"),
-    "fine_tune": ("tfopt.compress.finetune", "fine_tune"),
-    "ptq": ("tfopt.export.convert", "convert"),
-}
-# Modules whose training wrappers `strip` removes and `summary` describes: (module, strip, summary).
-_WRAPPERS = (
-    ("tfopt.compress.cluster", "strip_clustering", "clustering_summary"),
-    ("tfopt.compress.prune", "strip_pruning", "pruning_summary"),
-    ("tfopt.compress.qat", "strip_qat", "qat_summary"),
-)
-# Steps that train the model they get, so wrappers from the step before must stay on.
-_TRAINING_STEPS = ("fine_tune", "distill")
+from tfopt.errors import InvalidArgumentError, InvalidTypeError, MissingFileError
 
 
-def _handler(technique: str) -> Callable:
-    module, name = _HANDLERS[technique]
-    return getattr(importlib.import_module(module), name)
-
-
-def _call(function: Callable, *args: Any, options: dict[str, Any]):
-    """Calls a handler with the options it takes; a non-default option it doesn't take is an error."""
-    parameters = inspect.signature(function).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return function(*args, **options)
-    taken = {k: v for k, v in options.items() if k in parameters}
-    return function(*args, **taken)
+def _handler(config: C.Config) -> Callable:
+    return importlib.import_module(type(config).handler).handle
 
 
 def _check_configs(configs: Sequence[Any]) -> list[C.Config]:
@@ -75,33 +44,55 @@ def _check_configs(configs: Sequence[Any]) -> list[C.Config]:
     return checked
 
 
-def _xy(data: Any) -> tuple[Any, Any]:
-    """(x, y) from a tuple or from a mapping with x_train / y_train (an .npz file's arrays)."""
+def _intake(data: Any) -> tuple[Any, Any, Any]:
+    """`(x, y, validation)` from the forms `data` takes: `(x, y)`, inputs alone, a mapping with
+    `x_train` / `y_train` (and `x_val` / `y_val`), an `.npz` path, or a `tf.data.Dataset` of `(x, y)`."""
     if data is None:
-        return None, None
+        return None, None, None
+    if isinstance(data, str) or hasattr(data, "__fspath__"):
+        import os
+
+        import numpy as np
+
+        if not os.path.isfile(data):
+            raise MissingFileError(f"data={os.fspath(data)!r} is not a file. Expected an .npz with x_train and y_train.")
+        with np.load(data, allow_pickle=False) as loaded:
+            data = {key: loaded[key] for key in loaded.files}
     if isinstance(data, dict) or hasattr(data, "files"):
         if "x_train" not in data:
             raise InvalidArgumentError(
                 f"data as a mapping needs x_train (and y_train to train). Received keys: {sorted(data)}."
             )
-        return data["x_train"], data["y_train"] if "y_train" in data else None
+        validation = (data["x_val"], data["y_val"]) if "x_val" in data and "y_val" in data else None
+        return data["x_train"], data["y_train"] if "y_train" in data else None, validation
     if isinstance(data, (tuple, list)) and len(data) == 2:
-        return data[0], data[1]
+        return data[0], data[1], None
+    if hasattr(data, "as_numpy_iterator"):  # a tf.data.Dataset of (x, y) batches
+        import numpy as np
+
+        batches = list(data.as_numpy_iterator())
+        if not batches:
+            raise InvalidArgumentError("data is an empty tf.data.Dataset; it must yield (x, y) or x batches.")
+        if isinstance(batches[0], tuple) and len(batches[0]) == 2:
+            return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]), None
+        return np.concatenate(batches), None, None
+    if hasattr(data, "shape") and hasattr(data, "__len__"):
+        return data, None, None
     raise InvalidTypeError(
-        "data must be (x, y) arrays or a mapping with x_train and y_train (e.g. np.load('data.npz')). "
-        f"Received: {type(data).__name__}."
+        "data must be (x, y) arrays, inputs alone, a mapping with x_train and y_train (e.g. np.load('data.npz')), "
+        f"an .npz path or a tf.data.Dataset of (x, y). Received: {type(data).__name__}."
     )
 
 
-def _needs_data(config: C.Config, x: Any, y: Any) -> None:
-    trains = config.technique == "fine_tune" or (config.technique == "distill" and config.epochs)
-    if trains and (x is None or y is None):
-        raise InvalidArgumentError(
-            f"{type(config).__name__} trains the model, so apply() needs data=(x_train, y_train). Received: data=None."
-        )
+def _train_steps(config: C.Config | None, x: Any) -> int:
+    """Optimizer steps of a training step on `x` (0 for a step that does not train or has no epochs)."""
+    if config is None or not config.trains or x is None or not getattr(config, "epochs", 0):
+        return 0
+    n = len(x) if hasattr(x, "__len__") else 0
+    return config.epochs * -(-n // config.batch_size) if n else 0
 
 
-def apply(model: Any, *configs: Any, data: Any = None, teacher: Any = None):
+def apply(model: Any, *configs: Any, data: Any = None, teacher: Any = None, calibration: Any = None):
     """Runs a recipe: each config's technique, in order, each on the result of the one before.
 
     `tfopt.apply(model, tfopt.PruneConfig(target_sparsity=0.8))` is
@@ -127,11 +118,16 @@ def apply(model: Any, *configs: Any, data: Any = None, teacher: Any = None):
         *configs: `PruneConfig`, `ClusterConfig`, `QATConfig`, `ChannelPruneConfig`,
             `LowRankConfig`, `DistillConfig`, `FineTuneConfig`, `PTQConfig` (last
             only), or dicts from their `to_dict()`.
-        data: `(x_train, y_train)` or a mapping with `x_train` / `y_train`; used
-            to fine-tune, distill, calibrate int8 conversion, and rank channels.
-            Defaults to `None`.
+        data: `(x_train, y_train)`, inputs alone, a mapping with `x_train` /
+            `y_train` (and optionally `x_val` / `y_val`, used by
+            `PTQConfig(float_fallback="auto")`), an `.npz` path, or a
+            `tf.data.Dataset` of `(x, y)` batches; used to fine-tune, distill,
+            calibrate int8 conversion, re-estimate BatchNorm after clustering
+            and rank channels. Defaults to `None`.
         teacher: the teacher for `DistillConfig`. Defaults to `None`: the model
             given to `apply`, as it was before any step.
+        calibration: calibration data for a `PTQConfig` (anything
+            `tfopt.calibration_data` accepts). Defaults to `None`: drawn from `data`.
 
     Returns:
         The last step's result: a Keras model for most steps, a
@@ -153,109 +149,52 @@ def apply(model: Any, *configs: Any, data: Any = None, teacher: Any = None):
     True
     """
     steps = _check_configs(configs)
-    x, y = _xy(data)
+    x, y, validation = _intake(data)
     for config in steps:
-        _needs_data(config, x, y)
-    steps = _fit_prune_schedules(steps, x)
-    original, current, result = model, model, model
+        if config.needs_data() and (x is None or y is None):
+            raise InvalidArgumentError(
+                f"{type(config).__name__} trains the model, so apply() needs data=(x_train, y_train). "
+                f"Received: data={'None' if data is None else 'inputs without labels'}."
+            )
+    teacher = model if teacher is None else teacher
+    current, result = model, model
     for i, config in enumerate(steps):
-        if i > 0 and config.technique not in _TRAINING_STEPS:
-            current = _strip_if_wrapped(current)
-        if config.technique in _TRAINING_STEPS and current is original:
+        if config.trains and current is model:
             from tfopt import _keras
 
-            current = _keras.clone_model(original)  # training steps train in place: never the caller's model
-        result = _run(config, current, x=x, y=y, teacher=original if teacher is None else teacher, last=i == len(steps) - 1)
-        current = getattr(result, "model", result) if config.technique == "prune_channels" else result
-        if config.technique == "distill" and x is not None and config.epochs:
-            current = result
+            current = _keras.clone_model(model)  # training steps train in place: never the caller's model
+        elif i > 0 and not config.trains:
+            current = strip_for_next_step(current)
+        following = steps[i + 1] if i + 1 < len(steps) else None
+        context = C.Context(
+            x=x, y=y, validation=validation, teacher=teacher, calibration=calibration,
+            train_steps_after=_train_steps(following, x), last=following is None,
+        )
+        result = _handler(config)(current, config, context)
+        current = getattr(result, config.result_model) if config.result_model else result
     return result
 
 
-def _fit_prune_schedules(steps: list[C.Config], x: Any) -> list[C.Config]:
-    """A polynomial `PruneConfig` without `end_step` ends its ramp within the training step after it.
+def _registered_wrappers() -> list[C.Wrappers]:
+    """Each technique's `Wrappers`, the latest in a recipe's usual order first (it describes the model)."""
+    return list(dict.fromkeys(k.wrappers for k in reversed(C.CONFIGS.values()) if k.wrappers is not None))
 
-    The default ramp (a fixed number of steps) knows nothing of the data; in a
-    recipe the fine-tuning that follows is known, so the ramp ends after two
-    thirds of its steps and the last third recovers at the target sparsity.
+
+def _wrappers_on(model: Any) -> list[C.Wrappers]:
+    """The `Wrappers` whose training wrappers `model` carries."""
+    return [w for w in _registered_wrappers() if importlib.import_module(w.module).has_wrappers(model)]
+
+
+def strip_for_next_step(model: Any):
+    """The model without the training wrappers a next step cannot take (pruning, clustering).
+
+    Wrappers that convert as they are (QAT: they carry the quantization
+    ranges) stay; a model without wrappers is returned as it is. `apply` calls
+    this between steps; `tfopt.search` before it converts.
     """
-    fitted = list(steps)
-    for i, config in enumerate(steps[:-1]):
-        after = steps[i + 1]
-        if config.technique != "prune" or config.schedule != "polynomial" or config.end_step is not None or config.m_by_n:
-            continue
-        if after.technique not in _TRAINING_STEPS or x is None or not getattr(after, "epochs", 0):
-            continue
-        first = next(iter(x.values())) if isinstance(x, dict) else x[0] if isinstance(x, (list, tuple)) else x
-        n = len(first) if hasattr(first, "__len__") else 0
-        if not n:
-            continue
-        from tfopt.compress.schedules import ramp_end_step
-
-        train_steps = after.epochs * -(-n // after.batch_size)
-        fitted[i] = dataclasses.replace(config, end_step=ramp_end_step(train_steps, begin_step=config.begin_step))
-    return fitted
-
-
-def _run(config: C.Config, model: Any, *, x: Any, y: Any, teacher: Any, last: bool):
-    options = config.options()
-    technique = config.technique
-    if technique == "prune_channels":
-        if options["importance"] == "activation":
-            options["data"] = x  # the only importance measured on data
-        result = _call(_handler(technique), model, options=options)
-        return result if last else result.model
-    if technique == "cluster" and x is not None:
-        options["batchnorm_data"] = x
-    if technique == "fine_tune":
-        return _call(_handler(technique), model, (x, y), options=options)
-    if technique == "distill":
-        return _distill(model, teacher, options, x=x, y=y)
-    if technique == "ptq":
-        return _convert(model, options, x=x)
-    return _call(_handler(technique), model, options=options)
-
-
-def _distill(student: Any, teacher: Any, options: dict[str, Any], *, x: Any, y: Any):
-    train = {k: options.pop(k) for k in ("epochs", "batch_size", "learning_rate")}
-    distiller = _call(_handler("distill"), student, teacher, options=options)
-    if x is None or not train["epochs"]:
-        return distiller
-    from tfopt.compress import finetune
-
-    finetune.fit_distiller(distiller, (x, y), **train)
-    return distiller.student
-
-
-def _convert(model: Any, options: dict[str, Any], *, x: Any):
-    convert = _handler("ptq")
-    if options["mode"] in ("int8", "int16x8") and x is not None:
-        from tfopt.export.calibration import calibration_data
-
-        options["calibration"] = calibration_data(x, model=model)
-    defaults = {f.name: f.default for f in dataclasses.fields(C.PTQConfig)}
-    parameters = inspect.signature(convert).parameters
-    unsupported = [k for k, v in options.items() if k not in parameters and v != defaults.get(k)]
-    if unsupported:
-        raise InvalidArgumentError(f"This tfopt.convert does not take {unsupported}; upgrade tfopt or drop them.")
-    return _call(convert, model, options=options)
-
-
-def _wrapper_module(model: Any):
-    """The first (module, strip name, summary name) whose wrappers `model` carries, or None."""
-    for module_name, strip_name, summary_name in _WRAPPERS:
-        module = importlib.import_module(module_name)
-        has = getattr(module, "has_wrappers", None)
-        if has is not None and has(model):
-            return module, strip_name, summary_name
-    return None
-
-
-def _strip_if_wrapped(model: Any):
-    found = _wrapper_module(model)
-    if found is None or found[1] == "strip_qat":
-        return model  # QAT wrappers carry the quantization ranges into conversion
-    return strip(model)
+    if any(not w.convert_wrapped for w in _wrappers_on(model)):
+        return strip(model)
+    return model
 
 
 def strip(model: Any, *, batchnorm_data: Any = None):
@@ -290,15 +229,14 @@ def strip(model: Any, *, batchnorm_data: Any = None):
     >>> [layer.name for layer in plain.layers]
     ['hidden', 'out']
     """
-    found = _wrapper_module(model)
-    if found is None:
+    found = _wrappers_on(model)
+    if not found:
         raise InvalidArgumentError(
             f"Model {getattr(model, 'name', model)!r} carries no pruning, clustering or QAT wrappers, so there is "
             "nothing to strip. Pass the model returned by tfopt.prune, tfopt.cluster or tfopt.qat."
         )
-    module, strip_name, _ = found
-    stripped = _call(getattr(module, strip_name), model, options={"batchnorm_data": batchnorm_data})
-    return strip(stripped, batchnorm_data=batchnorm_data) if _wrapper_module(stripped) is not None else stripped
+    stripped = getattr(importlib.import_module(found[0].module), found[0].strip)(model, batchnorm_data=batchnorm_data)
+    return strip(stripped, batchnorm_data=batchnorm_data) if _wrappers_on(stripped) else stripped
 
 
 def summary(model: Any):
@@ -322,14 +260,13 @@ def summary(model: Any):
     >>> [layer.name for layer in tfopt.summary(tfopt.prune(model, include=["hidden"])).layers]
     ['hidden']
     """
-    found = _wrapper_module(model)
-    if found is None:
+    found = _wrappers_on(model)
+    if not found:
         raise InvalidArgumentError(
             f"Model {getattr(model, 'name', model)!r} carries no tfopt wrappers; summary() describes models from "
             "tfopt.prune, tfopt.cluster or tfopt.qat. For parameters, MACs and memory use tfopt.profile."
         )
-    module, _, summary_name = found
-    return getattr(module, summary_name)(model)
+    return getattr(importlib.import_module(found[0].module), found[0].summary)(model)
 
 
 def load_model(path: Any, *, safe_mode: bool = True, custom_objects: dict[str, Any] | None = None):
@@ -423,13 +360,15 @@ def cluster(
     preserve_sparsity: bool = False,
     include: Any = None,
     exclude: Any = None,
+    data: Any = None,
     batchnorm_data: Any = None,
 ):
     """Weight clustering: each selected kernel shares `num_clusters` trainable values.
 
-    `tfopt.apply(model, tfopt.ClusterConfig(...), data=batchnorm_data)`; the
-    options are described in `ClusterConfig` and `tfopt.compress.cluster.cluster`.
-    Fine-tune, then `tfopt.strip`.
+    `tfopt.apply(model, tfopt.ClusterConfig(...), data=data)`; the options are
+    described in `ClusterConfig` and `tfopt.compress.cluster.cluster`. `data`
+    (inputs, or any form `apply` takes) re-estimates BatchNorm statistics;
+    `batchnorm_data` is its earlier spelling. Fine-tune, then `tfopt.strip`.
 
     Returns:
         A new Keras model (the caller's is not changed) in the flavour given.
@@ -443,11 +382,23 @@ def cluster(
     True
     """
     options = dict(locals())
-    model, data = options.pop("model"), options.pop("batchnorm_data")
-    return apply(model, C.ClusterConfig(**options), data=None if data is None else (data, None))
+    model, data, old = options.pop("model"), options.pop("data"), options.pop("batchnorm_data")
+    if old is not None:
+        import warnings
+
+        warnings.warn("tfopt.cluster(batchnorm_data=...) is deprecated; use data=...", DeprecationWarning, stacklevel=2)
+        data = old if data is None else data
+    return apply(model, C.ClusterConfig(**options), data=data)
 
 
-def qat(model: Any, *, exclude: Any = None, preserve: str | None = None, ema_decay: float = 0.99):
+def qat(
+    model: Any,
+    *,
+    exclude: Any = None,
+    preserve: str | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    ema_decay: float = 0.99,
+):
     """Quantization-aware training: fake-quant wrappers that learn int8 ranges under a plain `model.fit`.
 
     `tfopt.apply(model, tfopt.QATConfig(...))`. Fine-tune the returned model,
@@ -498,7 +449,7 @@ def prune_channels(
     """
     options = dict(locals())
     model, data = options.pop("model"), options.pop("data")
-    return apply(model, C.ChannelPruneConfig(**options), data=None if data is None else (data, None))
+    return apply(model, C.ChannelPruneConfig(**options), data=data)
 
 
 def decompose(
@@ -539,16 +490,20 @@ def distill(
     feature_weight: float = 1.0,
     teacher_outputs: str = "auto",
     student_outputs: str = "auto",
+    epochs: int | None = None,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    data: Any = None,
 ):
     """Knowledge distillation: a Keras model that trains `student` to match a frozen `teacher`.
 
-    `tfopt.apply(student, tfopt.DistillConfig(...), teacher=teacher)`. Compile
-    and fit the returned `Distiller` like any Keras model; `.student` is the
-    trained student. With data, `apply` runs the training for you
-    (`DistillConfig(epochs=...)`).
+    `tfopt.apply(student, tfopt.DistillConfig(...), teacher=teacher, data=data)`.
+    Without `epochs`, compile and fit the returned `Distiller` like any Keras
+    model; `.student` is the trained student. With `epochs` and `data`
+    (`(x, y)` or any form `apply` takes), the training runs here.
 
     Returns:
-        A `Distiller` (a Keras model).
+        A `Distiller` (a Keras model), or the trained student with `epochs`.
 
     Example:
 
@@ -560,5 +515,5 @@ def distill(
     True
     """
     options = dict(locals())
-    student, teacher = options.pop("student"), options.pop("teacher")
-    return apply(student, C.DistillConfig(**options), teacher=teacher)
+    student, teacher, data = options.pop("student"), options.pop("teacher"), options.pop("data")
+    return apply(student, C.DistillConfig(**options), teacher=teacher, data=data)

@@ -1,4 +1,4 @@
-"""Configs in, new model out: one frozen dataclass of plain values per step of a recipe.
+"""Configs in, new model out: one frozen dataclass per technique, and the single registration of it.
 
 A config names a technique (pruning, clustering, QAT, channel pruning, low-rank,
 distillation, fine-tuning, post-training quantization) and holds its options.
@@ -6,7 +6,16 @@ distillation, fine-tuning, post-training quantization) and holds its options.
 verbs (`tfopt.prune`, `tfopt.cluster`, ...) are `apply` with one config. Values
 are checked here, once, when the config is made, so the verbs, `apply` and a
 search over configs fail at the config, not minutes into training. A config
-round-trips through `to_dict` / `from_dict` (JSON-ready) and rejects unknown keys.
+round-trips through `to_dict` / `from_dict` (JSON-ready, with its `version`),
+rejects unknown keys and reads the field names of earlier versions (`renamed`).
+
+Each config class also says how its technique runs, as class attributes:
+`handler` (the module whose `handle(model, config, context)` does the work,
+imported only when a config runs), `trains` (it trains the model it gets, so
+the wrappers of the step before stay on), `wrappers` (where its training
+wrappers are found, stripped and described) and `keras_layers` (the modules
+that register its Keras layers for loading). A new technique is a config class
+here plus its handler module.
 
 This module is plain Python: it imports no Keras, no TensorFlow and no technique.
 """
@@ -54,10 +63,79 @@ def _positive_int(value: Any, field: str, low: int = 1) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
+class Wrappers:
+    """Where a technique's training wrappers are handled: functions of `module`.
+
+    `module.has_wrappers(model)` finds them, `module.<strip>(model, *,
+    batchnorm_data)` removes them and `module.<summary>(model)` describes them.
+    `convert_wrapped` keeps them on into conversion (QAT: they carry the ranges).
+    """
+
+    module: str
+    strip: str
+    summary: str
+    convert_wrapped: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What `apply` hands a handler besides the model and its config.
+
+    Attributes:
+        x: training inputs, or `None`.
+        y: training labels, or `None`.
+        validation: `(x_val, y_val)` held-out data (from a mapping's `x_val` /
+            `y_val`), or `None`.
+        teacher: the teacher for distillation: `apply`'s `teacher=`, else the
+            model given to `apply`.
+        calibration: calibration data for int8 conversion, or `None` (drawn from `x`).
+        train_steps_after: optimizer steps of the training step that follows
+            this one in the recipe (0 when none follows).
+        last: this is the recipe's last step.
+    """
+
+    x: Any = None
+    y: Any = None
+    validation: Any = None
+    teacher: Any = None
+    calibration: Any = None
+    train_steps_after: int = 0
+    last: bool = True
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
-    """Base of the technique configs: `to_dict`, `from_dict` and the technique's name."""
+    """Base of the technique configs: `to_dict`, `from_dict` and the technique's registration.
+
+    Class attributes a technique sets:
+        technique: its name in recipes and JSON.
+        version: bumped when a field is renamed or changes meaning; stored with the config.
+        renamed: `{old field name: new field name}`, read by `from_dict` (`upgrade`
+            converts values whose meaning changed).
+        handler: the module whose `handle(model, config, context)` runs it.
+        trains: it trains the model it gets (the step before keeps its wrappers on).
+        wrappers: a `Wrappers` when it leaves training wrappers on the model.
+        keras_layers: modules whose import registers its Keras layers for loading.
+        result_model: attribute of its result holding the model for the next step
+            (`"model"` for a `ChannelPruneResult`), `None` for the result itself.
+    """
 
     technique: ClassVar[str] = ""
+    version: ClassVar[int] = 1
+    renamed: ClassVar[dict[str, str]] = {}
+    handler: ClassVar[str] = ""
+    trains: ClassVar[bool] = False
+    wrappers: ClassVar[Wrappers | None] = None
+    keras_layers: ClassVar[tuple[str, ...]] = ()
+    result_model: ClassVar[str | None] = None
 
     def __post_init__(self) -> None:
         for field in ("include", "exclude"):
@@ -69,31 +147,52 @@ class Config:
         """Checks the values; subclasses raise ValueError with what was received and what is expected."""
 
     def options(self) -> dict[str, Any]:
-        """The keyword arguments for the technique's verb."""
+        """The fields and their values (the keyword arguments of the technique's verb)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
+    def needs_data(self) -> bool:
+        """Whether `apply` needs labelled data to run this step (it trains)."""
+        return self.trains
+
+    @classmethod
+    def upgrade(cls, payload: dict[str, Any], version: int) -> dict[str, Any]:  # noqa: ARG003 - for subclasses
+        """A stored payload of `version` in today's field names (`renamed`); subclasses convert values too."""
+        payload = dict(payload)
+        for old, new in cls.renamed.items():
+            if old in payload:
+                if new in payload:
+                    raise InvalidArgumentError(f"{cls.__name__} got both {old!r} and its new name {new!r}; keep {new!r}.")
+                payload[new] = payload.pop(old)
+        return payload
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: `{"technique": ..., **fields}` with tuples as lists.
+        """JSON-ready: `{"technique": ..., "version": ..., **fields}` with tuples as lists.
 
         Raises:
             InvalidTypeError: a field holds a callable (an `include` / `exclude`
                 rule), which cannot be saved; use names or `"re:<regex>"` instead.
         """
-        out = {"technique": self.technique}
+        out: dict[str, Any] = {"technique": self.technique, "version": self.version}
         for key, value in self.options().items():
             if callable(value):
                 raise InvalidTypeError(
                     f"{type(self).__name__}.{key} is a callable, which cannot be saved. Use a layer name, "
                     "'re:<regex>' or a list of those to save or replay this config."
                 )
-            out[key] = list(value) if isinstance(value, tuple) else value
+            out[key] = _plain(value)
         return out
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> "Config":
         """Rebuilds a config from `to_dict` output; unknown keys are an error.
 
-        Called on `Config` itself, the `"technique"` key picks the class.
+        Called on `Config` itself, the `"technique"` key picks the class. A
+        payload of an earlier version may use field names since renamed (the
+        class's `renamed` map reads them); one of a later version is refused.
+
+        Raises:
+            InvalidTypeError: `payload` is not a dict.
+            InvalidArgumentError: an unknown technique or key, or a newer version.
         """
         if not isinstance(payload, dict):
             raise InvalidTypeError(f"from_dict takes a dict (from to_dict). Received: {type(payload).__name__}.")
@@ -107,12 +206,18 @@ class Config:
                 raise InvalidArgumentError(f"Unknown technique {technique!r}. Expected one of {sorted(CONFIGS)}.")
         elif technique not in (None, klass.technique):
             raise InvalidArgumentError(f"{klass.__name__} cannot be built from a {technique!r} config.")
+        version = payload.pop("version", 1)
+        if isinstance(version, bool) or not isinstance(version, int) or version > klass.version:
+            raise InvalidArgumentError(
+                f"This {klass.__name__} is version {version!r}; this tfopt reads versions up to {klass.version}. "
+                "Upgrade tfopt to load it."
+            )
+        payload = klass.upgrade(payload, version)
         allowed = {f.name for f in dataclasses.fields(klass)}
         unknown = sorted(set(payload) - allowed)
         if unknown:
             raise InvalidArgumentError(f"Unknown {klass.__name__} key(s) {unknown}. Allowed: {sorted(allowed)}.")
-        values = {k: tuple(v) if isinstance(v, list) and k in ("m_by_n", "float_fallback") else v for k, v in payload.items()}
-        return klass(**values)
+        return klass(**payload)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +225,9 @@ class PruneConfig(Config):
     """Unstructured (or m:n) magnitude pruning; see `tfopt.prune`."""
 
     technique: ClassVar[str] = "prune"
+    handler: ClassVar[str] = "tfopt.compress.prune"
+    wrappers: ClassVar[Wrappers] = Wrappers("tfopt.compress.prune", "strip_pruning", "pruning_summary")
+    keras_layers: ClassVar[tuple[str, ...]] = ("tfopt.compress.prune_layer",)
     target_sparsity: Any = 0.8  # a fraction, or {layer name: fraction}
     schedule: str = "polynomial"
     begin_step: int = 0
@@ -146,6 +254,8 @@ class ChannelPruneConfig(Config):
     """Structured (whole-channel) pruning to a smaller dense model; see `tfopt.prune_channels`."""
 
     technique: ClassVar[str] = "prune_channels"
+    handler: ClassVar[str] = "tfopt.compress.channels"
+    result_model: ClassVar[str] = "model"
     ratio: float = 0.5
     importance: str = "l1"
     include: Any = None
@@ -165,6 +275,9 @@ class ClusterConfig(Config):
     """Weight clustering (k-means weight sharing); see `tfopt.cluster`."""
 
     technique: ClassVar[str] = "cluster"
+    handler: ClassVar[str] = "tfopt.compress.cluster"
+    wrappers: ClassVar[Wrappers] = Wrappers("tfopt.compress.cluster", "strip_clustering", "clustering_summary")
+    keras_layers: ClassVar[tuple[str, ...]] = ("tfopt.compress.cluster_layer",)
     num_clusters: int = 16
     init: str = "kmeans++"
     per_channel: bool = False
@@ -193,8 +306,12 @@ class QATConfig(Config):
     """
 
     technique: ClassVar[str] = "qat"
+    handler: ClassVar[str] = "tfopt.compress.qat"
+    wrappers: ClassVar[Wrappers] = Wrappers("tfopt.compress.qat", "strip_qat", "qat_summary", convert_wrapped=True)
+    keras_layers: ClassVar[tuple[str, ...]] = ("tfopt.compress.qat_layers",)
     exclude: Any = None
     preserve: str | None = None
+    input_shape: tuple[int | None, ...] | None = None
     ema_decay: float = 0.99
 
     def validate(self) -> None:
@@ -202,6 +319,16 @@ class QATConfig(Config):
             object.__setattr__(self, "preserve", "sparsity_clusters")
         _choice(self.preserve, "preserve", QAT_PRESERVE)
         _number(self.ema_decay, "ema_decay", low=0.0, high=1.0, low_open=True)
+        shape = self.input_shape
+        if shape is not None:
+            if not isinstance(shape, (list, tuple)) or not all(
+                d is None or (isinstance(d, int) and not isinstance(d, bool) and d > 0) for d in shape
+            ):
+                raise InvalidArgumentError(
+                    f"input_shape must be a tuple of positive ints (without the batch axis), e.g. (28, 28, 1). "
+                    f"Received: input_shape={shape!r}."
+                )
+            object.__setattr__(self, "input_shape", tuple(shape))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +336,7 @@ class LowRankConfig(Config):
     """Low-rank (SVD) decomposition; see `tfopt.decompose`. Give at most one of rank / energy / param_ratio."""
 
     technique: ClassVar[str] = "decompose"
+    handler: ClassVar[str] = "tfopt.compress.lowrank"
     rank: Any = None  # an int, or {layer name: int}
     energy: Any = None  # a fraction, or {layer name: fraction}
     param_ratio: Any = None  # a fraction, or {layer name: fraction}
@@ -245,16 +373,18 @@ class PTQConfig(Config):
     `engine` is `"converter"` (the TFLite converter) or `"litert_quantizer"`
     (LiteRT Quantizer recipes). `float_fallback` keeps layers in float: a list of
     layer names, or `"auto"` for the most sensitive ones (measured, until the
-    model is within `max_accuracy_drop`, a fraction). `per_channel_dense=False`
+    model is within `max_accuracy_drop`, in points). `per_channel_dense=False`
     quantizes Dense layers per tensor (smaller file and TFLite Micro arena).
     `input_type` / `output_type` `None` keep each engine's default.
     """
 
     technique: ClassVar[str] = "ptq"
+    version: ClassVar[int] = 2  # 2: max_accuracy_drop in points (version 1 held a fraction)
+    handler: ClassVar[str] = "tfopt.export.ptq"
     mode: str = "int8"
     engine: str = "converter"
     float_fallback: Any = None
-    max_accuracy_drop: float = 0.005
+    max_accuracy_drop: float = 0.5
     per_channel_dense: bool = True
     input_type: str | None = None
     output_type: str | None = None
@@ -266,7 +396,7 @@ class PTQConfig(Config):
         _choice(self.engine, "engine", PTQ_ENGINES)
         _choice(self.input_type, "input_type", (None, *IO_TYPES))
         _choice(self.output_type, "output_type", (None, *IO_TYPES))
-        _number(self.max_accuracy_drop, "max_accuracy_drop", low=0.0, high=1.0)
+        _number(self.max_accuracy_drop, "max_accuracy_drop", low=0.0, high=100.0)
         fallback = self.float_fallback
         if isinstance(fallback, (list, tuple)) and all(isinstance(v, str) for v in fallback):
             object.__setattr__(self, "float_fallback", tuple(fallback))
@@ -276,6 +406,14 @@ class PTQConfig(Config):
             )
         if not isinstance(self.per_channel_dense, bool):
             raise InvalidTypeError(f"per_channel_dense must be True or False. Received: {self.per_channel_dense!r}.")
+
+    @classmethod
+    def upgrade(cls, payload: dict[str, Any], version: int) -> dict[str, Any]:
+        """Version 1 stored `max_accuracy_drop` as a fraction (0.005); version 2 in points (0.5)."""
+        payload = super().upgrade(payload, version)
+        if version < 2 and isinstance(payload.get("max_accuracy_drop"), (int, float)):
+            payload["max_accuracy_drop"] = round(100.0 * payload["max_accuracy_drop"], 10)
+        return payload
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,6 +425,8 @@ class FineTuneConfig(Config):
     """
 
     technique: ClassVar[str] = "fine_tune"
+    handler: ClassVar[str] = "tfopt.compress.finetune"
+    trains: ClassVar[bool] = True
     epochs: int = 2
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -307,6 +447,9 @@ class DistillConfig(Config):
     """
 
     technique: ClassVar[str] = "distill"
+    handler: ClassVar[str] = "tfopt.compress.distill"
+    trains: ClassVar[bool] = True
+    keras_layers: ClassVar[tuple[str, ...]] = ("tfopt.compress.distill",)
     temperature: float = 4.0
     alpha: float = 0.1
     feature_layers: Any = None  # [(teacher layer, student layer), ...]
@@ -336,6 +479,10 @@ class DistillConfig(Config):
         _positive_int(self.batch_size, "batch_size")
         _number(self.learning_rate, "learning_rate", low=0.0, high=1.0, low_open=True)
 
+    def needs_data(self) -> bool:
+        """Distillation trains (and needs data) only with `epochs`; without, `apply` returns the `Distiller`."""
+        return bool(self.epochs)
+
 
 CONFIGS: dict[str, type[Config]] = {
     klass.technique: klass
@@ -352,3 +499,8 @@ CONFIGS: dict[str, type[Config]] = {
 }
 # Technique names of earlier releases, still read by from_dict.
 _RENAMED = {"quantize": "qat"}
+
+
+def keras_layer_modules() -> tuple[str, ...]:
+    """Every module that registers a tfopt Keras layer (for `keras.models.load_model` after `import tfopt`)."""
+    return tuple(dict.fromkeys(m for klass in CONFIGS.values() for m in klass.keras_layers))

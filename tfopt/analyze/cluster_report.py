@@ -177,29 +177,29 @@ def _tflite_content(item: Any) -> bytes:
     return content
 
 
-_WEIGHT_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D"}
 _NUMPY = {"INT8": np.int8, "FLOAT32": np.float32, "FLOAT16": np.float16, "UINT8": np.uint8, "INT16": np.int16}
 
 
 def _tflite_kernels(content: bytes) -> list[KernelValues]:
-    fu = _keras.optional_import("ai_edge_litert.tools.flatbuffer_utils", "ai-edge-litert")
-    model = fu.read_model_from_bytearray(bytearray(content))
+    from tfopt.analyze import flatbuffer as fb
+
+    model = fb.read_model(content)
     kernels, seen = [], set()
-    for subgraph in model.subgraphs or []:
-        tensors = subgraph.tensors or []
-        for op in subgraph.operators or []:
-            name = fu.opcode_to_name(model, op.opcodeIndex)
-            inputs = [int(i) for i in (op.inputs if op.inputs is not None else [])]
-            if name not in _WEIGHT_OPS or len(inputs) < 2 or inputs[1] < 0 or inputs[1] in seen:
+    for subgraph in model.subgraphs:
+        tensors = subgraph.tensors
+        for op in subgraph.operators:
+            name = fb.op_name(model, op.opcodeIndex)
+            index = fb.WEIGHT_OPS.get(name)
+            if index is None or len(op.inputs) <= index or op.inputs[index] < 0 or op.inputs[index] in seen:
                 continue
-            tensor = tensors[inputs[1]]
-            dtype = fu.type_to_name(tensor.type)
-            data = model.buffers[tensor.buffer].data if 0 < tensor.buffer < len(model.buffers) else None
-            if data is None or len(data) == 0 or dtype.upper() not in _NUMPY:
+            tensor = tensors[op.inputs[index]]
+            dtype = fb.type_name(tensor.type)
+            data = fb.buffer_bytes(model, tensor)
+            if data is None or dtype not in _NUMPY:
                 continue  # not a constant (e.g. dequantized float16 weights)
-            seen.add(inputs[1])
+            seen.add(op.inputs[index])
             shape = tuple(int(d) for d in tensor.shape)
-            values = np.asarray(data, dtype=np.uint8).view(_NUMPY[dtype.upper()]).reshape(shape)
+            values = data.view(_NUMPY[dtype]).reshape(shape)
             q = tensor.quantization
             if q is not None and q.scale is not None and len(q.scale) > 1:
                 axis = int(q.quantizedDimension)

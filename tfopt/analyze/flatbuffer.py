@@ -34,6 +34,10 @@ COMPUTE_OPS = frozenset(
 )
 
 
+# Ops that hold weights -> the input index of their weight tensor: the one table of "ops with weights".
+WEIGHT_OPS = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1, "TRANSPOSE_CONV": 1, "CONV_3D": 1}
+
+
 def tflite_bytes(tflite: Any) -> bytes:
     """Returns flatbuffer bytes from bytes, a path, or an object with a `.tflite` attribute.
 

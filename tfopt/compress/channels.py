@@ -459,3 +459,12 @@ def prune_channels(
         skipped_layers=dict(graph.opaque), kept_channels=kept_channels,
         params_before=int(model.count_params()), params_after=int(new.count_params()),
     )
+
+
+def handle(model: Any, config: Any, context: Any) -> ChannelPruneResult:
+    """`tfopt.apply`'s handler for a `ChannelPruneConfig` (the recipe's inputs rank channels by activation)."""
+    return prune_channels(
+        model, ratio=config.ratio, importance=config.importance,
+        data=context.x if config.importance == "activation" else None, include=config.include,
+        exclude=config.exclude, round_to=config.round_to, min_channels=config.min_channels,
+    )

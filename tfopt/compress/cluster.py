@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import weakref
 import zipfile
 from typing import Any
 
@@ -32,7 +31,7 @@ import numpy as np
 
 from tfopt import _keras
 from tfopt._legacy import cluster as legacy
-from tfopt.compress import kmeans
+from tfopt.compress import kmeans, records
 from tfopt.compress.batchnorm import reestimate_inplace
 from tfopt.compress.prune import SkippedLayer
 from tfopt.compress.select import LayerRule, layer_predicate
@@ -50,7 +49,6 @@ _REASONS = {
     "SimpleRNN": "recurrent layers are not clustered by tfopt yet",
 }
 # Clustered model -> the layers `cluster` skipped (lost on save; then rebuilt from the wrappers).
-_SKIPPED: weakref.WeakKeyDictionary[Any, list] = weakref.WeakKeyDictionary()
 
 
 @dataclasses.dataclass
@@ -196,7 +194,7 @@ def cluster(
         clustered = _cluster_keras3(model, chosen, options)
     if batchnorm_data is not None:
         reestimate_inplace(clustered, batchnorm_data)
-    _SKIPPED[clustered] = skipped
+    records.attach(_wrappers(clustered), "cluster", {"skipped": [dataclasses.asdict(s) for s in skipped]})
     return clustered
 
 
@@ -270,7 +268,8 @@ def clustering_summary(model: Any) -> ClusteringSummary:
         axis = row.pop("axis")
         unique = kmeans.unique_counts(values, axis=axis if row["per_channel"] else None)
         layers.append(ClusteredLayer(num_weights=int(values.size), max_unique=int(np.max(unique)), **row))
-    skipped = _SKIPPED.get(model)
+    record = records.read(model, "cluster")
+    skipped = None if record is None else [SkippedLayer(**row) for row in record["skipped"]]
     if skipped is None:
         wrapped = {id(l) for l in _wrappers(model)}
         skipped = [
@@ -469,3 +468,12 @@ def _too_small(layer, num_clusters: int, per_channel: bool, flavor: str) -> str 
     if size <= num_clusters:
         return f"{size} weights for {num_clusters} clusters: nothing to share"
     return None
+
+
+def handle(model: Any, config: Any, context: Any):
+    """`tfopt.apply`'s handler for a `ClusterConfig` (the recipe's inputs re-estimate BatchNorm statistics)."""
+    return cluster(
+        model, num_clusters=config.num_clusters, init=config.init, per_channel=config.per_channel,
+        preserve_sparsity=config.preserve_sparsity, include=config.include, exclude=config.exclude,
+        batchnorm_data=context.x,
+    )

@@ -31,21 +31,15 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfopt.compress.records import CarriesRecord
 from tfopt.compress import kmeans
+from tfopt.compress.kernels import KERNEL_LAYERS
 from tfopt.errors import InvalidArgumentError, InvalidTypeError
 
-# Kernel attribute and output-channel axis of each clusterable Keras 3 layer class.
-KERNELS: dict[type, tuple[str, int]] = {
-    keras.layers.Dense: ("kernel", -1),
-    keras.layers.Conv1D: ("kernel", -1),
-    keras.layers.Conv2D: ("kernel", -1),
-    keras.layers.Conv3D: ("kernel", -1),
-    keras.layers.Conv1DTranspose: ("kernel", -2),
-    keras.layers.Conv2DTranspose: ("kernel", -2),
-    keras.layers.Conv3DTranspose: ("kernel", -2),
-    keras.layers.SeparableConv1D: ("pointwise_kernel", -1),
-    keras.layers.SeparableConv2D: ("pointwise_kernel", -1),
-    keras.layers.Embedding: ("embeddings", None),  # no output channels: always clustered whole
+# Kernel attribute and output-channel axis of each clusterable Keras 3 layer class: the shared table
+# (`tfopt.compress.kernels`) without EinsumDense, whose output axis depends on its equation.
+KERNELS: dict[type, tuple[str, int | None]] = {
+    getattr(keras.layers, name): spec for name, spec in KERNEL_LAYERS.items() if name != "EinsumDense"
 }
 
 
@@ -58,7 +52,7 @@ def kernel_spec(layer) -> tuple[str, int | None] | None:
 
 
 @keras.saving.register_keras_serializable(package="tfopt")
-class ClusterWeights(keras.layers.Wrapper):
+class ClusterWeights(CarriesRecord, keras.layers.Wrapper):
     """Trains a Dense / Conv / SeparableConv / Embedding layer with a clustered kernel.
 
     Built by `tfopt.cluster`; you rarely make one yourself. A hand-made

@@ -405,3 +405,23 @@ def distill(
         teacher_outputs=kinds[0],
         student_outputs=kinds[1],
     )
+
+
+def handle(student: Any, config: Any, context: Any):
+    """`tfopt.apply`'s handler for a `DistillConfig`.
+
+    With `epochs` and data, trains the student against `context.teacher` and
+    returns it; otherwise returns the `Distiller` to compile and fit.
+    """
+    distiller = distill(
+        student, context.teacher, temperature=config.temperature, alpha=config.alpha,
+        feature_layers=config.feature_layers, feature_weight=config.feature_weight,
+        teacher_outputs=config.teacher_outputs, student_outputs=config.student_outputs,
+    )
+    if context.x is None or not config.epochs:
+        return distiller
+    from tfopt.compress.finetune import fit_distiller
+
+    fit_distiller(distiller, (context.x, context.y), epochs=config.epochs, batch_size=config.batch_size,
+                  learning_rate=config.learning_rate)
+    return distiller.student

@@ -105,3 +105,9 @@ def fit_distiller(distiller: Any, data: Any, *, epochs: int, batch_size: int = 6
     distiller.compile(optimizer=keras.optimizers.Adam(learning_rate))
     distiller.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0)
     return distiller
+
+
+def handle(model: Any, config: Any, context: Any):
+    """`tfopt.apply`'s handler for a `FineTuneConfig`: trains `model` in place on the recipe's data."""
+    return fine_tune(model, (context.x, context.y), epochs=config.epochs, batch_size=config.batch_size,
+                     learning_rate=config.learning_rate)

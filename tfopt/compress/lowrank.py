@@ -519,3 +519,9 @@ def decompose(
         else:
             layer.set_weights([np.copy(w) for w in model.get_layer(name).get_weights()])
     return new
+
+
+def handle(model: Any, config: Any, context: Any):  # noqa: ARG001 - SVD reads no data
+    """`tfopt.apply`'s handler for a `LowRankConfig`."""
+    return decompose(model, rank=config.rank, energy=config.energy, param_ratio=config.param_ratio,
+                     include=config.include, exclude=config.exclude)

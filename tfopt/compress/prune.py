@@ -19,7 +19,6 @@ import dataclasses
 import json
 import os
 import warnings
-import weakref
 import zipfile
 from typing import Any, Mapping
 
@@ -27,14 +26,13 @@ import numpy as np
 
 from tfopt import _keras
 from tfopt.compress import schedules
-from tfopt.compress import prune_plan
+from tfopt.compress import prune_plan, records
 from tfopt.compress.prune_layer import PruneWrapper
 from tfopt.compress.prune_plan import SkippedLayer, unsupported_reason  # noqa: F401 - re-exported
 from tfopt.compress.select import LayerRule
 from tfopt.errors import InvalidArgumentError
 
 # Pruned model -> the layers `prune` skipped and why (lost on save; a loaded model lists unwrapped layers).
-_PLANS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 
 
 @dataclasses.dataclass
@@ -212,7 +210,7 @@ def prune(
             return PruneWrapper(layer, schedule=options.pop("kind"), m_by_n=m_by_n, **options)
 
         pruned = keras.models.clone_model(work, clone_function=wrap)
-    _PLANS[pruned] = {"skipped": skipped}
+    records.attach(_wrappers(pruned), "prune", {"skipped": [dataclasses.asdict(s) for s in skipped]})
     return pruned
 
 
@@ -309,7 +307,8 @@ def pruning_summary(model: Any) -> PruningSummary:
         layers = [LayerSparsity(**state) for state in legacy.layer_states(model)]
     else:
         layers = [_layer_sparsity(wrapper) for wrapper in _wrappers(model)]
-    skipped = _PLANS.get(model, {}).get("skipped")
+    record = records.read(model, "prune")
+    skipped = None if record is None else [SkippedLayer(**row) for row in record["skipped"]]
     if skipped is None:
         skipped = [
             SkippedLayer(l.name, type(l).__name__, "not wrapped for pruning")
@@ -462,3 +461,20 @@ def _is_wrapper(layer) -> bool:
 
 def _wrappers(model) -> list:
     return [layer for layer in getattr(model, "layers", []) if _is_wrapper(layer)]
+
+
+def handle(model: Any, config: Any, context: Any):
+    """`tfopt.apply`'s handler for a `PruneConfig`.
+
+    A polynomial ramp without `end_step` that a training step follows in the
+    recipe ends after two thirds of that training, so the rest recovers at the
+    target sparsity.
+    """
+    end_step = config.end_step
+    if end_step is None and config.schedule == "polynomial" and not config.m_by_n and context.train_steps_after:
+        end_step = schedules.ramp_end_step(context.train_steps_after, begin_step=config.begin_step)
+    return prune(
+        model, target_sparsity=config.target_sparsity, schedule=config.schedule, begin_step=config.begin_step,
+        end_step=end_step, frequency=config.frequency, include=config.include, exclude=config.exclude,
+        m_by_n=config.m_by_n,
+    )

@@ -19,6 +19,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from tfopt.compress.records import CarriesRecord
+
 # Weight names that are pruned (kernels, not biases; SeparableConv: the pointwise kernel only).
 PRUNED_WEIGHT_NAMES = ("kernel", "pointwise_kernel", "recurrent_kernel", "embeddings")
 
@@ -56,7 +58,7 @@ def m_by_n_mask(weights, m: int, n: int):
 
 
 @keras.saving.register_keras_serializable(package="tfopt")
-class PruneWrapper(keras.layers.Wrapper):
+class PruneWrapper(CarriesRecord, keras.layers.Wrapper):
     """Prunes the kernel(s) of `layer` by magnitude while it trains.
 
     Built by `tfopt.prune`; you rarely create it yourself. The step advances

@@ -15,14 +15,12 @@ import numpy as np
 
 from tfopt.compress import schedules
 from tfopt.compress.prune_layer import prunable_weights
+from tfopt.compress.kernels import KERNEL_LAYERS
 from tfopt.compress.select import LayerRule, layer_predicate
 from tfopt.errors import InvalidArgumentError, InvalidTypeError, UnsupportedModelError
 
-# Keras 3 layer classes that `PruneWrapper` prunes (kernels; SeparableConv: the pointwise kernel).
-_PRUNABLE_KERAS3 = {
-    "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
-    "SeparableConv1D", "SeparableConv2D", "Dense", "EinsumDense", "Embedding",
-}
+# Keras 3 layer classes that `PruneWrapper` prunes: the shared table (SeparableConv: the pointwise kernel).
+_PRUNABLE_KERAS3 = set(KERNEL_LAYERS)
 _M_BY_N_LAYERS = {"Conv2D", "Dense"}
 _REASONS = {
     "DepthwiseConv2D": "depthwise kernels are not pruned (few weights, very sensitive)",

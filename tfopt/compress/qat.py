@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-import weakref
 from typing import Any
 
 from tfopt import _keras
+from tfopt.compress import records
 from tfopt.compress.qat_report import FloatLayer, QATSummary
 from tfopt.compress.select import LayerRule, layer_predicate
 from tfopt.errors import InvalidArgumentError, InvalidTypeError
 
 PRESERVE = (None, "sparsity", "clusters", "sparsity_clusters")
-_PLANS: "weakref.WeakKeyDictionary[Any, QATSummary]" = weakref.WeakKeyDictionary()
 
 
 def _normalize_preserve(preserve: Any) -> str | None:
@@ -117,7 +116,7 @@ def qat(
 
     result, plan = qat_native.qat_keras3(model, exclude=exclude, preserve=preserve, input_shape=input_shape,
                                          ema_decay=float(ema_decay))
-    _PLANS[result] = plan
+    _record(result, plan)
     return result
 
 
@@ -145,14 +144,32 @@ def _qat_tf_keras(model: Any, *, exclude: LayerRule, preserve: str | None, input
     rewrites.extend(prepared.rewrites)
     skip = layer_predicate(exclude, prepared.model.layers, "exclude")
     result, plan = legacy.quantize_tf_keras(prepared.model, skip=skip, preserve=preserve)
-    _PLANS[result] = QATSummary(
+    _record(result, QATSummary(
         flavor=_keras.TF_KERAS,
-        quantized=plan["quantized"],
+        quantized=tuple(plan["quantized"]),
         kept_float=tuple(FloatLayer(*item) for item in plan["kept_float"]),
         rewrites=tuple(rewrites) + tuple(f"left as is: {op}" for op in prepared.untouched_ops),
         preserve=preserve,
-    )
+    ))
     return result
+
+
+_QAT_CLASS_NAMES = ("QuantizeWrapperV2", "QuantizeWrapper", "QuantizeLayer", "ActivationQuantizer",
+                    "QuantizedActivation", "AffineQuantizeWrapper")
+
+
+def _record(model: Any, summary: QATSummary) -> None:
+    """Keeps what `qat` did on the model (and in its saved file): see `tfopt.compress.records`."""
+    layers = [layer for layer in model.layers if type(layer).__name__ in _QAT_CLASS_NAMES]
+    records.attach(layers, "qat", dataclasses.asdict(summary))
+
+
+def _recorded(model: Any) -> QATSummary | None:
+    record = records.read(model, "qat")
+    if record is None:
+        return None
+    record = dict(record, kept_float=tuple(FloatLayer(**row) for row in record["kept_float"]))
+    return QATSummary(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items()})
 
 
 def has_wrappers(model: Any) -> bool:
@@ -239,7 +256,7 @@ def qat_summary(model: Any) -> QATSummary:
     """
     if not _keras.is_keras_model(model):
         raise InvalidTypeError(f"qat_summary() expects a Keras model. Received: {type(model).__name__}.")
-    plan = _PLANS.get(model)
+    plan = _recorded(model)
     flavor = _keras.keras_flavor(model)
     if flavor == _keras.KERAS3 and has_wrappers(model):
         from tfopt.compress import qat_native
@@ -251,3 +268,9 @@ def qat_summary(model: Any) -> QATSummary:
             "session); no summary is recorded. Pass a model from tfopt.qat."
         )
     return plan
+
+
+def handle(model: Any, config: Any, context: Any):  # noqa: ARG001 - QAT reads no data
+    """`tfopt.apply`'s handler for a `QATConfig`."""
+    return qat(model, exclude=config.exclude, preserve=config.preserve, input_shape=config.input_shape,
+               ema_decay=config.ema_decay)

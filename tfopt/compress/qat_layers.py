@@ -29,6 +29,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from tfopt.compress.records import CarriesRecord
+
 NUM_BITS = 8
 EMA_DECAY = 0.99
 # Every QAT layer computes in float32, whatever the global dtype policy (mixed precision cannot hold int8 steps).
@@ -90,7 +92,7 @@ def quantize_weight(kernel, axis: int | None = -1):
 
 
 @keras.saving.register_keras_serializable(package="tfopt")
-class ActivationQuantizer(keras.layers.Layer):
+class ActivationQuantizer(CarriesRecord, keras.layers.Layer):
     """Fake-quantizes its input per tensor (int8, asymmetric) with a moving min/max.
 
     Args:
@@ -157,7 +159,7 @@ def output_quantizer_for(activation, ema_decay: float, name: str) -> ActivationQ
 
 
 @keras.saving.register_keras_serializable(package="tfopt")
-class QuantizedActivation(keras.layers.Layer):
+class QuantizedActivation(CarriesRecord, keras.layers.Layer):
     """An `Activation` layer computed with the roundings of LiteRT's int8 kernels, its output quantized.
 
     Sigmoid, tanh and softmax round to the runtime's fixed output grid; swish
@@ -195,7 +197,7 @@ class QuantizedActivation(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tfopt")
-class QuantizeWrapper(keras.layers.Wrapper):
+class QuantizeWrapper(CarriesRecord, keras.layers.Wrapper):
     """Runs a weighted layer on fake-quantized (optionally BatchNorm-folded) weights.
 
     Args:
@@ -420,7 +422,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
 
 
 @keras.saving.register_keras_serializable(package="tfopt")
-class AffineQuantizeWrapper(keras.layers.Wrapper):
+class AffineQuantizeWrapper(CarriesRecord, keras.layers.Wrapper):
     """Runs a `Normalization` or an offset `Rescaling` as LiteRT's two int8 kernels, rounding between them.
 
     LiteRT computes `(x - mean) / std` as SUB then MUL, and `x * scale + offset`

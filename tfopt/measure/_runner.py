@@ -302,10 +302,10 @@ def _set_input(interpreter, detail: dict, x: np.ndarray) -> None:
 
 def op_outputs(content: bytes, xs: list[np.ndarray]) -> list[tuple[str, np.ndarray]]:
     """(tensor name, float values over examples) for each op output, in execution order."""
-    from ai_edge_litert.tools import flatbuffer_utils
+    from tfopt.analyze.flatbuffer import read_model
 
     interpreter, _ = load(content, preserve=True, fallback=True)
-    graph = flatbuffer_utils.read_model_from_bytearray(bytearray(content)).subgraphs[0]
+    graph = read_model(content).subgraphs[0]
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
     ids = [int(t) for op in graph.operators for t in (op.outputs if op.outputs is not None else [])]
     collected: dict[int, list[np.ndarray]] = {i: [] for i in ids if i in details}

@@ -328,26 +328,22 @@ def _analyzer(
 
 def _gpu_rules(content: bytes) -> dict[tuple[int, int], tuple[bool, str]]:
     """(subgraph, op index) -> (GPU delegate can take it, reason if not), from op names, types and shapes."""
-    from ai_edge_litert.tools import flatbuffer_utils as fu
+    from tfopt.analyze import flatbuffer as fb
 
-    model = fu.read_model_from_bytearray(bytearray(content))
+    model = fb.read_model(content)
     out = {}
-    for sg, subgraph in enumerate(model.subgraphs or []):
-        tensors = subgraph.tensors or []
-        for k, op in enumerate(subgraph.operators or []):
-            name = fu.opcode_to_name(model, op.opcodeIndex) or "UNKNOWN"
-            ids = [
-                int(i) for i in (op.inputs if op.inputs is not None else []) if i >= 0
-            ]
-            ids += [int(i) for i in (op.outputs if op.outputs is not None else [])]
-            out[(sg, k)] = _gpu_check(model, name, op, [tensors[i] for i in ids], fu)
+    for sg, subgraph in enumerate(model.subgraphs):
+        tensors = subgraph.tensors
+        for k, op in enumerate(subgraph.operators):
+            name = fb.op_name(model, op.opcodeIndex)
+            ids = [i for i in op.inputs if i >= 0] + list(op.outputs)
+            out[(sg, k)] = _gpu_check(model, name, op, [tensors[i] for i in ids], fb)
     return out
 
 
-def _gpu_check(model, name, op, tensors, fu) -> tuple[bool, str]:
+def _gpu_check(model, name, op, tensors, fb) -> tuple[bool, str]:
     if name == "CUSTOM":
-        code = model.operatorCodes[op.opcodeIndex].customCode
-        custom = code.decode() if isinstance(code, bytes) else str(code or "")
+        custom = fb.custom_code(model, op.opcodeIndex)
         return (
             (True, "")
             if custom in GPU_CUSTOM_OPS
@@ -356,7 +352,7 @@ def _gpu_check(model, name, op, tensors, fu) -> tuple[bool, str]:
     if name not in GPU_OPS:
         return False, "no GPU delegate kernel for this op"
     for t in tensors:
-        dtype = fu.type_to_name(t.type)
+        dtype = fb.type_name(t.type)
         if dtype not in _GPU_TYPES:
             return False, f"tensor type {dtype} is not supported on the GPU"
         signature = (
@@ -378,7 +374,7 @@ def _gpu_check(model, name, op, tensors, fu) -> tuple[bool, str]:
                 False,
                 f"{len(t.shape)}-D tensor; the GPU delegate handles up to 4-D here",
             )
-    if name == "DEQUANTIZE" and fu.type_to_name(tensors[0].type) == "INT16":
+    if name == "DEQUANTIZE" and fb.type_name(tensors[0].type) == "INT16":
         return False, "int16 dequantization is not supported on the GPU"
     if name == "ADD_N" and len(op.inputs) != 2:
         return False, "ADD_N with more than 2 inputs"

@@ -190,17 +190,12 @@ def _as_tflite(model: Any, *, sparse: bool) -> bytes:
 
 def _check_graph(content: bytes) -> tuple[dict[str, SparsityRule], list[dict]]:
     """Rules read from the flatbuffer, and the 1x1 convolutions with their sparsity."""
-    flatbuffer_utils = _keras.optional_import("ai_edge_litert.tools.flatbuffer_utils", "ai-edge-litert")
-    schema = _keras.optional_import("ai_edge_litert.schema_py_generated", "ai-edge-litert")
+    from tfopt.analyze import flatbuffer as fb
     from tfopt.analyze.sparsity import tflite_sparsity
 
-    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    model = fb.read_model(content)
     graph = model.subgraphs[0]
-    ops = []
-    for op in graph.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        ops.append((op_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM"), op))
+    ops = [(fb.op_name(model, op.opcodeIndex), op) for op in graph.operators]
     names = [name for name, _ in ops]
     producers = {int(out): op for _, op in ops for out in (op.outputs if op.outputs is not None else [])}
 

@@ -1,4 +1,4 @@
-"""Runs a recipe (a list of config dicts) with `tfopt.apply`: the one place optimize reaches the techniques.
+"""Runs a recipe (a list of config dicts) with `tfopt.apply` alone: the one place optimize reaches the techniques.
 
 A trial's recipe is the `to_dict()` of tfopt configs: structural steps
 (`ChannelPruneConfig`, `LowRankConfig`), wrapper steps (`PruneConfig`,
@@ -12,7 +12,6 @@ fine-tune that follows).
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any, Sequence
 
@@ -55,7 +54,6 @@ def sensitivity_targets(model, validation, *, global_sparsity: float | None = No
     return {name: value for name, value in targets.items() if value > 0}
 
 
-WEIGHT_LAYERS = ("Dense", "Conv1D", "Conv2D", "Conv3D")
 SHARE_POWER = 0.4  # how fast the sparsity falls for smaller layers
 SHARE_FLOOR = 0.5  # no weight layer is pruned less than this
 
@@ -68,12 +66,15 @@ def share_targets(model, sparsity: float) -> dict[str, float]:
     classifier are each worth more than those of a wide first layer (the
     Deep Compression shape: about 0.95 / 0.85 / 0.5 on LeNet-300-100).
     """
+    from tfopt.compress.kernels import kernel_of
+
     sizes = {}
     for layer in model.layers:
-        if type(layer).__name__ in WEIGHT_LAYERS and getattr(layer, "kernel", None) is not None:
-            sizes[layer.name] = int(np.prod(layer.kernel.shape))
+        kernel = kernel_of(layer)
+        if kernel is not None:
+            sizes[layer.name] = int(np.prod(kernel.shape))
     if not sizes:
-        raise InvalidArgumentError("The model has no Dense / Conv layer to prune.")
+        raise InvalidArgumentError("The model has no Dense / Conv / Embedding layer to prune.")
     biggest = max(sizes.values())
     keep = 1.0 - float(sparsity)
     return {
@@ -83,8 +84,10 @@ def share_targets(model, sparsity: float) -> dict[str, float]:
 
 
 def weight_layers(model) -> list[str]:
-    """Names of the Dense / Conv layers: every one, not the default that leaves the first and last alone."""
-    return [layer.name for layer in model.layers if type(layer).__name__ in WEIGHT_LAYERS]
+    """Names of the layers with a kernel to compress: every one, not the default that leaves the first and last alone."""
+    from tfopt.compress.kernels import kernel_of
+
+    return [layer.name for layer in model.layers if kernel_of(layer) is not None and type(layer).__name__ != "EinsumDense"]
 
 
 def _schedule(step: dict[str, Any], following: dict[str, Any] | None, num_train: int) -> dict[str, Any]:
@@ -117,57 +120,6 @@ def _resolve(recipe: Sequence[dict[str, Any]], model, data) -> list[dict[str, An
     return out
 
 
-def _apply(model, steps, data, teacher):
-    """`tfopt.apply` on the steps, except channel pruning, called directly: `apply` hands it `data=` for
-    every importance, which `prune_channels` refuses unless importance is `"activation"`."""
-    from tfopt.api import apply
-
-    current, pending = model, []
-    for step in [*steps, None]:
-        if step is not None and step.get("technique") != "prune_channels":
-            pending.append(step)
-            continue
-        if pending:
-            current = apply(current, *pending, data=(data["x_train"], data["y_train"]), teacher=teacher)
-            pending = []
-        if step is not None:
-            from tfopt.compress.channels import prune_channels
-
-            options = {k: v for k, v in step.items() if k != "technique"}
-            if options.get("importance") == "activation":
-                options["data"] = data["x_train"][:512]
-            current = prune_channels(_plain(current), **options).model
-    return current
-
-
-def _plain(model):
-    """The model without pruning / clustering wrappers (QAT models are kept: they convert as they are)."""
-    from tfopt import api
-
-    found = api._wrapper_module(model)
-    if found is None or found[1] == "strip_qat":
-        return model
-    return api.strip(model)
-
-
-def convert_step(model, step: dict[str, Any], calibration, validation, allowed_drop: float | None) -> bytes:
-    """The `ptq` step on a plain or QAT model, with validation data for `float_fallback="auto"`."""
-    from tfopt.export.convert import convert
-
-    options = {k: v for k, v in step.items() if k != "technique"}
-    if options.get("mode") in ("int8", "int16x8"):
-        options["calibration"] = calibration
-    if options.get("float_fallback") == "auto":
-        options["validation"] = validation
-        options["max_accuracy_drop"] = float(allowed_drop) if allowed_drop else 0.005
-    parameters = inspect.signature(convert).parameters
-    missing = [k for k, v in options.items() if k not in parameters and v not in (None, True)]
-    if missing:
-        raise InvalidArgumentError(f"This tfopt.convert does not take {missing}.")
-    options = {k: v for k, v in options.items() if k in parameters}
-    return bytes(convert(model, check_delegation=False, **options).tflite)
-
-
 def run_recipe(
     model,
     recipe: Sequence[dict[str, Any]],
@@ -177,27 +129,33 @@ def run_recipe(
     teacher=None,
     allowed_drop: float | None = None,
 ) -> tuple[Any, bytes, list[dict[str, Any]]]:
-    """Applies `recipe` to `model` (never changed) with `tfopt.apply`.
+    """Applies `recipe` to `model` (never changed) with `tfopt.apply`, and nothing else.
 
     Returns `(keras_model, tflite_bytes, resolved_recipe)`: the Keras model
     before conversion (stripped; the QAT model for QAT recipes), the .tflite of
-    the final `ptq` step, and the recipe as it ran (replayable with
-    `tfopt.apply(model, *resolved_recipe, data=...)`).
+    the final `ptq` step, and the recipe as it ran, each step the `to_dict()` of
+    its config (with its version), replayable with
+    `tfopt.apply(model, *resolved_recipe, data=...)`.
     """
+    from tfopt import config as C
+    from tfopt._keras import clone_model
+    from tfopt.api import apply, strip_for_next_step
+
     if not recipe or recipe[-1].get("technique") != "ptq":
         raise InvalidArgumentError("A recipe must end with a 'ptq' step (the conversion to .tflite).")
     body, ptq = list(recipe[:-1]), dict(recipe[-1])
     cut = next((i for i, s in enumerate(body) if s.get("technique") == "prune"), len(body))
     teacher = teacher if teacher is not None else model
     first = _resolve(body[:cut], model, data)  # no prune step here: nothing to measure
-    current = _apply(model, first, data, teacher)
-    rest = _resolve(body[cut:], current, data)
-    current = _apply(current, rest, data, teacher)
-    current = _plain(current)
-    from tfopt._keras import clone_model
-
+    current = apply(model, *first, data=data, teacher=teacher) if first else model
+    rest = _resolve(body[cut:], current, data)  # sensitivity measured on the model entering the prune step
+    current = apply(current, *rest, data=data, teacher=teacher) if rest else current
+    current = strip_for_next_step(current)
     if current is model:  # a conversion-only recipe: convert a copy, never the caller's object
         current = clone_model(model)
         current.set_weights(model.get_weights())
-    tflite = convert_step(current, ptq, calibration, (data["x_val"], data["y_val"]), allowed_drop)
-    return current, tflite, [*first, *rest, ptq]
+    if ptq.get("float_fallback") == "auto":
+        ptq["max_accuracy_drop"] = min(99.0, 100.0 * float(allowed_drop)) if allowed_drop else C.PTQConfig.max_accuracy_drop
+    result = apply(current, ptq, data=data, calibration=calibration)
+    resolved = [C.Config.from_dict(step).to_dict() for step in [*first, *rest, ptq]]
+    return current, bytes(result.tflite), resolved

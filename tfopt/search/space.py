@@ -12,7 +12,6 @@ followed by two more at a third and a tenth of the learning rate).
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from tfopt.config import (
@@ -39,24 +38,14 @@ BATCH_SIZE = 64
 DEFAULT_TRIALS = {2: 10, 3: 14}
 
 
-def _convert_takes(*names: str) -> bool:
-    from tfopt.export.convert import convert
-
-    return all(name in inspect.signature(convert).parameters for name in names)
-
-
 def ptq_choices(level: int, target: str) -> list[str]:
-    """The conversions a level tries for a target (only those `tfopt.convert` offers)."""
-    engines = _convert_takes("engine")
-    fallback = _convert_takes("float_fallback", "validation")
-    per_tensor = _convert_takes("per_channel_dense")
+    """The conversions a level tries for a target."""
     if target == "micro":
-        names = ["int8_io"] + (["int8_io_per_tensor"] if per_tensor else []) + (["int8_quantizer"] if engines else [])
+        names = ["int8_io", "int8_io_per_tensor", "int8_quantizer"]
         return names if level == 1 else names[:2]
     if level == 1:
-        return (["float16", "dynamic", "int8"] + (["int8_per_tensor"] if per_tensor else [])
-                + (["int8_quantizer"] if engines else []) + (["int8_fallback"] if fallback else []))
-    return ["int8"] + (["int8_per_tensor"] if per_tensor else [])
+        return ["float16", "dynamic", "int8", "int8_per_tensor", "int8_quantizer", "int8_fallback"]
+    return ["int8", "int8_per_tensor"]
 
 
 def suggest(trial, level: int, target: str) -> dict[str, Any]:

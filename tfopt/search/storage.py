@@ -77,21 +77,32 @@ def _alive(pid: int) -> bool:
     return True
 
 
+ORPHANED = "orphaned:"  # study user attribute `orphaned:<trial number>`: failed because its process died
+
+
 def fail_orphans(study) -> list[dict[str, Any]]:
     """Marks FAIL the RUNNING trials whose process (on this host) is gone; returns their params to re-run.
 
-    A trial started on another machine is left alone: only its own host can tell it is dead.
+    A trial started on another machine is left alone: only its own host can tell it is dead (a
+    storage with heartbeats also fails trials whose heartbeat went stale, on any host). Optuna's
+    public API only: the study records the orphan (`orphaned:<number>`), `study.tell` fails it.
     """
+    import warnings
+
+    import optuna
     from optuna.trial import TrialState
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # a no-op unless the storage records heartbeats
     host = socket.gethostname()
     redo = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         attrs = trial.user_attrs
         if attrs.get("host") != host or attrs.get("pid") is None or _alive(int(attrs["pid"])):
             continue
-        study._storage.set_trial_user_attr(trial._trial_id, "orphaned", True)
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        study.set_user_attr(f"{ORPHANED}{trial.number}", True)
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         redo.append(dict(trial.params))
     return redo
 
@@ -100,12 +111,13 @@ def used_budget(study) -> int:
     """Trials that count against the budget: finished, running, or failed by an error (not orphaned)."""
     from optuna.trial import TrialState
 
+    orphaned = {key for key in study.user_attrs if key.startswith(ORPHANED)}
     count = 0
     for trial in study.get_trials(deepcopy=False):
         if trial.state in (TrialState.COMPLETE, TrialState.RUNNING):
             count += 1
-        elif trial.state == TrialState.FAIL and not trial.user_attrs.get("orphaned"):
-            count += 1
+        elif trial.state == TrialState.FAIL and f"{ORPHANED}{trial.number}" not in orphaned:
+            count += 1 if not trial.user_attrs.get("orphaned") else 0  # studies from earlier releases
     return count
 
 
