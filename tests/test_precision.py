@@ -255,3 +255,48 @@ def test_cli_convert_max_accuracy_drop_is_points_and_fraction_is_deprecated(cli_
     assert "use --max_accuracy_drop 0.5" in capsys.readouterr().err
     assert json.loads((tmp_path / "b.json").read_text())["fallback_search"]["max_accuracy_drop"] == 0.5
     assert cli.main([*base, "--max_accuracy_drop", "150", "--output", str(tmp_path / "c.tflite")]) == 2
+
+
+# --- 1x1 convolutions as FULLY_CONNECTED -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pointwise_cnn(mnist):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((28, 28, 1))
+    h = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="stem")(inputs)
+    h = keras.layers.Conv2D(32, 1, use_bias=False, name="pw")(h)
+    h = keras.layers.BatchNormalization(name="pw_bn")(h)
+    h = keras.layers.ReLU(6.0, name="pw_relu")(h)
+    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(mnist.x_train[:2000], mnist.y_train[:2000], epochs=2, batch_size=64, verbose=0)
+    return model
+
+
+def test_pointwise_as_dense_is_exact_and_runs_int4_on_xnnpack(pointwise_cnn, mnist):
+    from conftest import assert_weights_unchanged, weights_snapshot
+    from tfopt.export.precision_layout import conv1x1_as_dense
+
+    model = pointwise_cnn
+    snapshot = weights_snapshot(model)
+    new, names = conv1x1_as_dense(model)
+    assert names == ["pw"] and type(new.get_layer("pw")).__name__ == "Dense"
+    x = mnist.x_test[:64]
+    np.testing.assert_allclose(model.predict(x, verbose=0), new.predict(x, verbose=0), atol=1e-4)
+    assert_weights_unchanged(model, snapshot)
+    calibration = tfopt.calibration_data(mnist.x_train, model=model, num_samples=100, seed=0)
+    dense = tfopt.convert(model, layer_precision={"pw": "int4"}, calibration=calibration)
+    conv = tfopt.convert(model, layer_precision=LayerPrecisionConfig(rules={"pw": "int4"}, pointwise_as_dense=False),
+                         calibration=calibration)
+    assert dense.layer_precision["pointwise_as_dense"] == ["pw"] and conv.layer_precision["pointwise_as_dense"] == []
+    assert dense.layer_precision["layers"]["pw"]["ops"] == ["FULLY_CONNECTED"]
+    assert conv.layer_precision["layers"]["pw"]["ops"] == ["CONV_2D"]
+    assert dense.layer_precision["layers"]["pw"]["written"] == conv.layer_precision["layers"]["pw"]["written"] == "int4"
+    assert dense.layer_precision["layers"]["pw"]["xnnpack"] is True
+    assert conv.layer_precision["layers"]["pw"]["xnnpack"] is False
+    float_accuracy = tfopt.evaluate(tfopt.convert(model, check_delegation=False), (mnist.x_test, mnist.y_test)).value
+    assert tfopt.evaluate(dense, (mnist.x_test, mnist.y_test)).value >= float_accuracy - 0.03

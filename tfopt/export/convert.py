@@ -494,6 +494,12 @@ def _convert_layers(
     keras_model = model if _keras.is_keras_model(model) else None
     if calibration is not None and not isinstance(calibration, CalibrationData):
         calibration = calibration_data(calibration, model=keras_model)
+    rewritten: list[str] = []
+    if config.pointwise_as_dense and keras_model is not None:
+        from tfopt.export.precision_layout import conv1x1_as_dense
+
+        keras_model, rewritten = conv1x1_as_dense(keras_model)
+        model = keras_model
     float_content, keras_model, _ = _converter.run_converter(
         model, mode="float32", calibration=None, input_type="float32", output_type="float32", sparse=False,
         per_channel_dense=True, safe_mode=safe_mode,
@@ -502,6 +508,7 @@ def _convert_layers(
         config, float_content=float_content, keras_model=keras_model, calibration=calibration,
         validation=validation, per_channel_dense=per_channel_dense, calibration_method=calibration_method,
     )
+    record["pointwise_as_dense"] = rewritten
     return _result(content, mode=config.default, engine="litert_quantizer", recipe=None, kept=[], search=None,
                    output=output, check_delegation=check_delegation, precision=record)
 

@@ -74,6 +74,10 @@ class LayerPrecisionConfig:
             Defaults to `1.25`.
         candidates: with `auto`, the precisions the search may give a layer.
             Defaults to `("int4", "int8", "float16", "float32")`.
+        pointwise_as_dense: write 1x1 Conv2D layers (stride 1) as Dense
+            layers, which LiteRT converts to FULLY_CONNECTED: the same maths,
+            and their int4 weights then run on XNNPACK instead of LiteRT's
+            reference kernels. Defaults to `True`.
 
     Example:
 
@@ -91,6 +95,7 @@ class LayerPrecisionConfig:
     max_size_kb: float | None = None
     max_latency_ratio: float | None = 1.25
     candidates: tuple = ("int4", "int8", "float16", "float32")
+    pointwise_as_dense: bool = True
 
     def __post_init__(self):
         rules = self.rules
@@ -123,8 +128,9 @@ class LayerPrecisionConfig:
                 f"Received: default={self.default!r}. Name the layers that should be {default} in rules instead."
             )
         object.__setattr__(self, "default", default)
-        if not isinstance(self.auto, bool):
-            raise InvalidTypeError(f"auto must be True or False. Received: auto={self.auto!r}.")
+        for name in ("auto", "pointwise_as_dense"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidTypeError(f"{name} must be True or False. Received: {name}={getattr(self, name)!r}.")
         for name, low, high in (("max_accuracy_drop", 0.0, 100.0), ("max_size_kb", 0.0, math.inf),
                                 ("max_latency_ratio", 1.0, math.inf)):
             value = getattr(self, name)

@@ -219,9 +219,10 @@ class _Trial:
     noise: float  # output noise power over signal power, against the float .tflite
     latency_ms: float | None = None
     content: bytes | None = dataclasses.field(default=None, repr=False)
+    error: str | None = None  # LiteRT could not load or run the model
 
     def row(self, reference: float) -> dict[str, Any]:
-        return {"size_bytes": self.size_bytes, "accuracy": self.accuracy,
+        return {"size_bytes": self.size_bytes, "accuracy": self.accuracy, "error": self.error,
                 "drop_points": round(100 * (reference - self.accuracy), 4),
                 "output_snr_db": _snr(self.noise), "latency_ms": self.latency_ms,
                 "layer_map": dict(self.layer_map)}
@@ -250,9 +251,15 @@ class _Measure:
         return float(np.mean(out.reshape(len(out), -1).argmax(-1) == self.y))
 
     def __call__(self, layer_map: dict[str, str], *, latency: bool = False, keep: bool = False) -> _Trial:
+        from tfopt.errors import BenchmarkError
+
         content = self.quantize(layer_map)
-        out = _outputs(content, self.x)
         self.count += 1
+        try:
+            out = _outputs(content, self.x)
+        except BenchmarkError as err:  # e.g. an int4 CONV_2D whose scales overflow LiteRT's integer check
+            return _Trial(dict(layer_map), len(content), 0.0, math.inf, math.inf, content if keep else None,
+                          error=str(err).splitlines()[0][:200])
         noise = float(np.sum((out - self.reference_out) ** 2)) / self.signal
         trial = _Trial(dict(layer_map), len(content), self._accuracy(out), noise)
         if latency:
@@ -263,12 +270,16 @@ class _Measure:
 
 
 def _drop_ok(trial: _Trial, measure: _Measure, config: LayerPrecisionConfig) -> bool:
+    if trial.error is not None:
+        return False
     if config.max_accuracy_drop is None:
         return True
     return 100 * (measure.reference_accuracy - trial.accuracy) <= config.max_accuracy_drop + 1e-9
 
 
 def _size_ok(trial: _Trial, config: LayerPrecisionConfig) -> bool:
+    if trial.error is not None:
+        return False
     return config.max_size_kb is None or trial.size_bytes <= config.max_size_kb * 1024
 
 
@@ -306,6 +317,10 @@ def auto_layer_map(
             if current.get(layer.name, default) != default or not writable("int4", layer.op_types):
                 continue
             trial = measure({**current, layer.name: "int4"}, latency=budget is not None)
+            if trial.error is not None:
+                record["layers"][layer.name] = {"ops": list(layer.op_types), "weights": layer.num_weights,
+                                                "skipped": f"LiteRT cannot run it at int4: {trial.error}"}
+                continue
             saved = anchor.size_bytes - trial.size_bytes
             added_noise = max(trial.noise - anchor.noise, 0.0)
             added_ms = None if trial.latency_ms is None else trial.latency_ms - anchor.latency_ms

@@ -27,6 +27,7 @@ def layer_record(content: bytes, precision: dict[str, Any], coverage: Any) -> tu
         "layers": layers,
         "config": config,
         "search": precision.get("search"),
+        "pointwise_as_dense": list(precision.get("pointwise_as_dense") or []),
     }
     return record, warnings
 
@@ -45,6 +46,8 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
         flag = "" if info["written"] == info["requested"] else f" (asked {info['requested']})"
         runtime = " not on XNNPACK" if info["xnnpack"] is False else ""
         lines.append(f"    {name}: {info['written']}{flag}{runtime}")
+    if record.get("pointwise_as_dense"):
+        lines.append(f"  1x1 convolutions written as FULLY_CONNECTED: {len(record['pointwise_as_dense'])}")
     search = record.get("search")
     if search and search.get("final"):
         final, uniform = search["final"], search["uniform"]
