@@ -2,16 +2,19 @@
 
 Every script under bench/ writes `stamp()` into its JSON as `"provenance"`: the commit (full and short), whether the
 measured files had uncommitted changes, the UTC date, the host (`tfopt.measure.host.this_host`), the command, the
-Python and package versions, and the tfopt files the figures depend on (`MEASURES`).
+Python and package versions, and the files the figures depend on (`measured_paths`).
 
-A result is **stale** when its script, or one of the tfopt files in `MEASURES[script]`, changed in a commit after the
-one it recorded (`git log <commit>..HEAD -- <paths>`). Run a bench from a committed tree: a result stamped `dirty`
-records the commit it started from, so the commit that brings the uncommitted code in makes it stale.
+A result is **stale** when its script, or a file its figures depend on, changed in a commit after the one it
+recorded (`git log <commit>..HEAD -- <paths>`). Run a bench from a committed tree: a result stamped `dirty` records
+the commit it started from, so the commit that brings the uncommitted code in makes it stale.
 
-`MEASURES` is the one map from a script to the code its figures depend on: the technique, the converter and the
-runtime path it times or scores, and the data and training helpers it calls. Plumbing that cannot move a figure
-(`tfopt/_io.py` writing the JSON, errors, the CLI) is left out. A script missing from the map depends on all of
-`tfopt/`, so a new script is never silently fresh; add it here when you add the script.
+The files a result depends on: the script; the bench modules it imports (bench_qat uses bench_prune's training);
+and the tfopt modules reached by following imports (module-level and in-function, read from the source, not run)
+from the script's own `tfopt` imports and from its entries in `MEASURES`, the one hand-kept map from a script to
+the capabilities it calls through the `tfopt.X` namespace, which the source cannot show. Following imports keeps
+the rule sound when code moves into new files; `PLUMBING` (writing files, error classes, the lazy namespace, the
+version, the host line) is left out because it cannot move a figure. A script that imports bare `tfopt` and has no
+`MEASURES` entry depends on all of `tfopt/`, so a new script is never silently fresh.
 
     >>> payload = {"rows": []}
     >>> payload["provenance"] = stamp(script=__file__)   # doctest: +SKIP
@@ -32,55 +35,41 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("tensorflow", "keras", "ai-edge-litert", "tf-keras", "tensorflow-model-optimization", "numpy")
 BACKFILLED = "backfilled from git history"
 
-# Groups of tfopt files (paths relative to the repository; a folder means every file under it).
-_DATA = ("tfopt/datasets.py",)
-_TRAIN = ("tfopt/demo.py", "tfopt/datasets.py")  # demo.build_cnn / train_cnn: the model the bench measures
-_CONVERT = ("tfopt/export/convert.py", "tfopt/export/_converter.py", "tfopt/export/calibration.py")
-_RUNTIME = (  # the LiteRT path that times and scores a .tflite
-    "tfopt/measure/benchmark.py", "tfopt/measure/_runner.py", "tfopt/measure/_serve.py", "tfopt/measure/_worker.py",
-    "tfopt/measure/evaluate.py", "tfopt/measure/metrics.py",
-)
+# Entry points per capability (a folder means every module under it); imports are followed from these.
+_TRAIN = ("tfopt/demo.py", "tfopt/datasets.py")  # demo.build_cnn / train_cnn and the datasets: what the bench trains
+_CONVERT = ("tfopt/export/convert.py",)
+_RUNTIME = ("tfopt/measure/benchmark.py", "tfopt/measure/evaluate.py")  # the LiteRT path that times and scores
 _MICRO = ("tfopt/export/micro.py", "tfopt/measure/_micro_runner.py")
-_PRUNE = (
-    "tfopt/compress/prune.py", "tfopt/compress/prune_layer.py", "tfopt/compress/prune_plan.py",
-    "tfopt/compress/schedules.py", "tfopt/compress/select.py",
-)
-_CLUSTER = ("tfopt/compress/cluster.py", "tfopt/compress/cluster_layer.py", "tfopt/compress/kmeans.py",
-            "tfopt/compress/select.py")
-_QAT = (
-    "tfopt/compress/qat.py", "tfopt/compress/qat_graph.py", "tfopt/compress/qat_layers.py",
-    "tfopt/compress/qat_native.py", "tfopt/compress/qat_prepare.py", "tfopt/compress/qat_report.py",
-    "tfopt/compress/batchnorm.py",
-)
-_LEGACY = ("tfopt/_legacy", "tfopt/_keras.py")  # the tfmot (tf_keras) side of a side-by-side bench
-_READERS = (
-    "tfopt/analyze/flatbuffer.py", "tfopt/analyze/profile.py", "tfopt/analyze/sparsity.py", "tfopt/_keras.py",
-    "tfopt/_cli/checks.py", "tfopt/datasets.py", "tfopt/_legacy/loading.py",
-)
+_LEGACY = ("tfopt/_legacy",)  # the tfmot (tf_keras) side of a side-by-side bench
 
 MEASURES: dict[str, tuple[str, ...]] = {
-    "bench_channels.py": ("tfopt/compress/channels.py", "tfopt/compress/channel_graph.py"),
-    "bench_cluster.py": (*_CLUSTER, *_LEGACY, *_CONVERT, *_RUNTIME, *_TRAIN, "tfopt/analyze/cluster_report.py"),
-    "bench_cluster_coverage.py": (*_CLUSTER, *_LEGACY, *_CONVERT, "tfopt/_keras.py"),
-    "bench_demo.py": (*_TRAIN, *_CONVERT, *_RUNTIME, "tfopt/report.py", "tfopt/search"),
+    "bench_channels.py": ("tfopt/compress/channels.py",),
+    "bench_cluster.py": ("tfopt/compress/cluster.py", *_LEGACY, *_CONVERT, *_RUNTIME, *_TRAIN),
+    "bench_cluster_coverage.py": ("tfopt/compress/cluster.py", *_LEGACY, *_CONVERT),
+    "bench_demo.py": (*_TRAIN, "tfopt/search"),
     "bench_distill.py": ("tfopt/compress/distill.py",),
-    "bench_fuzz.py": _READERS,
-    "bench_measure.py": (*_RUNTIME, "tfopt/measure/_isolate.py", "tfopt/measure/sweep.py", *_TRAIN, *_CONVERT),
+    "bench_fuzz.py": ("tfopt/analyze", "tfopt/_cli/checks.py", "tfopt/datasets.py", "tfopt/_legacy/loading.py"),
+    "bench_measure.py": (*_RUNTIME, "tfopt/measure/sweep.py", *_TRAIN, *_CONVERT),
     "bench_mediapipe.py": (*_RUNTIME, "tfopt/analyze/flatbuffer.py"),
-    "bench_micro.py": (*_MICRO, *_TRAIN, *_CONVERT, *_RUNTIME),
-    "bench_optimize.py": ("tfopt/search", "tfopt/api.py", "tfopt/config.py", "tfopt/compress", *_CONVERT, *_RUNTIME,
-                          *_TRAIN),
-    "bench_profile_lowrank.py": ("tfopt/analyze/profile.py", "tfopt/analyze/flops.py", "tfopt/analyze/cost_graph.py",
-                                 "tfopt/compress/lowrank.py"),
-    "bench_prune.py": (*_PRUNE, *_LEGACY, *_CONVERT, *_RUNTIME, *_TRAIN, "tfopt/analyze/sparsity.py",
-                       "tfopt/compress/batchnorm.py", "tfopt/compress/sensitivity.py"),
-    "bench_prune_coverage.py": (*_PRUNE, *_CONVERT, *_RUNTIME, "tfopt/analyze/sparsity.py", "tfopt/_keras.py"),
-    "bench_qat.py": (*_QAT, *_LEGACY, *_CONVERT, "tfopt/measure/parity.py", "tfopt/analyze/flatbuffer.py", *_DATA,
-                     "bench/bench_prune.py"),
-    "bench_qat_coverage.py": (*_QAT, *_CONVERT, "tfopt/measure/parity.py"),
-    "bench_quantization.py": (*_CONVERT, *_RUNTIME, *_MICRO, "tfopt/measure/parity.py", *_TRAIN),
+    "bench_micro.py": (*_MICRO, *_TRAIN, *_CONVERT, *_RUNTIME, "tfopt/export/calibration.py"),
+    "bench_micro_memory.py": (*_MICRO, *_CONVERT, *_RUNTIME, "tfopt/api.py", "tfopt/datasets.py"),
+    "bench_optimize.py": ("tfopt/search", "tfopt/api.py", *_TRAIN),
+    "bench_precision.py": (*_CONVERT, *_RUNTIME, *_TRAIN, "tfopt/export/calibration.py"),
+    "bench_profile_lowrank.py": ("tfopt/analyze/profile.py", "tfopt/compress/lowrank.py"),
+    "bench_prune.py": ("tfopt/compress/prune.py", *_LEGACY, *_CONVERT, *_RUNTIME, *_TRAIN),
+    "bench_prune_coverage.py": ("tfopt/compress/prune.py", *_CONVERT, *_RUNTIME),
+    "bench_qat.py": ("tfopt/api.py", "tfopt/compress/qat.py", *_LEGACY, *_CONVERT, "tfopt/measure/parity.py",
+                     "tfopt/analyze/flatbuffer.py", "tfopt/datasets.py"),
+    "bench_qat_coverage.py": ("tfopt/compress/qat.py", *_CONVERT),
+    "bench_quantization.py": (*_CONVERT, *_RUNTIME, *_MICRO, *_TRAIN),
     "bench_realworld.py": (*_CONVERT, *_RUNTIME, *_MICRO, "tfopt/measure/delegates.py", "tfopt/measure/sweep.py"),
 }
+# Files that cannot move a figure: writing files, error classes and messages, the lazy namespace, the version,
+# registration for load_model, optional-dependency messages, the host line.
+PLUMBING = frozenset({
+    "tfopt/__init__.py", "tfopt/_io.py", "tfopt/errors.py", "tfopt/_version.py", "tfopt/_registration.py",
+    "tfopt/_extras.py", "tfopt/measure/host.py",
+})
 
 
 def _git(*args: str) -> str | None:
@@ -91,10 +80,74 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def _module_file(module: str) -> str | None:
+    path = module.replace(".", "/")
+    for candidate in (f"{path}.py", f"{path}/__init__.py"):
+        if os.path.isfile(os.path.join(ROOT, candidate)):
+            return candidate
+    return None
+
+
+def _imports(path: str) -> tuple[set[str], bool]:
+    """(repository files `path` imports from tfopt or bench/, whether it imports bare `tfopt`), read with ast."""
+    import ast
+
+    with open(os.path.join(ROOT, path), encoding="utf-8") as handle:
+        tree = ast.parse(handle.read(), filename=path)
+    package = os.path.dirname(path).replace("/", ".")
+    modules, bare = set(), False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+            bare = bare or any(alias.name == "tfopt" and not alias.asname for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from . import x / from .y import z
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            modules.add(base)
+            modules.update(f"{base}.{alias.name}" for alias in node.names)
+    files = set()
+    for module in modules:
+        if module.split(".")[0] == "tfopt":
+            found = _module_file(module)
+        else:  # a sibling bench module (bench_qat imports bench_prune)
+            found = f"bench/{module}.py" if os.path.isfile(os.path.join(ROOT, "bench", f"{module}.py")) else None
+        if found and found != "bench/_provenance.py":
+            files.add(found)
+    return files, bare
+
+
+def _python_files(entry: str) -> list[str]:
+    if os.path.isdir(os.path.join(ROOT, entry)):
+        return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, entry, "**", "*.py"),
+                                                                   recursive=True))
+    return [entry] if os.path.isfile(os.path.join(ROOT, entry)) else []
+
+
 def measured_paths(script: str) -> list[str]:
-    """The script itself and the tfopt files its figures depend on (all of `tfopt/` when it is not in `MEASURES`)."""
+    """The script and every file its figures depend on (see the module docstring), sorted after the script.
+
+    >>> paths = measured_paths("bench_distill.py")
+    >>> paths[0], "tfopt/compress/distill.py" in paths, "tfopt/compress/finetune.py" in paths  # imported by distill
+    ('bench/bench_distill.py', True, True)
+    """
     name = os.path.basename(script)
-    return [f"bench/{name}", *dict.fromkeys(MEASURES.get(name, ("tfopt",)))]
+    start = f"bench/{name}"
+    todo = [entry for item in MEASURES.get(name, ()) for entry in _python_files(item)]
+    seen: set[str] = set()
+    if os.path.isfile(os.path.join(ROOT, start)):
+        direct, bare = _imports(start)
+        todo += sorted(direct)
+        if bare and name not in MEASURES:
+            todo += _python_files("tfopt")
+    while todo:
+        path = todo.pop()
+        if path in seen or path == start:
+            continue
+        seen.add(path)
+        todo += sorted(_imports(path)[0])
+    return [start, *sorted(seen - PLUMBING, key=lambda p: (not p.startswith("bench/"), p))]
 
 
 def _versions() -> dict[str, str | None]:
@@ -221,7 +274,7 @@ def pages(root: str = ROOT) -> dict[str, str]:
 
 
 def quoted_on(name: str, script: str, texts: dict[str, str]) -> list[str]:
-    """Pages that quote a result (name its JSON or its script) without marking it `<!-- bench: historical X.json -->`."""
+    """Pages that quote a result (name its JSON or its script's file) unless marked `<!-- bench: historical X.json -->`."""
     quoting, script_name = [], os.path.basename(script)
     for page, text in texts.items():
         historical = set(HISTORICAL.findall(text))

@@ -66,6 +66,14 @@ def test_every_bench_script_stamps_its_result():
     assert not missing, f"bench scripts that write no provenance (use bench/_provenance.stamp): {missing}"
 
 
+def test_measured_code_follows_imports_and_leaves_plumbing_out():
+    distill = _provenance.measured_paths("bench_distill.py")
+    assert distill[0] == "bench/bench_distill.py"
+    assert {"tfopt/compress/distill.py", "tfopt/compress/finetune.py"} <= set(distill)  # finetune: imported by distill
+    assert not set(distill) & _provenance.PLUMBING
+    assert "bench/bench_prune.py" in _provenance.measured_paths("bench_qat.py")  # a sibling bench module it imports
+
+
 def test_quoted_on_reads_names_scripts_and_the_historical_marker():
     pages = {
         "docs/a.md": "From `bench/bench_x.py` (`bench/results/x.json`): 3.1x faster.",
