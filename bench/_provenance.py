@@ -274,7 +274,10 @@ def pages(root: str = ROOT) -> dict[str, str]:
 
 
 def quoted_on(name: str, script: str, texts: dict[str, str]) -> list[str]:
-    """Pages that quote a result (name its JSON or its script's file) unless marked `<!-- bench: historical X.json -->`."""
+    """Pages that quote a result (name its JSON or its script's file), unless marked historical for that JSON.
+
+    The marker is `<!-- bench: historical X.json -->` anywhere on the page.
+    """
     quoting, script_name = [], os.path.basename(script)
     for page, text in texts.items():
         historical = set(HISTORICAL.findall(text))
