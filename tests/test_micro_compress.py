@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from tfopt.errors import BenchmarkError
-from tfopt.export.micro_compress import bits_for, choose_compression, distinct_per_channel, lut_bytes
+from tfopt.export.micro_compress import (
+    bits_for,
+    choose_compression,
+    distinct_per_channel,
+    lut_bytes,
+)
 
 
 @pytest.mark.parametrize("n, bits", [(1, 1), (2, 1), (3, 2), (16, 4), (17, 5), (128, 7)], ids=str)
@@ -71,7 +76,7 @@ def clustered_digits():
     clustered.compile("adam", loss)
     clustered.fit(data.x_train, data.y_train, epochs=1, verbose=0)
     stripped = tfopt.strip(clustered)
-    kwargs = dict(calibration=data.x_train[:100], input_type="int8", output_type="int8")
+    kwargs = {"calibration": data.x_train[:100], "input_type": "int8", "output_type": "int8"}
     return tfopt.convert(stripped, mode="int8", **kwargs).tflite, tfopt.convert(model, mode="int8", **kwargs).tflite, data
 
 
@@ -122,7 +127,7 @@ def test_export_micro_refuses_a_mismatching_compressed_model(clustered_digits, t
     from tflite_micro.tensorflow.lite.micro.compression import spec
     from tflite_micro.tensorflow.lite.micro.compression.compress import compress
 
-    import tfopt.export.micro as micro
+    from tfopt.export import micro
 
     tflite, _, data = clustered_digits
     good, choices, _ = micro.compress_for_micro(tflite)

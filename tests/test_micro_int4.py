@@ -36,7 +36,7 @@ def digits_models():
     model = keras.Model(inputs, layers.Dense(10, name="logits")(layers.Flatten()(x)))
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(data.x_train, data.y_train, epochs=2, verbose=0)
-    kwargs = dict(mode="int8", calibration=data.x_train[:100], input_type="int8", output_type="int8")
+    kwargs = {"mode": "int8", "calibration": data.x_train[:100], "input_type": "int8", "output_type": "int8"}
     per_channel = tfopt.convert(model, **kwargs).tflite
     per_tensor_dense = tfopt.convert(model, per_channel_dense=False, **kwargs).tflite
     return per_channel, per_tensor_dense, data

@@ -8,7 +8,15 @@ import random
 import numpy as np
 import pytest
 
-from tfopt.export.micro_plan import Graph, aligned, assign_offsets, lifetimes, peak_bytes, plan_graph, search_order
+from tfopt.export.micro_plan import (
+    Graph,
+    aligned,
+    assign_offsets,
+    lifetimes,
+    peak_bytes,
+    plan_graph,
+    search_order,
+)
 
 # x -> A (big) -> a, x -> B (big) -> b, a + b -> out, listed in an order that holds A and B together
 BRANCHES = Graph(
@@ -81,7 +89,7 @@ def test_offsets_never_overlap_live_tensors(seed):
 def test_greedy_order_past_the_state_budget():
     order, how = search_order(BRANCHES, max_states=1)
     assert how == "greedy" and sorted(order) == list(range(5))
-    offsets, head = assign_offsets(BRANCHES, order)
+    _, head = assign_offsets(BRANCHES, order)
     assert head >= peak_bytes(BRANCHES, order)
 
 
@@ -147,14 +155,14 @@ def test_export_micro_reorders_a_bad_operator_order(residual_digits, tmp_path):
 
 
 def test_export_micro_keeps_tflite_micro_plan_when_its_own_is_not_smaller(residual_digits, tmp_path, monkeypatch):
-    import tfopt.export.micro_plan as micro_plan
     from tfopt.analyze.flatbuffer import micro_graph, write_micro_plan
+    from tfopt.export import micro_plan
     from tfopt.export.micro import export_micro
 
     tflite, data = residual_digits
 
     def spread(content):  # every tensor in its own slot: valid, and far larger than TFLite Micro's plan
-        planned, plan = real(content)
+        _, plan = real(content)
         sizes = micro_graph(content)["sizes"]
         offsets = list(np.cumsum([0] + [aligned(s) for s in sizes[:-1]]))
         offsets = [int(o) if s else -1 for o, s in zip(offsets, sizes)]

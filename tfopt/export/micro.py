@@ -21,15 +21,32 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tempfile
 from typing import Any
 
 import numpy as np
 
 from tfopt._io import atomic_write
-from tfopt.measure._isolate import run_child
 from tfopt.analyze.flatbuffer import inspect_tflite, tflite_bytes
-from tfopt.errors import BenchmarkError, InvalidArgumentError
+from tfopt.errors import InvalidArgumentError
+from tfopt.export.micro_c import (
+    c_source,
+    device_build_notes,
+    resolver_method,
+    write_c_array,
+)
+from tfopt.export.micro_check import _require_identical, check_on_micro
+
+__all__ = [
+    "MicroExportResult",
+    "UnsupportedOp",
+    "c_source",
+    "compress_for_micro",
+    "export_micro",
+    "flash_bytes",
+    "int4_kernel_support",
+    "resolver_method",
+    "write_c_array",
+]
 
 _HYBRID = "convert to full integer: tfopt.convert(model, mode='int8', calibration=..., input_type='int8', output_type='int8')"
 _FIXES = {
@@ -358,7 +375,9 @@ def compress_for_micro(tflite: Any) -> tuple[bytes | None, tuple[dict[str, Any],
 
     from tflite_micro.tensorflow.lite.micro.compression import spec
     from tflite_micro.tensorflow.lite.micro.compression.compress import compress
-    from tflite_micro.tensorflow.lite.micro.compression.compressor import CompressionError
+    from tflite_micro.tensorflow.lite.micro.compression.compressor import (
+        CompressionError,
+    )
 
     while choices:
         specs = [
@@ -388,80 +407,6 @@ def compress_for_micro(tflite: Any) -> tuple[bytes | None, tuple[dict[str, Any],
             return None, (), f"compression would not shrink the model ({len(content):,} -> {len(out):,} bytes)"
         return out, tuple(choices), ""
     return None, (), "TFLite Micro's writer refused every tensor"
-
-
-def check_on_micro(
-    content: bytes,
-    xs: list[np.ndarray] | None,
-    *,
-    num_samples: int,
-    variants: dict[str, bytes] | None = None,
-    timeout: float = 600.0,
-) -> dict[str, Any]:
-    """Runs a model (and rewritten `variants` of it) on TFLite Micro in a child process; the raw findings."""
-    with tempfile.TemporaryDirectory(prefix="tfopt-micro-") as tmp:
-        request = {
-            "task": "micro",
-            "tflite_path": os.path.join(tmp, "model.tflite"),
-            "result_path": os.path.join(tmp, "result.json"),
-            "num_samples": num_samples,
-            "seed": 0,
-            "variants": [],
-        }
-        with open(request["tflite_path"], "wb") as handle:
-            handle.write(content)
-        for key, blob in (variants or {}).items():
-            path = os.path.join(tmp, f"{key}.tflite")
-            with open(path, "wb") as handle:
-                handle.write(blob)
-            request["variants"].append({"name": key, "path": path})
-        if xs is not None:
-            request["data_path"] = os.path.join(tmp, "data.npz")
-            np.savez(request["data_path"], **{f"x{i}": x for i, x in enumerate(xs)})
-        raw, _ = run_child(
-            "tfopt.measure._micro_runner", request, tmp, timeout=timeout, runtime="the TFLite Micro interpreter"
-        )
-    return raw
-
-
-def _require_identical(found: dict[str, Any] | None, key: str, num_samples: int) -> None:
-    what = {"compressed": "compressed", "planned": "re-planned (reordered, offline arena plan)"}.get(key, key)
-    if found is None:
-        raise BenchmarkError(f"the {what} model was not checked on TFLite Micro; nothing was written.")
-    if found.get("issues"):
-        reasons = "; ".join(f"{i['op'] or 'model'}: {i['reason']}" for i in found["issues"])
-        raise BenchmarkError(
-            f"TFLite Micro cannot run the {what} model although it runs the plain one ({reasons}); nothing was written. "
-            "Pass compress=False / plan_memory=False (--nocompress / --noplan_memory) to write the plain model, "
-            "and report this model to tfopt."
-        )
-    if found.get("mismatched_samples"):
-        raise BenchmarkError(
-            f"the {what} model's outputs differ from the plain model's on TFLite Micro: "
-            f"{found['mismatched_samples']} of {found.get('num_samples', num_samples)} inputs, up to "
-            f"{found['max_abs_diff']:g} steps. Expected bit-identical outputs; nothing was written. Pass "
-            "compress=False / plan_memory=False (--nocompress / --noplan_memory) to write the plain model, "
-            "and report this model to tfopt."
-        )
-
-
-def device_build_notes(ops: list[str], *, compressed: bool, planned: bool) -> tuple[str, ...]:
-    """What a TFLite Micro firmware build needs for this model (build options and op resolver entries)."""
-    calls = ", ".join(resolver_method(op) for op in ops)
-    notes = [f"MicroMutableOpResolver<{len(ops)}> with {calls}"]
-    if compressed:
-        notes.append(
-            "compressed weights: TFLite Micro sources with the DECODE operator (kernels/decode.cc, "
-            "decode_state_lut.cc; tflite-micro 2026 or later) and resolver.AddDecode() (custom op TFLM_DECODE); "
-            "no build flag is needed (USE_TFLM_COMPRESSION enables the older COMPRESSION_METADATA format, "
-            "which tfopt does not write); the arena holds the decoded tensors"
-        )
-    if planned:
-        notes.append(
-            "tfopt's memory plan is in the model (OfflineMemoryAllocation metadata): use the default "
-            "MicroAllocator / GreedyMemoryPlanner, which reads it; keep the operator order of this file"
-        )
-    return tuple(notes)
 
 
 def _ops_of(content: bytes) -> list[str]:
@@ -543,105 +488,6 @@ def _group(issues: list[dict[str, Any]], info) -> tuple[UnsupportedOp, ...]:
     )
 
 
-def resolver_method(op: str) -> str:
-    """The `MicroMutableOpResolver` method that registers an op, e.g. CONV_2D -> AddConv2D."""
-    if op == "CUSTOM:TFLM_DECODE":
-        return "AddDecode()"
-    if op.startswith("CUSTOM:"):
-        return f'AddCustom("{op[7:]}", /* your registration */)'
-    special = {"PADV2": "AddPadV2", "BATCH_MATMUL": "AddBatchMatMul"}
-    words = (
-        part if part[:1].isdigit() else part[:1] + part[1:].lower()
-        for part in op.split("_")
-    )
-    return special.get(op, "Add" + "".join(words)) + "()"
-
-
-def c_source(
-    content: bytes, *, name: str, arena_bytes: int | None, ops: list[str], device_build: tuple[str, ...] = ()
-) -> tuple[str, str]:
-    """The (.cc, .h) text holding the model as an aligned byte array named `<name>_tflite`."""
-    guard = f"TFOPT_{name.upper()}_MODEL_DATA_H_"
-    arena = _arena_budget(arena_bytes)
-    methods = "\n".join(f"//   resolver.{resolver_method(op)};" for op in ops)
-    header = (
-        f"// {name}: a TFLite model as a C array, written by tfopt.export_micro. Do not edit.\n"
-        f"#ifndef {guard}\n#define {guard}\n\n"
-        f"// Model flatbuffer: {len(content)} bytes of flash.\n"
-        f"extern const unsigned char {name}_tflite[];\n"
-        f"extern const unsigned int {name}_tflite_len;\n\n"
-        + (
-            f"// Tensor arena measured on the TFLite Micro interpreter (reference kernels): {arena_bytes} bytes;\n"
-            f"// this budget adds 10% and rounds up to 1 KB for optimized kernels' scratch buffers.\n"
-            f"#define {name.upper()}_TENSOR_ARENA_BYTES {arena}\n\n"
-            if arena
-            else ""
-        )
-        + f"// Ops to register, e.g. tflite::MicroMutableOpResolver<{len(ops)}> resolver;\n{methods}\n\n"
-        + "".join(f"// Device build: {line}\n" for line in device_build[1:])
-        + ("\n" if device_build[1:] else "")
-        + f"#endif  // {guard}\n"
-    )
-    rows = [
-        ", ".join(f"0x{b:02x}" for b in content[i : i + 12])
-        for i in range(0, len(content), 12)
-    ]
-    source = (
-        f"// {name}: a TFLite model as a C array, written by tfopt.export_micro. Do not edit.\n"
-        f'#include "{name}_model_data.h"\n\n'
-        f"alignas(16) const unsigned char {name}_tflite[] = {{\n    "
-        + ",\n    ".join(rows)
-        + "\n};\n"
-        f"const unsigned int {name}_tflite_len = {len(content)};\n"
-    )
-    return source, header
-
-
-def _arena_budget(arena_bytes: int | None) -> int | None:
-    if not arena_bytes:
-        return None
-    return int(-(-int(arena_bytes * 1.1) // 1024) * 1024)
-
-
-def write_c_array(
-    tflite: Any,
-    out_dir: str | os.PathLike,
-    *,
-    name: str = "model",
-    arena_bytes: int | None = None,
-    ops: list[str] | None = None,
-    device_build: tuple[str, ...] = (),
-) -> tuple[str, str]:
-    """Writes `<name>_model_data.cc` and `.h` atomically (no TFLite Micro check); returns their paths.
-
-    Use `export_micro` to check the model on TFLite Micro first; this only writes the arrays.
-
-    Example:
-
-    >>> import keras, os, tempfile, tfopt
-    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    >>> source, header = tfopt.write_c_array(tfopt.convert(model), tempfile.mkdtemp(), name="tiny")
-    >>> os.path.basename(source), os.path.basename(header)
-    ('tiny_model_data.cc', 'tiny_model_data.h')
-    """
-    content = tflite_bytes(tflite)
-    if ops is None:
-        ops = list(
-            dict.fromkeys(
-                op.name for op in inspect_tflite(content).ops if op.subgraph == 0
-            )
-        )
-    source, header = c_source(content, name=name, arena_bytes=arena_bytes, ops=ops, device_build=device_build)
-    out_dir = os.fspath(out_dir)
-    h_path = atomic_write(
-        os.path.join(out_dir, f"{name}_model_data.h"), header.encode()
-    )
-    cc_path = atomic_write(
-        os.path.join(out_dir, f"{name}_model_data.cc"), source.encode()
-    )
-    return cc_path, h_path
-
-
 def int4_kernel_support(tflite: Any, *, data: Any = None, num_samples: int = 20, timeout: float = 600.0) -> list[dict]:
     """Which of a model's ops TFLite Micro runs with 4-bit (INT4) weights, found by running them.
 
@@ -651,7 +497,12 @@ def int4_kernel_support(tflite: Any, *, data: Any = None, num_samples: int = 20,
     both and give bit-identical outputs for the op to count as accepting int4.
     One row per tensor: `op`, `tensor`, `accepted`, `reason`, `int8_bytes`, `int4_bytes`.
     """
-    from tfopt.analyze.flatbuffer import inspect_tflite as _inspect, read_model, rewrite_weights, weight_tensors_for_micro
+    from tfopt.analyze.flatbuffer import inspect_tflite as _inspect
+    from tfopt.analyze.flatbuffer import (
+        read_model,
+        rewrite_weights,
+        weight_tensors_for_micro,
+    )
     from tfopt.export.micro_compress import requantize_int4
 
     content = tflite_bytes(tflite)

@@ -36,7 +36,8 @@ import dataclasses
 import heapq
 import os
 import tempfile
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 ALIGNMENT = 16  # TFLite Micro's MicroArenaBufferAlignment
 MAX_SEARCH_STATES = 50_000
