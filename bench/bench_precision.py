@@ -50,8 +50,12 @@ def probe_model(keras, seed: int = 0):
 
 def mobilenet(keras, seed: int = 0):
     keras.utils.set_random_seed(seed)
-    return keras.applications.MobileNetV2(input_shape=(32, 32, 1), alpha=0.5, weights=None, classes=10,
-                                          classifier_activation=None)
+    model = keras.applications.MobileNetV2(input_shape=(32, 32, 1), alpha=0.5, weights=None, classes=10,
+                                           classifier_activation=None)
+    for layer in model.layers:  # keras.applications' BatchNorm momentum (0.999) needs far more steps than a few
+        if isinstance(layer, keras.layers.BatchNormalization):  # epochs give before its moving statistics settle
+            layer.momentum = 0.9
+    return model
 
 
 def train(keras, model, x, y, *, epochs: int, batch_size: int = 64, learning_rate: float = 2e-3):
@@ -139,8 +143,8 @@ def print_support(rows: list[dict]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny training and timing (a smoke run)")
-    parser.add_argument("--mobilenet_epochs", type=int, default=3)
-    parser.add_argument("--mobilenet_train", type=int, default=20000)
+    parser.add_argument("--mobilenet_epochs", type=int, default=4)
+    parser.add_argument("--mobilenet_train", type=int, default=30000)
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "bench_precision.json"))
     args = parser.parse_args()
 
@@ -176,6 +180,8 @@ def main() -> int:
     x_val, y_val = x_train[-2000:], fashion.y_train[-2000:]
     model = mobilenet(keras)
     seconds = train(keras, model, x_fit, y_fit, epochs=1 if quick else args.mobilenet_epochs)
+    print(f"MobileNetV2 trained in {seconds:.0f} s; Keras test accuracy "
+          f"{np.mean(model.predict(x_test[:2000], verbose=0).argmax(-1) == fashion.y_test[:2000]):.4f}")
     calibration = tfopt.calibration_data(x_fit, model=model, num_samples=100 if quick else 200, seed=0)
     test = (x_test[:1000], fashion.y_test[:1000]) if quick else (x_test[:5000], fashion.y_test[:5000])
     val = (x_val[:500], y_val[:500]) if quick else (x_val[:1000], y_val[:1000])
