@@ -356,3 +356,37 @@ def test_time_budget_stops_starting_trials(digits, tmp_path):
     result = optimize(model, npz, level=1, output_dir=tmp_path / "t", time_budget_min=1e-4, verbose=False)
     assert result.trials_completed == 0 and result.best is None  # the budget ran out while measuring the baseline
     assert json.load(open(tmp_path / "t" / "report.json"))["trials_completed"] == 0
+
+
+def test_optuna_dashboard_opens_the_study_with_the_same_front(level1):
+    """`optuna-dashboard DIR/study.journal` (docs/optimize.md) shows the study: named values, tfopt's front."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    result, out, _, _ = level1
+    binary = shutil.which("optuna-dashboard") or os.path.join(os.path.dirname(sys.executable), "optuna-dashboard")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([binary, os.path.join(out, "study.journal"), "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, study = time.time() + 60, None
+        while study is None and time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/0?after=0", timeout=5) as answer:
+                    study = json.load(answer)
+            except OSError:
+                assert server.poll() is None, "optuna-dashboard exited"
+                time.sleep(0.5)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert study is not None, "optuna-dashboard did not answer within 60 s"
+    assert study["name"] == "tfopt-optimize" and study["objective_names"] == ["drop", "size_ratio"]
+    front = {int(c["name"][1:4]) for c in result.pareto_front}
+    assert {t["number"] for t in study["best_trials"]} == front
