@@ -8,16 +8,14 @@ changes which Keras `tf.keras` resolves to.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 
 
 def tf_keras_module():
-    """The `tf_keras` module (Keras 2), imported on first use."""
-    try:
-        return importlib.import_module("tf_keras")
-    except ImportError as err:
-        raise ImportError("Keras 2 models need tf_keras: pip install tf-keras") from err
+    """The `tf_keras` module (Keras 2), imported on first use; without it, an error naming `tfopt[legacy]`."""
+    from tfopt import _extras
+
+    return _extras.require("tf_keras", "Keras 2 (tf_keras) models")
 
 
 @contextlib.contextmanager
@@ -43,10 +41,7 @@ def import_tfmot():
     # Resolve tf.keras now, under the user's own setting, so the variable tfmot sets
     # while it imports cannot flip it to Keras 2 (tfmot itself then picks tf_keras).
     getattr(tf.keras, "Model", None)
+    from tfopt import _extras
+
     with _restore_env("TF_USE_LEGACY_KERAS"):
-        try:
-            return importlib.import_module("tensorflow_model_optimization")
-        except ImportError as err:
-            raise ImportError(
-                "This feature needs TensorFlow Model Optimization: pip install 'tensorflow-model-optimization>=0.8.1'"
-            ) from err
+        return _extras.require("tensorflow_model_optimization", "tfmot, which prunes, clusters and trains tf_keras models")

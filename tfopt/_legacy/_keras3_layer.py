@@ -29,7 +29,10 @@ def keras3_layer_class():
         return _CLASS[0]
     import keras
     import tensorflow as tf
-    import tf_keras
+
+    from tfopt._legacy import tf_keras_module
+
+    tf_keras = tf_keras_module()
 
     class _Holder:
         """Keeps the Keras 3 layer out of tf_keras' attribute tracking (its weights are mirrored)."""

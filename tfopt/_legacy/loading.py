@@ -37,6 +37,9 @@ def savedmodel_configs(path: str) -> list[dict[str, Any]]:
             "Keras model. Convert it directly with tfopt.convert(folder) (or `tfopt convert FOLDER`), which reads "
             "the TensorFlow graph and runs no Python from the folder."
         )
+    from tfopt._legacy import tf_keras_module
+
+    tf_keras_module()  # a clear error naming tfopt[legacy] when tf_keras is missing
     from tf_keras.protobuf import saved_metadata_pb2  # the schema of keras_metadata.pb
 
     metadata = saved_metadata_pb2.SavedMetadata()
