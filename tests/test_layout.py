@@ -14,7 +14,7 @@ RANK = {
     "errors": 0,
     "_registration": 2,
     "_version": 0,
-    "_extras": 1,
+    "_extras": 0.5,  # names the pip extra in missing-dependency errors; imports errors only
     "_io": 1,
     "_data": 1,
     "_keras": 1,
