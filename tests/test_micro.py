@@ -209,5 +209,11 @@ def test_cli_export_micro_json_and_exit_codes(digits_int8, unsupported_float, tm
     assert payload["ok"] and payload["unsupported_ops"] == [] and payload["arena_bytes"] > 0
     assert payload["max_abs_diff_vs_litert"] <= 1 and payload["num_samples"] == 20
     assert (tmp_path / "c" / "digits_v1_model_data.cc").exists()
+    assert (tmp_path / "c" / "digits_v1.tflite").read_bytes() == tflite.tflite  # nothing compresses; a chain ties
+    assert cli.main(["export-micro", str(model_path), "--output", str(tmp_path / "plain"), "--json", str(report),
+                     "--nocompress", "--noplan_memory", "--num_samples", "5"]) == 0
+    payload = json.loads(report.read_text())
+    assert payload["plan"] is None and payload["compressed_tensors"] == []
+    assert (tmp_path / "plain" / "digits_v1.tflite").read_bytes() == tflite.tflite
     assert cli.main(["export-micro", str(bad_path), *argv]) == 1
     assert {u["op"] for u in json.loads(report.read_text())["unsupported_ops"]} == {"REDUCE_PROD", "TOPK_V2"}
