@@ -433,7 +433,7 @@ def prune_channels(
 ):
     """Structured pruning: removes whole channels and returns a smaller dense model.
 
-    `tfopt.apply(model, tfopt.ChannelPruneConfig(...), data=(data, None))`; see
+    `tfopt.apply(model, tfopt.ChannelPruneConfig(...), data=data)`; see
     `ChannelPruneConfig` and `tfopt.compress.channels.prune_channels`.
 
     Returns:
