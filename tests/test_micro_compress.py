@@ -148,3 +148,29 @@ def test_export_micro_refuses_a_mismatching_compressed_model(clustered_digits, t
     with pytest.raises(BenchmarkError, match="outputs differ from the plain model's.*nothing was written"):
         micro.export_micro(tflite, tmp_path / "out", name="bad", data=data.x_test, num_samples=20)
     assert not (tmp_path / "out").exists()
+
+
+def test_export_micro_op_tflite_micro_lacks_writes_nothing_even_when_weights_compress(tmp_path):
+    """A model TFLite Micro cannot run is reported, not compressed and not written (no false mismatch either)."""
+    import keras
+
+    import tfopt
+    from tfopt.export.micro import compress_for_micro, export_micro
+
+    data = tfopt.load_dataset("digits")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Flatten()(keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inputs))
+    x = keras.layers.Dense(32, name="hidden")(x)
+    x = keras.layers.Lambda(lambda t: keras.ops.sign(t))(x)  # SIGN: no TFLite Micro kernel
+    model = keras.Model(inputs, keras.layers.Dense(10)(x))
+    kernel, bias = model.get_layer("hidden").get_weights()
+    levels = np.linspace(-0.1, 0.1, 16, dtype="float32")  # 16 shared values, as clustering leaves them
+    model.get_layer("hidden").set_weights([levels[np.abs(kernel[..., None] - levels).argmin(-1)], bias])
+    tflite = tfopt.convert(model, mode="int8", calibration=data.x_train[:100], input_type="int8",
+                           output_type="int8").tflite
+    assert compress_for_micro(tflite)[0] is not None  # the Dense kernel would compress
+    result = export_micro(tflite, tmp_path / "out", name="sign", data=data.x_test, num_samples=5)
+    assert not result.ok and [u.op for u in result.unsupported_ops] == ["SIGN"]
+    assert result.compressed_tensors == () and result.plan is None and result.files == ()
+    assert not (tmp_path / "out").exists()
