@@ -10,6 +10,7 @@ stand-in for its 49x10 MFCC input), plus a residual Keras 3 CNN with two branche
 - `resnet8`: the image-classification ResNet-8 (16/32/64 filters, 1x1 shortcut convs), 28x28x1;
 - `fc_autoencoder`: the anomaly-detection autoencoder (640 -> 4 x 128 -> 8 -> 4 x 128 -> 640), fed Fashion-MNIST
   images resized to 32x20 (640 values); its figure is the reconstruction error, not an accuracy;
+- `mobilenet_v1`: the visual-wake-words MobileNetV1 (alpha 0.25), fed Fashion-MNIST images resized to 96x96x1;
 - `residual_cnn`: two parallel conv branches added to their input (inception-like), 28x28x1.
 
 For each model, three .tflite files and what TFLite Micro measures on them:
@@ -20,7 +21,7 @@ For each model, three .tflite files and what TFLite Micro measures on them:
    compression and tfopt's plan: flash, arena, accuracy.
 Plus the int4-weight kernel probe (`int4_kernel_support`) on the DS-CNN (conv, depthwise, dense) and the autoencoder.
 
-    .venv/bin/python bench/bench_micro_memory.py [--train 5000] [--epochs 3] [--num_samples 50]
+    .venv/bin/python bench/bench_micro_memory.py [--train 5000] [--train_mobilenet 1500] [--epochs 3] [--num_samples 50]
 """
 
 from __future__ import annotations
@@ -89,6 +90,21 @@ def fc_autoencoder(dim=640, width=128, code=8):
     for units in (width,) * 4 + (code,) + (width,) * 4:
         x = layers.ReLU()(_bn()(layers.Dense(units)(x)))
     return keras.Model(inputs, layers.Dense(dim)(x), name="fc_autoencoder")
+
+
+def mobilenet_v1(input_shape=(96, 96, 1), classes=10, alpha=0.25):
+    """MLPerf Tiny visual wake words MobileNetV1 (alpha 0.25, 96x96; 2 classes in the reference, 10 here)."""
+    import keras
+
+    layers = keras.layers
+    inputs = keras.Input(input_shape)
+    x = layers.ReLU(6.0)(_bn()(layers.Conv2D(int(32 * alpha), 3, strides=2, padding="same", use_bias=False)(inputs)))
+    blocks = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + [(1024, 2), (1024, 1)]
+    for filters, stride in blocks:
+        x = layers.ReLU(6.0)(_bn()(layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False)(x)))
+        x = layers.ReLU(6.0)(_bn()(layers.Conv2D(int(filters * alpha), 1, use_bias=False)(x)))
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(classes)(x), name="mobilenet_v1")
 
 
 def residual_cnn(input_shape=(28, 28, 1), classes=10):
@@ -224,10 +240,11 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", type=int, default=5000, help="Fashion-MNIST training images used")
+    parser.add_argument("--train_mobilenet", type=int, default=1500, help="training images for the 96x96 MobileNet")
     parser.add_argument("--test", type=int, default=1000, help="Fashion-MNIST test images scored")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--num_samples", type=int, default=50, help="inputs compared bit for bit on TFLite Micro")
-    parser.add_argument("--models", default="ds_cnn,resnet8,fc_autoencoder,residual_cnn")
+    parser.add_argument("--models", default="ds_cnn,resnet8,fc_autoencoder,mobilenet_v1,residual_cnn")
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results",
                                                          "bench_micro_memory.json"))
     args = parser.parse_args()
@@ -240,10 +257,14 @@ def main() -> int:
                "x_test": _resize(x_test, (49, 10)), "y_test": y_test}
     flat = {"x_train": _resize(x_train, (32, 20)).reshape(len(x_train), -1), "y_train": y_train,
             "x_test": _resize(x_test, (32, 20)).reshape(len(x_test), -1), "y_test": y_test}
+    n = min(args.train_mobilenet, len(x_train))  # 96x96 trains ~12x slower than 28x28: fewer images keep the run short
+    big = {"x_train": _resize(x_train[:n], (96, 96)), "y_train": y_train[:n],
+           "x_test": _resize(x_test, (96, 96)), "y_test": y_test}
     specs = {
         "ds_cnn": (ds_cnn, spectro, False),
         "resnet8": (resnet8, images, False),
         "fc_autoencoder": (fc_autoencoder, flat, True),
+        "mobilenet_v1": (mobilenet_v1, big, False),
         "residual_cnn": (residual_cnn, images, False),
     }
     rows = []
@@ -279,7 +300,8 @@ def main() -> int:
         "rows": rows,
         "int4_kernel_support": int4,
         "table_markdown": text,
-        "data": f"Fashion-MNIST (Debian dataset-fashion-mnist), first {args.train} train / {args.test} test images",
+        "data": f"Fashion-MNIST (Debian dataset-fashion-mnist), first {args.train} train / {args.test} test images "
+                f"({args.train_mobilenet} train for the 96x96 MobileNet)",
         "seconds": time.perf_counter() - start,
         "provenance": stamp(script=__file__),
     }
