@@ -8,6 +8,19 @@ pruning and low-rank factorization before them, pruning by weight share
 (`share_targets`), distills from the original model after those structural
 steps, and trains longer (at least 400 steps per recovery, the last one
 followed by two more at a third and a tenth of the learning rate).
+
+The latency objective (levels 2 and 3) has a space of its own, made of what
+can make a model faster on a CPU: channel pruning (ratios up to 0.75) and
+low-rank factorization, which shrink every matrix product; QAT or not; and
+the conversion: int8 (per channel or with Dense per tensor), float16 or
+float32 (a pruned model can run faster in float32 than in int8, so the
+precision is chosen per candidate; dynamic range is left out, its hybrid ops
+fall out of XNNPACK). Unstructured and 2:4 pruning and clustering are not in
+it: they shrink the gzip file but not the time, since XNNPACK has no sparse
+kernels on x86 and clustered weights run as ordinary dense ones. Its seeds
+are channel pruning at several ratios with int8, and int8 alone. Level 2
+recovers with fine-tunes, level 3 with distillation and longer training.
+The size and arena objectives share the space above.
 """
 
 from __future__ import annotations
@@ -17,11 +30,13 @@ from typing import Any
 from tfopt.config import (
     ChannelPruneConfig, ClusterConfig, DistillConfig, FineTuneConfig, LowRankConfig, PruneConfig, PTQConfig, QATConfig,
 )
+from tfopt.errors import InvalidArgumentError
 
 # Post-training conversions by name (the `ptq` choice of every level): PTQConfig fields.
 PTQ = {
     "float16": {"mode": "float16"},
     "dynamic": {"mode": "dynamic"},
+    "float32": {"mode": "float32"},
     "int8": {"mode": "int8"},
     "int8_quantizer": {"mode": "int8", "engine": "litert_quantizer", "input_type": "int8", "output_type": "int8"},
     "int8_fallback": {"mode": "int8", "float_fallback": "auto"},
@@ -36,21 +51,40 @@ LEARNING_RATE = 3e-4
 LEARNING_RATES = {2: LEARNING_RATE, 3: 1e-3}  # level 3 starts higher and decays in its last recovery
 BATCH_SIZE = 64
 DEFAULT_TRIALS = {2: 10, 3: 14}
+OBJECTIVES = ("size", "latency", "arena")
+LATENCY_CHANNELS = [0.0, 0.25, 0.5, 0.625, 0.75]  # channel-pruning ratios of the latency space
+LATENCY_SEED_CHANNELS = (0.5, 0.75, 0.25, 0.0)  # its seeds, with int8 (0.0: int8 alone, a conversion-only trial)
 
 
-def ptq_choices(level: int, target: str) -> list[str]:
-    """The conversions a level tries for a target."""
+def _latency_space(level: int, objective: str) -> bool:
+    """True when the trial searches the latency space (levels 2 and 3 of the latency objective)."""
+    if objective not in OBJECTIVES:
+        raise InvalidArgumentError(f"Unknown objective {objective!r}. Expected one of {OBJECTIVES}.")
+    return objective == "latency" and level >= 2
+
+
+def ptq_choices(level: int, target: str, *, objective: str = "size") -> list[str]:
+    """The conversions a level tries for a target (the latency space adds float16 and float32 on the cpu)."""
+    latency = _latency_space(level, objective)
     if target == "micro":
         names = ["int8_io", "int8_io_per_tensor", "int8_quantizer"]
         return names if level == 1 else names[:2]
     if level == 1:
         return ["float16", "dynamic", "int8", "int8_per_tensor", "int8_quantizer", "int8_fallback"]
+    if latency:
+        return ["int8", "int8_per_tensor", "float16", "float32"]
     return ["int8", "int8_per_tensor"]
 
 
-def suggest(trial, level: int, target: str) -> dict[str, Any]:
+def suggest(trial, level: int, target: str, *, objective: str = "size") -> dict[str, Any]:
     """Asks an Optuna trial for its choices (conditional parameters only when they matter)."""
-    params: dict[str, Any] = {"ptq": trial.suggest_categorical("ptq", ptq_choices(level, target))}
+    params: dict[str, Any] = {"ptq": trial.suggest_categorical("ptq", ptq_choices(level, target, objective=objective))}
+    if _latency_space(level, objective):
+        params["channels"] = trial.suggest_categorical("channels", LATENCY_CHANNELS)
+        params["lowrank"] = trial.suggest_categorical("lowrank", [0.0, 0.5, 0.25])
+        if PTQ[params["ptq"]]["mode"] == "int8":  # QAT only matters to an int8 conversion
+            params["qat"] = trial.suggest_categorical("qat", [False, True])
+        return params
     if level >= 3:
         params["channels"] = trial.suggest_categorical("channels", [0.0, 0.25, 0.5])
         params["lowrank"] = trial.suggest_categorical("lowrank", [0.0, 0.5, 0.25])
@@ -64,11 +98,13 @@ def suggest(trial, level: int, target: str) -> dict[str, Any]:
     return params
 
 
-def seeds(level: int, target: str) -> list[dict[str, Any]]:
+def seeds(level: int, target: str, *, objective: str = "size") -> list[dict[str, Any]]:
     """Known-good starting points, run first (level 1: every conversion, nothing else)."""
-    ptq = ptq_choices(level, target)
+    ptq = ptq_choices(level, target, objective=objective)
     if level == 1:
         return [{"ptq": name} for name in ptq]
+    if _latency_space(level, objective):
+        return [{"ptq": ptq[0], "channels": ratio, "lowrank": 0.0, "qat": False} for ratio in LATENCY_SEED_CHANNELS]
     base = {"ptq": ptq[0], "prune": "none", "clusters": 0, "qat": False}
     if level >= 3:
         base.update(channels=0.0, lowrank=0.0)
