@@ -1,14 +1,15 @@
 """`tfopt optimize MODEL --data DATA.npz --output DIR [...]`: constraint-driven search, Pareto front, best model.
 
 Exit status: 0 with a best model, 3 when no candidate meets the constraints
-(report.json names the nearest candidate and the bound it breaks), 2 for bad input.
+(report.json names the nearest candidate and the bound it breaks), 2 for bad input, 4 when TensorFlow
+crashed natively (a signal) twice in a row without the search moving on (`tfopt._cli.supervise`).
 """
 
 from __future__ import annotations
 
 from absl import flags
 
-from tfopt._cli import checks, common
+from tfopt._cli import checks, common, supervise
 from tfopt._cli.common import CLIError
 
 NAME = "optimize"
@@ -35,15 +36,25 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_float("time_budget_min", None, "Start no trial after this many minutes.", flag_values=fv)
     flags.DEFINE_string("storage", None, "Optuna storage URL shared by several machines (default: DIR/study.journal).", flag_values=fv)
     flags.DEFINE_integer("workers", 1, "Local worker processes on one study.", flag_values=fv)
+    flags.DEFINE_enum("sampler", "tpe", ["tpe", "random", "nsga2", "gp"],
+                      "Optuna's sampler (gp: GPSampler, needs PyTorch).", flag_values=fv)
     common.define_seed_flag(fv)
 
 
 def main(args: list[str], fv: flags.FlagValues) -> int:
-    from tfopt.search import Constraints, optimize
+    """Checks the call, then runs the search in a supervised child (`supervise`): a native crash inside
+    TensorFlow during a trial is retried with oneDNN off, and a trial whose process dies twice is recorded
+    as failed while the search goes on (the study resumes where it was)."""
+    return supervise.run(NAME, args, fv, _work, check=lambda: _check(args, fv), progress=_progress(fv))
+
+
+def _check(args: list[str], fv: flags.FlagValues):
+    from tfopt.search import Constraints
     from tfopt.search.constraints import check_request
 
     if len(args) != 1:
-        raise CLIError(f"optimize takes one MODEL path; received {args}. Usage: tfopt optimize MODEL --data DATA.npz --output DIR")
+        raise CLIError(f"optimize takes one MODEL path; received {' '.join(args) or 'none'}. "
+                       "Usage: tfopt optimize MODEL --data DATA.npz --output DIR")
     if not fv.data or not fv.output:
         raise CLIError("optimize needs --data DATA.npz and --output DIR.")
     constraints = Constraints(
@@ -53,9 +64,42 @@ def main(args: list[str], fv: flags.FlagValues) -> int:
     check_request(constraints, objective=fv.objective, level=int(fv.level), target=fv.target, metric=fv.metric)
     checks.check_paths(inputs={"MODEL": args[0], "--data": fv.data}, outputs={"--output": fv.output},
                        folder_outputs=("--output",))
+    return constraints
+
+
+def _work(args: list[str], fv: flags.FlagValues) -> int:
+    from tfopt.search import optimize
+
+    constraints = _check(args, fv)
+    supervise.stage("running the search (a trial's training, conversion or measurement)")
     result = optimize(
         args[0], fv.data, constraints=constraints, objective=fv.objective, level=int(fv.level), target=fv.target,
         metric=fv.metric, output_dir=fv.output, max_trials=fv.max_trials, time_budget_min=fv.time_budget_min,
-        storage=fv.storage, workers=fv.workers, seed=fv.seed,
+        storage=fv.storage, workers=fv.workers, seed=fv.seed, sampler=fv.sampler,
     )
     return 0 if result.best is not None else NO_FEASIBLE_CANDIDATE
+
+
+def _progress(fv: flags.FlagValues):
+    """What the study holds (each trial's state, the orphans and crashes it recorded): a crash that changed it
+    moved the search on, and a restart resumes from there."""
+
+    def token():
+        import os
+
+        from tfopt.search.storage import JOURNAL, STUDY_NAME, open_storage
+
+        output = os.path.abspath(fv.output)
+        if fv.storage is None and not os.path.exists(os.path.join(output, JOURNAL)):
+            return None
+        try:
+            import optuna
+
+            optuna.logging.set_verbosity(optuna.logging.ERROR)
+            study = optuna.load_study(storage=open_storage(fv.storage, output), study_name=STUDY_NAME)
+            trials = tuple((t.number, t.state.name) for t in study.get_trials(deepcopy=False))
+            return trials, tuple(sorted(study.user_attrs))
+        except Exception:  # noqa: BLE001 - no study yet, or one the child will report as damaged
+            return None
+
+    return token

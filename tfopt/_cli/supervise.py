@@ -65,6 +65,8 @@ from collections.abc import Callable, Iterable
 
 from absl import flags
 
+from tfopt.search.storage import CRASH_ENV  # what killed the previous child (a resumed optimize records it)
+
 CHILD_ENV = "TFOPT_SUPERVISED_CHILD"  # the parent's pid: "run the work here, you are the child"
 STATUS_ENV = "TFOPT_SUPERVISE_STATUS"  # a file the child appends its stages to
 OPT_OUT_ENV = "TFOPT_NO_SUPERVISOR"  # "1": run in-process (no crash protection)
@@ -77,7 +79,8 @@ Work = Callable[[list[str], flags.FlagValues], int]
 
 
 def run(command: str, args: list[str], fv: flags.FlagValues, work: Work, *,
-        outputs: Iterable[str | None] = (), check: Callable[[], object] | None = None) -> int:
+        outputs: Iterable[str | None] = (), check: Callable[[], object] | None = None,
+        progress: Callable[[], object] | None = None) -> int:
     """Runs `work(args, fv)` in a supervised child process (or here, when this is the child).
 
     Args:
@@ -90,6 +93,8 @@ def run(command: str, args: list[str], fv: flags.FlagValues, work: Work, *,
         check: the command's checks that need no TensorFlow (paths, flags, the
             data file), run here before a child starts, so a mistake costs no
             TensorFlow start-up; `work` checks everything again.
+        progress: for a resumable command, what the work has done so far
+            (see `supervise`). Defaults to `None` (one retry, then exit 4).
 
     Returns:
         The exit status: the child's own, or 4 when the work died by a signal
@@ -102,7 +107,7 @@ def run(command: str, args: list[str], fv: flags.FlagValues, work: Work, *,
         return int(work(args, fv) or 0)
     if check is not None:
         check()
-    return supervise(command, child_arguments(command, args, fv), outputs=outputs)
+    return supervise(command, child_arguments(command, args, fv), outputs=outputs, progress=progress)
 
 
 def stage(name: str, *, model=None) -> None:
@@ -161,32 +166,48 @@ def child_arguments(command: str, args: list[str], fv: flags.FlagValues) -> list
     return [command, *spelled, "--", *args]
 
 
-def supervise(command: str, arguments: list[str], *, outputs: Iterable[str | None] = ()) -> int:
+def supervise(command: str, arguments: list[str], *, outputs: Iterable[str | None] = (),
+              progress: Callable[[], object] | None = None, max_restarts: int = 50) -> int:
     """Runs `python -m tfopt.cli ARGUMENTS` as a child, retries a native crash once with oneDNN off.
+
+    With `progress` (a resumable command such as `optimize`, whose next run skips or records what
+    died), a crash with oneDNN already off starts the command again as long as the crash moved the
+    work on: `progress()` returns something different from the last crash's (optimize: the trials
+    its study has finished or failed). Each restart is said in one line; a crash that moved nothing,
+    or more than `max_restarts` restarts, ends with exit status 4.
 
     Returns the child's exit status, 128 + N after a forwarded signal N, or 4.
     """
     outputs = [path for path in outputs if path and path != "-"]
     onednn_on = os.environ.get(ONEDNN_ENV, "").strip() != "0"
-    first = _attempt(arguments, {})
-    _clean(outputs)
-    if first.interrupted or first.signal is None:
-        return first.finish(command)
-    what = first.describe(command)
-    if not onednn_on:
-        _say(command, "error", f"{what} TensorFlow's oneDNN kernels were already off ({ONEDNN_ENV}=0), so there "
-             "is nothing to retry; this is a crash inside TensorFlow, not a mistake in the call. Try another "
-             "TensorFlow version, a smaller --batch_size, or report it with the model.")
+    extra: dict[str, str] = {}
+    token = progress() if progress is not None else None
+    for restart in range(max_restarts + 1):
+        outcome = _attempt(arguments, extra)
+        _clean(outputs)
+        if outcome.interrupted or outcome.signal is None:
+            return outcome.finish(command)
+        what = outcome.describe(command)
+        extra[CRASH_ENV] = what.removeprefix(f"the {command} process died of ").rstrip(".")
+        if onednn_on and extra.get(ONEDNN_ENV) != "0":
+            _say(command, "warning", f"{what} Retrying{'' if progress else ' once'} with {ONEDNN_ENV}=0 (TensorFlow's "
+                 "oneDNN kernels off, the known cause of such crashes on some AVX-512 CPUs).")
+            extra[ONEDNN_ENV] = "0"
+            continue
+        moved = progress is not None and progress() != token
+        if moved and restart < max_restarts:
+            token = progress()
+            _say(command, "warning", f"{what} The work it was doing is recorded as failed; going on with the rest.")
+            continue
+        if extra.get(ONEDNN_ENV) == "0" and onednn_on:
+            _say(command, "error", f"the retry with {ONEDNN_ENV}=0 died too: {what} This is a crash inside "
+                 "TensorFlow, not a mistake in the call. Try another TensorFlow version, a smaller --batch_size, "
+                 "or report it with the model.")
+        else:
+            _say(command, "error", f"{what} TensorFlow's oneDNN kernels were already off ({ONEDNN_ENV}=0), so "
+                 "there is nothing to retry; this is a crash inside TensorFlow, not a mistake in the call. Try "
+                 "another TensorFlow version, a smaller --batch_size, or report it with the model.")
         return EXIT_NATIVE_CRASH
-    _say(command, "warning", f"{what} Retrying once with {ONEDNN_ENV}=0 (TensorFlow's oneDNN kernels off, "
-         "the known cause of such crashes on some AVX-512 CPUs).")
-    second = _attempt(arguments, {ONEDNN_ENV: "0"})
-    _clean(outputs)
-    if second.interrupted or second.signal is None:
-        return second.finish(command)
-    _say(command, "error", f"the retry with {ONEDNN_ENV}=0 died too: {second.describe(command)} This is a crash "
-         "inside TensorFlow, not a mistake in the call. Try another "
-         "TensorFlow version, a smaller --batch_size, or report it with the model.")
     return EXIT_NATIVE_CRASH
 
 

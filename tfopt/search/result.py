@@ -42,6 +42,7 @@ class OptimizeResult:
     target: str = "cpu"
     selection: dict[str, Any] | None = None
     hypervolume: dict[str, Any] | None = None
+    failed: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     paths: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
@@ -90,6 +91,8 @@ class OptimizeResult:
                 "no candidate meets the constraints"
                 + (f"; nearest: {near.get('name')} violates {near.get('violated')}" if near else "")
             )
+        for row in self.failed:
+            lines.append(f"trial {row['number']} failed: {row['error']}")
         where = describe_selection(self.selection) if self.selection else "selection on validation data"
         lines.append(f"(* best, ! violates a constraint; {where}; drops in the table on the reporting data, "
                      f"with their paired standard errors; constraints decided at confidence {self.constraints.confidence:g})")
@@ -135,6 +138,7 @@ class OptimizeResult:
                 {"description": describe_selection(self.selection)} if self.selection else {}
             ),
             "hypervolume": self.hypervolume,
+            "failed_trials": self.failed,
         }
 
     def plot(self, path: str | os.PathLike | None = None):

@@ -146,8 +146,8 @@ def optimize(
     _check_same_study(study, stamp, say, constraints=job.constraints, level=level, objective=objective, target=target,
                       metric=job.metric, sampler=sampler)
     resumed = len(store.completed(study))
-    for params in store.fail_orphans(study):
-        study.enqueue_trial(params)
+    for number, params in store.fail_orphans(study):
+        study.enqueue_trial(params, user_attrs={store.RETRY_OF: number})
     for params in space.seeds(level, target):
         study.enqueue_trial(params, skip_if_exists=True)
     if resumed:
@@ -275,6 +275,7 @@ def _finish(study, runner: Runner, job: Job, resumed: int) -> OptimizeResult:
     baseline["size_ratio"] = 1.0
     result = build_result(
         rows, baseline, constraints=runner.constraints, trials_completed=len(rows), trials_resumed=resumed,
+        failed=store.failures(study),
         objective=job.objective, metric=job.metric, output_dir=job.output_dir, level=job.level, target=job.target,
         selection=job.selection,
     )

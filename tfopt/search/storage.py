@@ -78,14 +78,21 @@ def _alive(pid: int) -> bool:
 
 
 ORPHANED = "orphaned:"  # study user attribute `orphaned:<trial number>`: failed because its process died
+CRASHED = "crashed:"  # `crashed:<trial number>` = reason: its process died while it was a re-run of an orphan
+RETRY_OF = "retry_of"  # trial user attribute: the number of the orphaned trial this one runs again
+CRASH_ENV = "TFOPT_LAST_CRASH"  # what the supervisor saw kill the previous process (e.g. "SIGSEGV")
 
 
-def fail_orphans(study) -> list[dict[str, Any]]:
-    """Marks FAIL the RUNNING trials whose process (on this host) is gone; returns their params to re-run.
+def fail_orphans(study) -> list[tuple[int, dict[str, Any]]]:
+    """Marks FAIL the RUNNING trials whose process (on this host) is gone; returns `(number, params)` to re-run.
 
     A trial started on another machine is left alone: only its own host can tell it is dead (a
     storage with heartbeats also fails trials whose heartbeat went stale, on any host). Optuna's
     public API only: the study records the orphan (`orphaned:<number>`), `study.tell` fails it.
+
+    An orphan is run again once (enqueue it with `user_attrs={RETRY_OF: number}`). When the re-run's
+    process dies too, the recipe itself kills the process (a native crash inside TensorFlow): it is
+    recorded as `crashed:<number>` with the reason, counts against the budget, and is not run again.
     """
     import warnings
 
@@ -101,10 +108,40 @@ def fail_orphans(study) -> list[dict[str, Any]]:
         attrs = trial.user_attrs
         if attrs.get("host") != host or attrs.get("pid") is None or _alive(int(attrs["pid"])):
             continue
-        study.set_user_attr(f"{ORPHANED}{trial.number}", True)
+        seen = os.environ.get(CRASH_ENV) or "killed, or a native crash"
+        if attrs.get(RETRY_OF) is not None:
+            study.set_user_attr(f"{CRASHED}{trial.number}", f"its process died twice running this recipe ({seen})")
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            continue
+        study.set_user_attr(f"{ORPHANED}{trial.number}", f"its process died ({seen})")
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-        redo.append(dict(trial.params))
+        redo.append((trial.number, dict(trial.params)))
     return redo
+
+
+def failures(study) -> list[dict[str, Any]]:
+    """The trials that failed, by number: `number`, `params` and the `error`: an exception's first line,
+    a process that died twice on the recipe, or a process that died once (saying which trial ran the
+    recipe again, or that the budget ended first)."""
+    from optuna.trial import TrialState
+
+    attrs = study.user_attrs
+    trials = study.get_trials(deepcopy=False)
+    rerun = {t.user_attrs[RETRY_OF]: t.number for t in trials if t.user_attrs.get(RETRY_OF) is not None
+             and t.state != TrialState.WAITING}
+    out = []
+    for trial in trials:
+        if trial.state != TrialState.FAIL:
+            continue
+        reason = trial.user_attrs.get("error") or attrs.get(f"{CRASHED}{trial.number}")
+        orphan = attrs.get(f"{ORPHANED}{trial.number}")
+        if not reason and orphan:
+            died = orphan if isinstance(orphan, str) else "its process died"
+            again = rerun.get(trial.number)
+            reason = f"{died}; run again as trial {again}" if again is not None else f"{died}; the budget ended before it ran again"
+        if reason:
+            out.append({"number": trial.number, "params": dict(trial.params), "error": reason})
+    return sorted(out, key=lambda row: row["number"])
 
 
 def used_budget(study) -> int:
