@@ -81,7 +81,7 @@ def clustered_digits():
 
 
 def test_clustered_kernel_keeps_16_values_per_channel_after_int8(clustered_digits):
-    from tfopt.analyze.flatbuffer import weight_tensors_for_micro
+    from tfopt.analyze.flatbuffer_micro import weight_tensors_for_micro
 
     hidden = [w for w in weight_tensors_for_micro(clustered_digits[0]) if w["name"].endswith("hidden_1/MatMul")]
     assert len(hidden) == 1 and hidden[0]["quantized_dimension"] == 0

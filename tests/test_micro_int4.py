@@ -58,7 +58,7 @@ def test_int4_kernel_support_on_tflite_micro(digits_models):
 
 
 def test_rewrite_weights_refuses_values_outside_int4(digits_models):
-    from tfopt.analyze.flatbuffer import rewrite_weights, weight_tensors_for_micro
+    from tfopt.analyze.flatbuffer_micro import rewrite_weights, weight_tensors_for_micro
 
     tensor = weight_tensors_for_micro(digits_models[0])[0]
     with pytest.raises(ValueError, match=r"INT4 values must lie in \[-8, 7\]"):

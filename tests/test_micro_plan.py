@@ -117,7 +117,7 @@ def residual_digits():
 
 
 def test_export_micro_plan_below_tflite_micro_on_a_branchy_model(residual_digits, tmp_path):
-    from tfopt.analyze.flatbuffer import micro_graph
+    from tfopt.analyze.flatbuffer_micro import micro_graph
     from tfopt.export.micro import export_micro
 
     tflite, data = residual_digits
@@ -135,7 +135,7 @@ def test_export_micro_plan_below_tflite_micro_on_a_branchy_model(residual_digits
 
 
 def test_export_micro_reorders_a_bad_operator_order(residual_digits, tmp_path):
-    from tfopt.analyze.flatbuffer import micro_graph, write_micro_plan
+    from tfopt.analyze.flatbuffer_micro import micro_graph, write_micro_plan
     from tfopt.export.micro import export_micro
     from tfopt.export.micro_plan import Graph as G
 
@@ -155,7 +155,7 @@ def test_export_micro_reorders_a_bad_operator_order(residual_digits, tmp_path):
 
 
 def test_export_micro_keeps_tflite_micro_plan_when_its_own_is_not_smaller(residual_digits, tmp_path, monkeypatch):
-    from tfopt.analyze.flatbuffer import micro_graph, write_micro_plan
+    from tfopt.analyze.flatbuffer_micro import micro_graph, write_micro_plan
     from tfopt.export import micro_plan
     from tfopt.export.micro import export_micro
 

@@ -359,7 +359,7 @@ def compress_for_micro(tflite: Any) -> tuple[bytes | None, tuple[dict[str, Any],
     Uses TFLite Micro's own writer (`tflite_micro.tensorflow.lite.micro.compression`);
     no interpreter runs here.
     """
-    from tfopt.analyze.flatbuffer import weight_tensors_for_micro
+    from tfopt.analyze.flatbuffer_micro import weight_tensors_for_micro
     from tfopt.export.micro_compress import choose_compression
 
     content = tflite_bytes(tflite)
@@ -498,11 +498,8 @@ def int4_kernel_support(tflite: Any, *, data: Any = None, num_samples: int = 20,
     One row per tensor: `op`, `tensor`, `accepted`, `reason`, `int8_bytes`, `int4_bytes`.
     """
     from tfopt.analyze.flatbuffer import inspect_tflite as _inspect
-    from tfopt.analyze.flatbuffer import (
-        read_model,
-        rewrite_weights,
-        weight_tensors_for_micro,
-    )
+    from tfopt.analyze.flatbuffer import read_model
+    from tfopt.analyze.flatbuffer_micro import rewrite_weights, weight_tensors_for_micro
     from tfopt.export.micro_compress import requantize_int4
 
     content = tflite_bytes(tflite)

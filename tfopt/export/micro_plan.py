@@ -287,7 +287,7 @@ def plan_tflite(tflite: Any) -> tuple[bytes, MicroPlan] | None:
     Returns `None` when the model cannot carry an offline plan (several subgraphs,
     or dynamic shapes). The caller checks the result on TFLite Micro.
     """
-    from tfopt.analyze.flatbuffer import micro_graph, write_micro_plan
+    from tfopt.analyze.flatbuffer_micro import micro_graph, write_micro_plan
 
     facts = micro_graph(tflite)
     if facts["num_subgraphs"] != 1 or not facts["static"] or not facts["ops"]:

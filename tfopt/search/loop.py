@@ -78,7 +78,7 @@ def open_study(job: Job, *, create: bool):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     store = storage.open_storage(job.storage, job.output_dir)
-    sampler = make_sampler(job, len(space.seeds(job.level, job.target)))
+    sampler = make_sampler(job, len(space.seeds(job.level, job.target, objective=job.objective)))
     if create:
         study = optuna.create_study(
             storage=store, study_name=storage.STUDY_NAME, directions=["minimize", "minimize"],
@@ -187,7 +187,7 @@ def run_worker(job: Job, runner: Runner, study, *, progress=None) -> int:
         trial = study.ask()
         for key, value in storage.me().items():
             trial.set_user_attr(key, value)
-        params = space.suggest(trial, job.level, job.target)
+        params = space.suggest(trial, job.level, job.target, objective=job.objective)
         twin = next((t for t in storage.completed(study) if _same_params(t.params, params)), None)
         if twin is None:  # another worker took the same (enqueued) recipe a moment ago: the older trial runs it
             twin = next((t for t in storage.running(study) if t.number < trial.number and _same_params(t.params, params)), None)

@@ -148,7 +148,7 @@ def optimize(
     resumed = len(store.completed(study))
     for number, params in store.fail_orphans(study):
         study.enqueue_trial(params, user_attrs={store.RETRY_OF: number})
-    for params in space.seeds(level, target):
+    for params in space.seeds(level, target, objective=objective):
         study.enqueue_trial(params, skip_if_exists=True)
     if resumed:
         say(f"[tfopt optimize] resuming: {resumed} finished trial(s) in the study are kept")

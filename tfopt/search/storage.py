@@ -19,7 +19,6 @@ JOURNAL = "study.journal"
 
 def open_storage(url: str | None, output_dir: str):
     """An Optuna storage: `url` (sqlite / postgresql / mysql ... or a journal file path), or `DIR/study.journal`."""
-    import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
