@@ -99,11 +99,14 @@ def test_choose_best_smallest_feasible_else_nearest():
         ({"objective": "speed"}, "Unknown objective"),
         ({"constraints": Constraints(max_arena_kb=20)}, "target='micro'"),
         ({"objective": "arena"}, "target='micro'"),
+        ({"objective": "flash"}, "target='micro'"),
+        ({"constraints": {"max_flash_kb": 20}}, "target='micro'"),
         ({"metric": "mse", "constraints": {"max_accuracy_drop": 1.0}}, "max_metric_drop"),
         ({"level": 4}, "level must be one of"),
         ({"constraints": {"max_size": 3}}, "Unknown constraint"),
     ],
-    ids=["negative-drop", "unknown-objective", "arena-bound-cpu", "arena-objective-cpu", "accuracy-on-mse", "level", "unknown-key"],
+    ids=["negative-drop", "unknown-objective", "arena-bound-cpu", "arena-objective-cpu", "flash-objective-cpu",
+         "flash-bound-cpu", "accuracy-on-mse", "level", "unknown-key"],
 )
 def test_bad_request_fails_before_any_work(tmp_path, kwargs, message):
     out = tmp_path / "never_created"
@@ -297,6 +300,24 @@ def test_micro_arena_objective_runs_in_the_bound_on_tflite_micro(digits, tmp_pat
         hits += int(np.argmax(interpreter.get_output(0)) == label)
     assert hits >= 17  # the int8 model still reads digits on the microcontroller runtime
     assert best["c_array"] and os.path.isfile(best["c_array"])
+
+
+def test_micro_flash_objective_counts_the_compressed_flatbuffer(digits, tmp_path):
+    """Every micro candidate carries the flash a device holds (export_micro's checked, compressed flatbuffer);
+    the flash objective picks the smallest that meets the bounds."""
+    from tfopt.export.micro import flash_bytes
+
+    model, _, npz = digits
+    result = optimize(model, npz, constraints={"max_accuracy_drop": 2.0, "max_flash_kb": 64}, objective="flash",
+                      target="micro", level=1, output_dir=tmp_path, verbose=False)
+    best = result.best_candidate
+    assert best is not None and best["flash_bytes"] <= 64 * 1024
+    for c in result.candidates:
+        assert 0 < c["flash_bytes"] <= c["size_bytes"] + 64  # compression never grows a model (alignment aside)
+        assert c["flash_bytes"] == flash_bytes(open(c["tflite"], "rb").read())
+    assert best["flash_bytes"] == min(c["flash_bytes"] for c in result.candidates if c["meets_constraints"])
+    report = json.load(open(tmp_path / "report.json"))
+    assert report["hypervolume"]["history"] and "flash KB" in result.summary()
 
 
 def test_report_names_each_machine_only_when_trials_ran_on_one():

@@ -22,13 +22,16 @@ def define_flags(fv: flags.FlagValues) -> None:
     common.define_data_flag(fv, "An .npz file with x_train, y_train, x_test, y_test (x_val, y_val optional).")
     common.define_output_flag(fv, "Output folder (report, trials.jsonl, study journal, Pareto candidates).")
     flags.DEFINE_enum("level", "1", ["1", "2", "3"], "1: conversions only; 2: + short fine-tunes; 3: + channels, low-rank, distillation.", flag_values=fv)
-    flags.DEFINE_enum("objective", "size", ["size", "latency", "arena"], "What to minimize.", flag_values=fv)
+    flags.DEFINE_enum("objective", "size", ["size", "latency", "arena", "flash"],
+                      "What to minimize (arena and flash: --target micro).", flag_values=fv)
     flags.DEFINE_enum("metric", "top1", ["top1", "top5", "mae", "mse"], "Quality metric.", flag_values=fv)
     flags.DEFINE_float("max_accuracy_drop", None, "Allowed top-1/top-5 loss, in points.", flag_values=fv)
     flags.DEFINE_float("max_metric_drop", None, "Allowed metric loss in its units (increase for mae/mse).", flag_values=fv)
     flags.DEFINE_float("max_size_kb", None, "Bound on the .tflite size, KB.", flag_values=fv)
     flags.DEFINE_float("max_latency_ms", None, "Bound on the median XNNPACK latency, ms.", flag_values=fv)
     flags.DEFINE_float("max_arena_kb", None, "Bound on the TFLite Micro arena, KB (--target micro).", flag_values=fv)
+    flags.DEFINE_float("max_flash_kb", None, "Bound on the flash the model takes on the device (compressed "
+                       "weights), KB (--target micro).", flag_values=fv)
     flags.DEFINE_float("confidence", 0.5, "How sure selection must be that a drop is within its bound (0.5: the "
                        "measured drop; 0.9: 90% sure, from the drop's paired standard error).", flag_values=fv)
     flags.DEFINE_enum("target", "cpu", ["cpu", "micro"], "Deployment target.", flag_values=fv)
@@ -59,7 +62,8 @@ def _check(args: list[str], fv: flags.FlagValues):
         raise CLIError("optimize needs --data DATA.npz and --output DIR.")
     constraints = Constraints(
         max_accuracy_drop=fv.max_accuracy_drop, max_metric_drop=fv.max_metric_drop, max_size_kb=fv.max_size_kb,
-        max_latency_ms=fv.max_latency_ms, max_arena_kb=fv.max_arena_kb, confidence=fv.confidence,
+        max_latency_ms=fv.max_latency_ms, max_arena_kb=fv.max_arena_kb, max_flash_kb=fv.max_flash_kb,
+        confidence=fv.confidence,
     )
     check_request(constraints, objective=fv.objective, level=int(fv.level), target=fv.target, metric=fv.metric)
     checks.check_paths(inputs={"MODEL": args[0], "--data": fv.data}, outputs={"--output": fv.output},

@@ -15,7 +15,8 @@ import numpy as np
 
 from tfopt.errors import InvalidArgumentError, InvalidTypeError
 
-OBJECTIVES = ("size", "latency", "arena")
+OBJECTIVES = ("size", "latency", "arena", "flash")
+MICRO_ONLY = {"arena": "max_arena_kb", "flash": "max_flash_kb"}  # measured on TFLite Micro: target="micro"
 TARGETS = ("cpu", "micro")
 LEVELS = (1, 2, 3)
 HIGHER_IS_BETTER = {"top1": True, "top5": True, "mae": False, "mse": False}
@@ -34,6 +35,9 @@ class Constraints:
         max_latency_ms: bound on the median XNNPACK latency, ms. Defaults to `None`.
         max_arena_kb: bound on the TFLite Micro arena, KB (`target="micro"` only).
             Defaults to `None`.
+        max_flash_kb: bound on the flash the model takes on a device (the
+            flatbuffer with its weights compressed the way TFLite Micro decodes
+            them), KB (`target="micro"` only). Defaults to `None`.
         confidence: how sure the selection must be that a candidate's true drop
             is within `max_accuracy_drop` / `max_metric_drop`. A drop measured on
             n selection examples has a paired standard error (SE); a candidate
@@ -54,6 +58,7 @@ class Constraints:
     max_size_kb: float | None = None
     max_latency_ms: float | None = None
     max_arena_kb: float | None = None
+    max_flash_kb: float | None = None
     confidence: float = 0.5
 
     def __post_init__(self) -> None:
@@ -134,12 +139,13 @@ def check_request(
         )
     if not isinstance(metric, str) and not callable(metric):
         raise InvalidTypeError(f"metric must be a name or a callable. Received: {type(metric).__name__}.")
-    if target == "cpu" and (objective == "arena" or constraints.max_arena_kb is not None):
-        raise InvalidArgumentError(
-            "The TFLite Micro arena is only measured with target='micro'. Received "
-            f"objective={objective!r}, max_arena_kb={constraints.max_arena_kb} with target='cpu'. "
-            "Pass target='micro' (--target micro) or drop the arena bound."
-        )
+    for name, bound in MICRO_ONLY.items():
+        if target == "cpu" and (objective == name or getattr(constraints, bound) is not None):
+            raise InvalidArgumentError(
+                f"The TFLite Micro {name} is only measured with target='micro'. Received "
+                f"objective={objective!r}, {bound}={getattr(constraints, bound)} with target='cpu'. "
+                f"Pass target='micro' (--target micro) or drop the {name} bound."
+            )
     if constraints.max_accuracy_drop is not None and metric not in ("top1", "top5"):
         raise InvalidArgumentError(
             f"max_accuracy_drop is in points of top-1 / top-5 accuracy; metric={metric_name(metric)!r} needs "
@@ -208,7 +214,7 @@ def violations(candidate: dict[str, Any], constraints: Constraints) -> dict[str,
     """Bounds a candidate breaks, each with the excess in the bound's units (empty: all met).
 
     `candidate` holds `drop` (metric units), `size_bytes`, `latency_ms_median`
-    and `arena_bytes` (None when not measured: a bound on it is then broken),
+    `arena_bytes` and `flash_bytes` (None when not measured: a bound on it is then broken),
     and optionally `drop_se`: the drop is then judged at the constraints'
     confidence (`drop + z * drop_se` against the bound).
 
@@ -228,6 +234,7 @@ def violations(candidate: dict[str, Any], constraints: Constraints) -> dict[str,
         ("max_size_kb", "size_bytes", 1024.0),
         ("max_latency_ms", "latency_ms_median", 1.0),
         ("max_arena_kb", "arena_bytes", 1024.0),
+        ("max_flash_kb", "flash_bytes", 1024.0),
     ):
         bound = getattr(constraints, key)
         if bound is None:

@@ -22,7 +22,7 @@ import numpy as np
 from tfopt.search import space, storage
 from tfopt.search.constraints import Constraints, allowed_drop, relative_violation, violations
 
-OBJECTIVE_KEYS = {"size": "size_ratio", "latency": "latency_ratio", "arena": "arena_bytes"}
+OBJECTIVE_KEYS = {"size": "size_ratio", "latency": "latency_ratio", "arena": "arena_bytes", "flash": "flash_bytes"}
 
 
 @dataclasses.dataclass
@@ -167,6 +167,7 @@ def _line(trial_number: int, name: str, row: dict[str, Any], baseline: dict[str,
     pts = 100.0 if metric in ("top1", "top5") else 1.0
     value = f"{100 * row['accuracy']:.2f}%" if metric in ("top1", "top5") else f"{metric} {row['accuracy']:.4g}"
     arena = f", arena {row['arena_bytes'] / 1024:.1f} KB" if row.get("arena_bytes") else ""
+    arena += f", flash {row['flash_bytes'] / 1024:.1f} KB" if row.get("flash_bytes") else ""
     return (
         f"trial {trial_number:3d} {name:<28} {value} (val drop {pts * row['drop']:+.2f}), "
         f"{row['gzip_bytes'] / 1024:.1f} KB gzip ({row['size_ratio']:.3f}x), latency {row['latency_ratio']:.2f}x{arena}  [{seconds:.0f} s]"

@@ -13,10 +13,10 @@ from tfopt.search.inputs import describe_selection
 from tfopt.search.pareto import choose_best, hypervolume_history, pareto_front
 
 CANDIDATE_KEYS = (
-    "name", "recipe", "tflite", "accuracy", "size_bytes", "gzip_bytes", "latency_ms_median", "arena_bytes",
+    "name", "recipe", "tflite", "accuracy", "size_bytes", "gzip_bytes", "latency_ms_median", "arena_bytes", "flash_bytes",
     "on_pareto_front", "meets_constraints",
 )
-BASELINE_KEYS = ("accuracy", "size_bytes", "gzip_bytes", "latency_ms_median", "arena_bytes", "host")
+BASELINE_KEYS = ("accuracy", "size_bytes", "gzip_bytes", "latency_ms_median", "arena_bytes", "flash_bytes", "host")
 
 
 @dataclasses.dataclass
@@ -68,7 +68,7 @@ class OptimizeResult:
         head = (f"{'candidate':<40} {self.metric:>8} {'drop ± SE':>13} {'KB':>8} {'gzip KB':>8} {'x smaller':>9} "
                 f"{'x faster':>8}")
         if self.target == "micro":
-            head += f" {'arena KB':>9}"
+            head += f" {'arena KB':>9} {'flash KB':>9}"
         b = self.baseline
         lines = [
             f"optimize level {self.level}, objective {self.objective}, target {self.target}: "
@@ -116,8 +116,8 @@ class OptimizeResult:
             f"{c['gzip_bytes'] / 1024:8.1f} {b['gzip_bytes'] / c['gzip_bytes']:8.1f}x {1.0 / ratio:7.2f}x"
         )
         if self.target == "micro":
-            arena = c.get("arena_bytes")
-            line += f" {arena / 1024 if arena else float('nan'):9.1f}"
+            arena, flash = c.get("arena_bytes"), c.get("flash_bytes")
+            line += f" {arena / 1024 if arena else float('nan'):9.1f} {flash / 1024 if flash else float('nan'):9.1f}"
         return line
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,6 +157,7 @@ class OptimizeResult:
             "size": ("gzip_bytes", "gzip size (KB)"),
             "latency": ("latency_ratio", "latency / float32 latency"),
             "arena": ("arena_bytes", "TFLite Micro arena (KB)"),
+            "flash": ("flash_bytes", "flash on the device, compressed (KB)"),
         }[self.objective]
         div = 1024.0 if key.endswith("bytes") else 1.0
         fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -175,9 +176,9 @@ class OptimizeResult:
         bound = self.constraints.max_accuracy_drop if top else self.constraints.max_metric_drop
         if bound is not None:
             ax.axhline(bound, color="tab:blue", ls="--", lw=1, label="allowed drop")
-        limit = {"size": None, "latency": None, "arena": self.constraints.max_arena_kb}[self.objective]
+        limit = {"arena": self.constraints.max_arena_kb, "flash": self.constraints.max_flash_kb}.get(self.objective)
         if limit is not None:
-            ax.axvline(limit, color="tab:green", ls="--", lw=1, label="arena bound")
+            ax.axvline(limit, color="tab:green", ls="--", lw=1, label=f"{self.objective} bound")
         for c, x in zip(self.candidates, xs):  # every point of the front, by name (report.md lists the same)
             if c["on_pareto_front"] and x is not None:
                 label = c["name"] + (" (best)" if c["name"] == self.best else "")
@@ -208,7 +209,7 @@ def _extras(c: dict[str, Any]) -> dict[str, Any]:
     return {k: c.get(k) for k in keys}
 
 
-OBJECTIVE_VALUES = {"size": "size_ratio", "latency": "latency_ratio", "arena": "arena_bytes"}  # what Optuna minimizes
+OBJECTIVE_VALUES = {"size": "size_ratio", "latency": "latency_ratio", "arena": "arena_bytes", "flash": "flash_bytes"}  # what Optuna minimizes
 
 
 def front_point(c: dict[str, Any], objective: str) -> tuple[float, float]:
@@ -226,7 +227,7 @@ def build_result(trials: list[dict[str, Any]], baseline: dict[str, Any], *, cons
     all candidates is shown instead (each marked as violating).
     """
     objective = meta["objective"]
-    key = {"size": "gzip_bytes", "latency": "latency_ratio", "arena": "arena_bytes"}[objective]
+    key = {"size": "gzip_bytes", "latency": "latency_ratio", "arena": "arena_bytes", "flash": "flash_bytes"}[objective]
     limit = allowed_drop(constraints)
     rows = []
     for c in trials:
@@ -260,9 +261,10 @@ def _hypervolume(rows: list[dict[str, Any]], baseline: dict[str, Any], objective
     ordered = sorted(rows, key=lambda c: c.get("number", 0))
     if limit is None:
         limit = max([c["drop"] for c in ordered] + [0.0]) + 0.01
-    if objective == "arena":
-        base = baseline.get("arena_bytes")
-        values = [c["arena_bytes"] for c in ordered if c.get("arena_bytes") is not None]
+    if objective in ("arena", "flash"):
+        field = f"{objective}_bytes"
+        base = baseline.get(field)
+        values = [c[field] for c in ordered if c.get(field) is not None]
         ceiling = float(base) if base else (1.1 * max(values) if values else 1.0)
     else:
         ceiling = 1.0

@@ -70,7 +70,8 @@ def optimize(
             points, `max_metric_drop`, `max_size_kb`, `max_latency_ms`,
             `max_arena_kb`). Defaults to `None` (unbounded).
         objective: what to minimize: `"size"` (gzip bytes), `"latency"`
-            (ratio to float32) or `"arena"` (micro only). Defaults to `"size"`.
+            (ratio to float32), `"arena"` or `"flash"` (the flatbuffer with its weights
+            compressed as TFLite Micro decodes them; both micro only). Defaults to `"size"`.
         level: `1` conversions only (minutes), `2` adds short fine-tunes
             (pruning, 2:4, clustering, QAT), `3` adds channel pruning, low-rank and
             distillation. Defaults to `1`.

@@ -31,6 +31,7 @@ from tfopt.config import (
     ChannelPruneConfig, ClusterConfig, DistillConfig, FineTuneConfig, LowRankConfig, PruneConfig, PTQConfig, QATConfig,
 )
 from tfopt.errors import InvalidArgumentError
+from tfopt.search.constraints import OBJECTIVES
 
 # Post-training conversions by name (the `ptq` choice of every level): PTQConfig fields.
 PTQ = {
@@ -51,7 +52,6 @@ LEARNING_RATE = 3e-4
 LEARNING_RATES = {2: LEARNING_RATE, 3: 1e-3}  # level 3 starts higher and decays in its last recovery
 BATCH_SIZE = 64
 DEFAULT_TRIALS = {2: 10, 3: 14}
-OBJECTIVES = ("size", "latency", "arena")
 LATENCY_CHANNELS = [0.0, 0.25, 0.5, 0.625, 0.75]  # channel-pruning ratios of the latency space
 LATENCY_SEED_CHANNELS = (0.5, 0.75, 0.25, 0.0)  # its seeds, with int8 (0.0: int8 alone, a conversion-only trial)
 

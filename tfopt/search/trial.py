@@ -66,17 +66,19 @@ class Measurer:
         after = benchmark(self.baseline_tflite, data=x, **runs).latency_ms_median
         return mine, mine / max(1e-9, 0.5 * (before + after))
 
-    def _arena(self, content: bytes) -> int | None:
+    def _micro(self, content: bytes) -> tuple[int | None, int | None]:
+        """The TFLite Micro arena and flash of what `export_micro` writes (compressed, re-planned, checked
+        bit-identical on the interpreter); (None, None) for the cpu target or a model TFLite Micro cannot run."""
         if self.target != "micro":
-            return None
+            return None, None
         from tfopt.export.micro import export_micro
 
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 result = export_micro(content, tmp, data=self.data["x_val"][:20], num_samples=20)
             except Exception:  # noqa: BLE001 - a model TFLite Micro cannot run has no arena
-                return None
-            return result.arena_bytes if result.ok else None
+                return None, None
+            return (result.arena_bytes, result.flash_bytes) if result.ok else (None, None)
 
     def _row(self, content: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray | None]]:
         latency, ratio = self._latency(content)
@@ -85,6 +87,7 @@ class Measurer:
         if self.baseline_outputs is None:
             self.baseline_outputs = val_outputs
         examples = {"val": self._examples(val_outputs, "val"), "test": self._examples(test_outputs, "test")}
+        arena, flash = self._micro(content)
         return {
             "val_metric": self._score(val_outputs, "val"),
             # How far the outputs move from the float32 model's on validation (mean absolute difference):
@@ -95,7 +98,8 @@ class Measurer:
             "gzip_bytes": gzip_size(content),
             "latency_ms_median": latency,
             "latency_ratio": ratio,
-            "arena_bytes": self._arena(content),
+            "arena_bytes": arena,
+            "flash_bytes": flash,
             "host": this_host(),  # where this trial (and the baseline it is timed against) ran
             "n_selection": len(val_outputs),
             "n_reporting": len(test_outputs),
