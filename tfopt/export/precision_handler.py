@@ -383,6 +383,23 @@ def auto_layer_map(
         best = lo
     chosen = {**current, **{n: "int4" for n in order[:best]}}
     final = measure(chosen, latency=True, keep=True)
+    # Latencies measured one layer at a time (the rest int8) need not add up. When the drop allowed every layer
+    # taken, try the layers left out for latency too, as a whole: kept if the whole meets every bound.
+    left_out = [n for n, info in record["layers"].items() if "latency budget" in info.get("skipped", "")]
+    if config.max_size_kb is None and best == len(order) and left_out:
+        wider = measure({**chosen, **{n: "int4" for n in left_out}}, latency=True, keep=True)
+        record["steps"].append({"int4_layers": best + len(left_out), "with_latency_left_out": True,
+                                **{key: wider.row(measure.reference_accuracy)[key]
+                                   for key in ("size_bytes", "drop_points", "output_snr_db", "latency_ms")}})
+        fast_enough = config.max_latency_ratio is None or wider.latency_ms <= final.latency_ms or (
+            wider.latency_ms <= base.latency_ms * config.max_latency_ratio)
+        if _drop_ok(wider, measure, config) and fast_enough and wider.size_bytes < final.size_bytes:
+            for n in left_out:
+                record["layers"][n]["skipped"] = ""
+                record["layers"][n].pop("skipped")
+            order = order + left_out
+            best = len(order)
+            chosen, final = dict(wider.layer_map), wider
     base.latency_ms = min(base.latency_ms, _latency(base.content, measure.num_runs))  # timed again, next to it
     # 5. The latencies added one layer at a time need not add up: check the whole, and give back the 4-bit layers
     # that cost the most time while the model is over the latency bound (and the size bound allows it).
@@ -401,6 +418,7 @@ def auto_layer_map(
         record["layers"][slow[0]]["skipped"] = "given back: the whole model was over the latency bound"
         chosen, final = candidate_map, candidate
     record["latency_repairs"] = repairs
+    record["order"] = order
     record["chosen_int4_layers"] = sum(1 for n in order if chosen.get(n) == "int4")
     record["uniform"] = base.row(measure.reference_accuracy)
     record["final"] = final.row(measure.reference_accuracy)
