@@ -300,3 +300,20 @@ def test_pointwise_as_dense_is_exact_and_runs_int4_on_xnnpack(pointwise_cnn, mni
     assert conv.layer_precision["layers"]["pw"]["xnnpack"] is False
     float_accuracy = tfopt.evaluate(tfopt.convert(model, check_delegation=False), (mnist.x_test, mnist.y_test)).value
     assert tfopt.evaluate(dense, (mnist.x_test, mnist.y_test)).value >= float_accuracy - 0.03
+
+
+def test_layer_precision_is_a_recipe_step_through_apply(digits_cnn, mnist):
+    """Per-layer precision is a PTQConfig field: a recipe (and so optimize) writes it through apply alone, and the
+    stored step round-trips through to_dict / from_dict."""
+    model, calibration, _, _ = digits_cnn
+    step = tfopt.PTQConfig(layer_precision={"fc1": "int4"})
+    assert step.engine == "litert_quantizer"  # the engine that writes per-layer precision
+    again = tfopt.Config.from_dict(step.to_dict())
+    assert again == step and again.to_dict()["version"] == 3
+    result = tfopt.apply(model, again, data=(mnist.x_train[:200], mnist.y_train[:200]), calibration=calibration)
+    assert result.layer_precision["layers"]["fc1"]["written"] == "int4"
+    assert result.inspection.weight_dtypes["INT4"] == 64 * 7 * 7 * 128 // 2
+    with pytest.raises(tfopt.TfoptError, match="max_size_kb bounds layer_precision='auto'"):
+        tfopt.PTQConfig(layer_precision={"fc1": "int4"}, max_size_kb=10)
+    with pytest.raises(tfopt.TfoptError, match="layer_precision must be"):
+        tfopt.PTQConfig(layer_precision=4)

@@ -43,7 +43,7 @@ def _mlp():
 def test_recipe_versions_to_dict_carries_the_version():
     for klass in C.CONFIGS.values():
         assert klass().to_dict()["version"] == klass.version
-    assert C.PTQConfig().to_dict()["version"] == 2
+    assert C.PTQConfig().to_dict()["version"] == 3  # 3: layer_precision (a version-2 step loads unchanged)
 
 
 def test_recipe_versions_a_recipe_stored_today_loads_and_replays():
@@ -96,5 +96,6 @@ def test_recipe_versions_ptq_version_1_fraction_becomes_points():
 
 
 def test_recipe_versions_a_newer_version_is_refused_with_a_fix():
-    with pytest.raises(ValueError, match="version 3.*Upgrade tfopt"):
-        C.Config.from_dict({"technique": "ptq", "version": 3})
+    newer = C.PTQConfig.version + 1
+    with pytest.raises(ValueError, match=f"version {newer}.*Upgrade tfopt"):
+        C.Config.from_dict({"technique": "ptq", "version": newer})

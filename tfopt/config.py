@@ -376,10 +376,15 @@ class PTQConfig(Config):
     model is within `max_accuracy_drop`, in points). `per_channel_dense=False`
     quantizes Dense layers per tensor (smaller file and TFLite Micro arena).
     `input_type` / `output_type` `None` keep each engine's default.
+    `layer_precision` sets each layer's precision (int4 / int8 / int16x8 /
+    float16 / float32): rules as text (`"fc1=int4,re:conv.*=int8"`), a dict of
+    rule -> precision, or `"auto"` (chosen from measurements on the recipe's
+    validation data within `max_accuracy_drop` and `max_size_kb`); it is
+    written by LiteRT Quantizer, so `engine` is then `"litert_quantizer"`.
     """
 
     technique: ClassVar[str] = "ptq"
-    version: ClassVar[int] = 2  # 2: max_accuracy_drop in points (version 1 held a fraction)
+    version: ClassVar[int] = 3  # 2: max_accuracy_drop in points (version 1 held a fraction); 3: layer_precision
     handler: ClassVar[str] = "tfopt.export.ptq"
     mode: str = "int8"
     engine: str = "converter"
@@ -388,6 +393,8 @@ class PTQConfig(Config):
     per_channel_dense: bool = True
     input_type: str | None = None
     output_type: str | None = None
+    layer_precision: Any = None
+    max_size_kb: float | None = None
 
     def validate(self) -> None:
         if self.mode == "16x8":
@@ -406,6 +413,24 @@ class PTQConfig(Config):
             )
         if not isinstance(self.per_channel_dense, bool):
             raise InvalidTypeError(f"per_channel_dense must be True or False. Received: {self.per_channel_dense!r}.")
+        rules = self.layer_precision
+        if isinstance(rules, dict):
+            if not all(isinstance(k, str) and isinstance(v, str) for k, v in rules.items()):
+                raise InvalidTypeError(
+                    f"layer_precision as a dict maps rules (layer names or 're:<regex>') to precision names. "
+                    f"Received: {rules!r}."
+                )
+        elif rules is not None and not isinstance(rules, str):
+            raise InvalidTypeError(
+                "layer_precision must be None, rules as text ('fc1=int4,default=int8'), a dict of rule -> precision, "
+                f"or 'auto'. Received: {type(rules).__name__}."
+            )
+        if rules is not None and self.engine != "litert_quantizer":
+            object.__setattr__(self, "engine", "litert_quantizer")  # the one engine that writes per-layer precision
+        if self.max_size_kb is not None:
+            _number(self.max_size_kb, "max_size_kb", low=0.0, low_open=True)
+        if self.max_size_kb is not None and rules != "auto":
+            raise InvalidArgumentError("max_size_kb bounds layer_precision='auto'; pass layer_precision='auto' with it.")
 
     @classmethod
     def upgrade(cls, payload: dict[str, Any], version: int) -> dict[str, Any]:

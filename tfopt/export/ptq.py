@@ -20,9 +20,13 @@ def handle(model: Any, config: Any, context: Any):
         calibration = context.calibration
         if calibration is None and context.x is not None:
             calibration = calibration_data(context.x, model=model)
-    auto = {}
-    if config.float_fallback == "auto":
+    auto: dict[str, Any] = {}
+    if config.float_fallback == "auto" or config.layer_precision == "auto":
         auto = {"validation": context.validation, "max_accuracy_drop": config.max_accuracy_drop}  # points
+    if config.layer_precision is not None:
+        auto["layer_precision"] = config.layer_precision
+        if config.max_size_kb is not None:
+            auto["max_size_kb"] = config.max_size_kb
     return convert(
         model, mode=config.mode, engine=config.engine, calibration=calibration, float_fallback=config.float_fallback,
         per_channel_dense=config.per_channel_dense, input_type=config.input_type, output_type=config.output_type,
