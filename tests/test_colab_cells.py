@@ -17,14 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import make_notebook  # noqa: E402
 
-# Notebooks another change owns; `python tools/make_notebook.py colab/<name>.ipynb` gives them the cells,
-# after which they leave this set (the strict xfail fails as soon as they pass).
-PENDING = {"micro.ipynb", "quantization.ipynb"}
-NOTEBOOKS = [
-    pytest.param(path, marks=pytest.mark.xfail(strict=True, reason="cells not added yet"))
-    if os.path.basename(path) in PENDING else path
-    for path in sorted(glob.glob(os.path.join(ROOT, "colab", "*.ipynb")))
-]
+NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "colab", "*.ipynb")))
 
 
 def _cells(path):
