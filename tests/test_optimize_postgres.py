@@ -108,3 +108,59 @@ def test_two_machines_share_a_postgres_study(postgres, tmp_path):
     for out in ("a", "b"):
         report = json.load(open(tmp_path / out / "report.json"))
         assert report["trials_completed"] == 4 and report["best"] is not None
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def test_a_worker_killed_mid_trial_on_postgres_is_run_again_once(postgres, tmp_path):
+    """Two workers on one PostgreSQL study; one is killed with SIGKILL while it runs a trial. The other finishes
+    the budget, runs the lost recipe again once, and counts nothing twice."""
+    import optuna
+    from optuna.trial import TrialState
+
+    path, npz = _make_inputs(str(tmp_path))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+
+    def command(out):  # level 1: six conversions, a budget of six, so the re-run fits in it
+        return [sys.executable, "-m", "tfopt.cli", "optimize", path, "--data", npz, "--output", str(tmp_path / out),
+                "--max_trials", "6", "--storage", postgres, "--max_accuracy_drop", "2"]
+
+    doomed = subprocess.Popen(command("a"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    survivor = subprocess.Popen(command("b"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    engine_url = postgres.replace("postgresql://", "postgresql+psycopg2://")
+    victim, deadline = None, time.time() + 600
+    while victim is None and time.time() < deadline:
+        try:
+            study = optuna.load_study(study_name="tfopt-optimize", storage=engine_url)
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                pid = trial.user_attrs.get("pid")
+                if pid and _parent_of(int(pid)) == doomed.pid:  # the doomed command's worker runs this trial
+                    victim = trial.number
+        except Exception:  # noqa: BLE001 - the study is not created yet
+            pass
+        if doomed.poll() is not None:
+            pytest.fail("the first worker finished before it could be killed mid-trial")
+        time.sleep(0.1)
+    assert victim is not None, "no trial of the first worker was caught running"
+    os.kill(doomed.pid, 9)  # its supervised child dies with it
+    doomed.wait(timeout=60)
+    _, err = survivor.communicate(timeout=900)
+    assert survivor.returncode == 0, err.decode()[-2000:]
+
+    study = optuna.load_study(study_name="tfopt-optimize", storage=engine_url)
+    trials = study.get_trials(deepcopy=False)
+    assert {t.number: t.state for t in trials}[victim] == TrialState.FAIL
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    again = [t for t in complete if t.user_attrs.get("retry_of") == victim]
+    assert len(again) == 1 and again[0].params == next(t for t in trials if t.number == victim).params
+    params = [json.dumps(t.params, sort_keys=True) for t in complete]
+    assert len(complete) == 6 and len(set(params)) == 6  # the budget, every recipe once, nothing counted twice
+    report = json.load(open(tmp_path / "b" / "report.json"))
+    assert report["trials_completed"] == 6 and report["best"] is not None
+    assert any(row["number"] == victim and "run again as trial" in row["error"] for row in report["failed_trials"])

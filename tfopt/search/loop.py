@@ -183,6 +183,8 @@ def run_worker(job: Job, runner: Runner, study, *, progress=None) -> int:
     while True:
         if job.deadline is not None and time.time() >= job.deadline:
             break
+        for number, params in storage.fail_orphans(study):  # a worker on this host died mid-trial: run it again once
+            study.enqueue_trial(params, user_attrs={storage.RETRY_OF: number})
         if storage.used_budget(study) >= job.max_trials:
             break
         trial = study.ask()
