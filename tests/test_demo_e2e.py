@@ -54,6 +54,15 @@ def test_demo_ends_with_an_optimize_search(demo):
     full = json.loads((folder / "optimize" / "report.json").read_text())
     assert full["best"] == search["best"] and (folder / "optimize" / "pareto.png").exists()
     assert "tfopt optimize" in (folder / "report.md").read_text()
+    # Disk: the search keeps each trial's .tflite only and hard-links its front; it writes at most 3x the float
+    # .tflite (a file reached by two links counts once, as on disk).
+    seen, written = set(), 0
+    for path in (folder / "optimize").rglob("*"):
+        info = path.stat()
+        if path.is_file() and (info.st_dev, info.st_ino) not in seen:
+            seen.add((info.st_dev, info.st_ino))
+            written += info.st_size
+    assert written <= 3 * (folder / "model_float32.tflite").stat().st_size
 
 
 def test_fashion_mnist_loads_from_debian_package_files():
