@@ -150,5 +150,5 @@ def test_size_space_distributions_are_unchanged():
 
 
 def test_unknown_objective_names_the_ones_expected():
-    with pytest.raises(InvalidArgumentError, match=r"Unknown objective 'speed'. Expected one of \('size', 'latency', 'arena'\)"):
+    with pytest.raises(InvalidArgumentError, match=r"Unknown objective 'speed'. Expected one of \('size', 'latency', 'arena', 'flash'\)"):
         space.seeds(2, "cpu", objective="speed")
