@@ -241,3 +241,30 @@ def _check_labels(y: Any, count: int, *, name: str, num_classes: int | None, tas
             f" Expected class indices 0..{num_classes - 1}; check the labels or the model's output width."
         )
     return labels
+
+
+def split_rules(text: str) -> list[str]:
+    """'a,re:conv_{1,2},b' -> ['a', 're:conv_{1,2}', 'b']: commas inside (), [], {} or escaped (\\,) stay."""
+    parts, current, depth, i = [], [], 0, 0
+    while i < len(text):
+        char = text[i]
+        if char == "\\" and i + 1 < len(text) and text[i + 1] == ",":
+            current.append(",")
+            i += 2
+            continue
+        if char == "\\" and i + 1 < len(text):
+            current.extend(text[i : i + 2])
+            i += 2
+            continue
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth = max(0, depth - 1)
+        if char == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+        i += 1
+    parts.append("".join(current))
+    return [p.strip() for p in parts if p.strip()]

@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 from absl import flags
 
+from tfopt._data import split_rules  # noqa: F401 - the rules splitter, shared with the library
 from tfopt import _io
 from tfopt._io import atomic_write, save_keras_model  # noqa: F401 - re-exported for commands
 from tfopt.errors import InvalidArgumentError, MissingFileError
@@ -337,33 +338,6 @@ def layer_rule(values: list[str] | None, label: str) -> list[str] | None:
             except re.error as err:
                 raise CLIError(f"--{label} {rule!r} is not a valid regular expression ({err}).") from err
     return rules or None
-
-
-def split_rules(text: str) -> list[str]:
-    """'a,re:conv_{1,2},b' -> ['a', 're:conv_{1,2}', 'b']: commas inside (), [], {} or escaped (\\,) stay."""
-    parts, current, depth, i = [], [], 0, 0
-    while i < len(text):
-        char = text[i]
-        if char == "\\" and i + 1 < len(text) and text[i + 1] == ",":
-            current.append(",")
-            i += 2
-            continue
-        if char == "\\" and i + 1 < len(text):
-            current.extend(text[i : i + 2])
-            i += 2
-            continue
-        if char in "([{":
-            depth += 1
-        elif char in ")]}":
-            depth = max(0, depth - 1)
-        if char == "," and depth == 0:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-        i += 1
-    parts.append("".join(current))
-    return [p.strip() for p in parts if p.strip()]
 
 
 # ----------------------------------------------------------------------------- model files

@@ -26,6 +26,7 @@ import math
 import re
 from typing import Any, Iterable, Mapping
 
+from tfopt._data import split_rules
 from tfopt.errors import InvalidArgumentError, InvalidTypeError
 
 PRECISIONS = ("int4", "int8", "int16x8", "float16", "float32")
@@ -171,9 +172,7 @@ class LayerPrecisionConfig:
         if text.strip() == "auto":
             return cls(auto=True, default=default, max_accuracy_drop=1.0)
         rules = []
-        for part in (p.strip() for p in _split(text)):
-            if not part:
-                continue
+        for part in split_rules(text):
             rule, sep, precision = part.rpartition("=")
             if not sep or not rule.strip():
                 raise InvalidArgumentError(
@@ -245,23 +244,6 @@ class LayerPrecisionConfig:
             for name in hits:
                 chosen.setdefault(name, precision)
         return chosen
-
-
-def _split(text: str) -> list[str]:
-    """'a=int4,re:c{1,2}=int8' -> ['a=int4', 're:c{1,2}=int8']: commas inside brackets stay."""
-    parts, current, depth = [], [], 0
-    for char in text:
-        if char in "([{":
-            depth += 1
-        elif char in ")]}":
-            depth = max(0, depth - 1)
-        if char == "," and depth == 0:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    return parts
 
 
 def layer_precision_config(value: Any, *, default: str = "int8", max_accuracy_drop: float | None = None,
